@@ -1,0 +1,1 @@
+"""Evaluation: FID/KID/IS through torch-fidelity, CLIP score, domain feature extractors."""
