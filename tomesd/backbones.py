@@ -1,0 +1,141 @@
+"""Find the transformer blocks a reducer can act on, and their U-Net level, in diffusers models.
+
+U-Net levels come from the architecture (count of down/up-samplers before a block), not from
+channel widths, so SDXL (no attention at full resolution) and custom U-Nets are read correctly.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from torch import nn
+
+SUPPORTED = "a diffusers UNet2DConditionModel, DiTTransformer2DModel or PixArtTransformer2DModel, or a pipeline with `.unet` / `.transformer`"
+
+# The published DiT setting: 10 of DiT-XL/2's 28 blocks.
+PUBLISHED_DIT_BLOCKS = (1, 2, 3, 4, 5, 7, 8, 9, 10, 11)
+
+
+@dataclass(frozen=True)
+class BlockSite:
+    """One `BasicTransformerBlock`: its module path, U-Net level (1 on DiT) and running index."""
+
+    name: str
+    block: nn.Module
+    level: int
+    index: int
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A denoiser and the blocks in it, as the patcher needs them."""
+
+    model: nn.Module
+    family: str  # "unet" or "transformer"
+    sites: tuple[BlockSite, ...]
+    patch_size: int
+    signature: inspect.Signature
+    reference_size: Optional[tuple[int, int]]
+
+    @property
+    def levels(self) -> list[int]:
+        return sorted({site.level for site in self.sites})
+
+
+def is_transformer_block(module: nn.Module) -> bool:
+    """A diffusers `BasicTransformerBlock` (matched by name up the MRO, no hard import)."""
+    return any(cls.__name__ == "BasicTransformerBlock" for cls in type(module).__mro__) and hasattr(module, "attn1")
+
+
+def is_unet(module: Any) -> bool:
+    return isinstance(module, nn.Module) and hasattr(module, "down_blocks") and hasattr(module, "up_blocks")
+
+
+def is_patch_transformer(module: Any) -> bool:
+    config = getattr(module, "config", None)
+    return (
+        isinstance(module, nn.Module)
+        and hasattr(module, "transformer_blocks")
+        and getattr(config, "patch_size", None) is not None
+    )
+
+
+def resolve_denoiser(obj: Any) -> nn.Module:
+    """The model inside `obj` (itself, `obj.unet` or `obj.transformer`); ValueError otherwise."""
+    if is_unet(obj) or is_patch_transformer(obj):
+        return obj
+    for attr in ("unet", "transformer"):
+        inner = getattr(obj, attr, None)
+        if is_unet(inner) or is_patch_transformer(inner):
+            return inner
+    raise ValueError(f"cannot patch {type(obj).__name__}: expected {SUPPORTED}")
+
+
+def blocks_in(module: Optional[nn.Module]) -> list[nn.Module]:
+    """Transformer blocks inside `module`, in forward order."""
+    return [] if module is None else [m for m in module.modules() if is_transformer_block(m)]
+
+
+def unet_block_levels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
+    """(block, downsample level) for every transformer block of a U-Net, walking down, mid, up."""
+    found: list[tuple[nn.Module, int]] = []
+    level = 1
+    for down in unet.down_blocks:
+        found += [(b, level) for b in blocks_in(down)]
+        if getattr(down, "downsamplers", None):
+            level *= 2
+    found += [(b, level) for b in blocks_in(getattr(unet, "mid_block", None))]
+    for up in unet.up_blocks:
+        found += [(b, level) for b in blocks_in(up)]
+        if getattr(up, "upsamplers", None):
+            level = max(1, level // 2)
+    return found
+
+
+def config_latent_size(model: nn.Module) -> Optional[tuple[int, int]]:
+    """Default latent (H, W) from the config's `sample_size`, if it has one."""
+    size = getattr(model.config, "sample_size", None)
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def find_backbone(obj: Any) -> Backbone:
+    """Locate the denoiser and its transformer blocks; ValueError when there are none."""
+    model = resolve_denoiser(obj)
+    names = {id(m): n for n, m in model.named_modules()}
+    if is_unet(model):
+        pairs, family, patch = unet_block_levels(model), "unet", 1
+    else:
+        pairs, family = [(b, 1) for b in model.transformer_blocks if is_transformer_block(b)], "transformer"
+        patch = int(model.config.patch_size)
+    if not pairs:
+        raise ValueError(f"{type(model).__name__} has no BasicTransformerBlock to reduce; expected {SUPPORTED}")
+    sites = tuple(BlockSite(names[id(b)], b, lvl, i) for i, (b, lvl) in enumerate(pairs))
+    return Backbone(model, family, sites, patch, inspect.signature(model.forward), config_latent_size(model))
+
+
+def select_sites(backbone: Backbone, max_downsample: int, blocks: Any, default_blocks: str) -> list[BlockSite]:
+    """The blocks a method acts on: U-Net by level, transformers by index (methods.md)."""
+    if backbone.family == "unet":
+        if blocks is not None:
+            raise ValueError("`blocks` selects DiT/PixArt blocks; on a U-Net use max_downsample (1, 2, ...)")
+        chosen = [s for s in backbone.sites if s.level <= max_downsample]
+        if not chosen:
+            raise ValueError(
+                f"no attention block at downsample level <= {max_downsample} in {type(backbone.model).__name__}; "
+                f"levels with attention: {backbone.levels} (e.g. SDXL starts at 2) - pass max_downsample={backbone.levels[0]} or more"
+            )
+        return chosen
+    depth = len(backbone.sites)
+    if blocks == "all" or (blocks is None and default_blocks == "all"):
+        return list(backbone.sites)
+    if blocks is None:  # published pattern, clipped to shallow models
+        indices = [i for i in PUBLISHED_DIT_BLOCKS if i < depth] or [0]
+    else:
+        bad = [i for i in blocks if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"block indices {bad} out of range: the model has {depth} blocks (0..{depth - 1})")
+        indices = sorted(set(blocks))
+    return [backbone.sites[i] for i in indices]

@@ -1,0 +1,84 @@
+"""Validated, frozen option dataclasses: the knobs every reducer shares, and their checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Sequence, Union
+
+BlockSpec = Union[None, str, Sequence[int]]
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    """Raise a ValueError naming the allowed values when `value` is not one of them."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def check_ratio(name: str, value: float) -> None:
+    """Ratios live in [0, 1)."""
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name}={value!r} must be a number in [0, 1)")
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    """Integers >= minimum (strides, downsample factors, levels)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class PlacementOptions:
+    """Where a reducer acts: U-Net levels (`max_downsample`) or DiT/PixArt block indices (`blocks`).
+
+    `blocks`: None = the method's default pattern, "all", or a list of block indices.
+    """
+
+    max_downsample: int = 1
+    blocks: BlockSpec = None
+
+    def __post_init__(self) -> None:
+        check_positive_int("max_downsample", self.max_downsample)
+        if isinstance(self.blocks, str):
+            check_choice("blocks", self.blocks, ["all"])
+        elif self.blocks is not None:
+            blocks = tuple(self.blocks)
+            if not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
+                raise ValueError(f"blocks={self.blocks!r} must be None, 'all' or a list of integers")
+            object.__setattr__(self, "blocks", blocks)
+
+
+@dataclass(frozen=True)
+class TokenPlacementOptions(PlacementOptions):
+    """Placement for reducers that shrink the token sequence: which layers see reduced tokens."""
+
+    merge_attn: bool = True
+    merge_crossattn: bool = False
+    merge_mlp: bool = False
+
+
+def build_options(cls: type, method: str, values: dict[str, Any]) -> Any:
+    """Instantiate `cls` from `values`, rejecting unknown keys with the list of allowed ones."""
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for method {method!r}; allowed: {allowed}")
+    return cls(**values)
+
+
+def option_defaults(cls: type) -> dict[str, Any]:
+    """Name -> default of every option of `cls` (for CLIs and docs)."""
+    return {f.name: f.default for f in fields(cls)}
+
+
+def as_dict(options: Any) -> dict[str, Any]:
+    """Options as a plain JSON-friendly dict."""
+    out = {}
+    for f in fields(options):
+        value = getattr(options, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def optional_factor(name: str, value: Optional[int]) -> None:
+    """None or a downsample factor >= 1."""
+    if value is not None:
+        check_positive_int(name, value)

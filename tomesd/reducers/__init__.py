@@ -1,0 +1,14 @@
+"""Token reducers. Importing this package registers every built-in method, in this order.
+
+A new method is one module here (an `Options` dataclass, `plan(ctx, opts)`, `kept_tokens`)
+decorated with `@register_reducer`, plus its import below.
+"""
+from . import none  # noqa: F401  (registration side effects, in listing order)
+from . import tome  # noqa: F401
+from . import lgtm  # noqa: F401
+from . import todo  # noqa: F401
+from . import iekvd  # noqa: F401
+from . import sito  # noqa: F401
+from .base import KVPlan, Plan, ReductionContext, TokenPlan
+
+__all__ = ["KVPlan", "Plan", "ReductionContext", "TokenPlan"]

@@ -1,0 +1,47 @@
+"""Token-grid helpers shared by reducers: complete stride blocks and grid reshapes."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def block_positions(height: int, width: int, sx: int, sy: int, device: torch.device) -> Tensor:
+    """Flat token index of every position of every complete `sy x sx` block.
+
+    Returns (num_blocks, sy*sx): blocks row-major, positions inside a block row-major.
+    Tokens outside complete blocks (ragged right/bottom edges) appear nowhere.
+    """
+    hsy, wsx = height // sy, width // sx
+    rows = torch.arange(hsy, device=device).view(hsy, 1, 1, 1) * sy + torch.arange(sy, device=device).view(1, 1, sy, 1)
+    cols = torch.arange(wsx, device=device).view(1, wsx, 1, 1) * sx + torch.arange(sx, device=device).view(1, 1, 1, sx)
+    return (rows * width + cols).reshape(hsy * wsx, sy * sx)
+
+
+def num_blocks(height: int, width: int, sx: int, sy: int) -> int:
+    """Number of complete `sy x sx` blocks (= number of destinations)."""
+    return (height // sy) * (width // sx)
+
+
+def complement_indices(chosen: Tensor, num_tokens: int) -> Tensor:
+    """Per sample, the indices (ascending) not in `chosen` (B, K) -> (B, N - K)."""
+    batch = chosen.shape[0]
+    taken = torch.zeros(batch, num_tokens, dtype=torch.bool, device=chosen.device)
+    taken.scatter_(1, chosen, True)
+    order = torch.sort(taken.to(torch.uint8), dim=1, stable=True).indices
+    return order[:, : num_tokens - chosen.shape[1]]
+
+
+def to_grid(x: Tensor, height: int, width: int) -> Tensor:
+    """(B, N, C) tokens -> (B, C, h, w) image."""
+    batch, _, channels = x.shape
+    return x.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def from_grid(x: Tensor) -> Tensor:
+    """(B, C, h, w) image -> (B, h*w, C) tokens."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, N, C), index (B, K) -> (B, K, C)."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

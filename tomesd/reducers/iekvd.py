@@ -1,0 +1,83 @@
+"""BiGain_TD (IEKVD): ToDo whose K/V source blends nearest and average pooling.
+
+`src = alpha * nearest(h) + (1 - alpha) * avg_pool(h)`; alpha > 1 extrapolates past nearest
+(sharpening away from the local mean), alpha < 0 past the average. Optional per-sample
+schedule `alpha(t) = a_start * t/999 + a_end * (1 - t/999)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import Tensor
+
+from ..options import PlacementOptions, check_positive_int, optional_factor
+from ..registry import register_reducer
+from .base import Plan, ReductionContext
+from .todo import downsample_tokens, kv_plan, level_factor
+
+
+@dataclass(frozen=True)
+class IEKVDOptions(PlacementOptions):
+    """`alpha` blend (1 = ToDo nearest, 0 = avg pool, no clamping); optional timestep schedule."""
+
+    df: int = 2
+    df_level2: Optional[int] = None
+    alpha: float = 0.5
+    alpha_schedule: bool = False
+    alpha_start: float = 0.1
+    alpha_end: float = 0.9
+    stop_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int("df", self.df)
+        optional_factor("df_level2", self.df_level2)
+        for name in ("alpha", "alpha_start", "alpha_end"):
+            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a number")
+        if not 0.0 <= float(self.stop_threshold) <= 1.0:
+            raise ValueError(f"stop_threshold={self.stop_threshold!r} must be in [0, 1]")
+
+
+def scheduled_alpha(timesteps: Tensor, alpha_start: float, alpha_end: float) -> Tensor:
+    """Per-sample alpha: alpha_start at t=999, alpha_end at t=0, linear in between."""
+    frac = timesteps.float() / 999.0
+    return alpha_start * frac + alpha_end * (1.0 - frac)
+
+
+def blended_kv_source(x: Tensor, height: int, width: int, df: int, alpha: Tensor | float) -> Tensor:
+    """alpha * nearest-exact + (1 - alpha) * avg_pool, alpha scalar or per sample (B,)."""
+    nearest = downsample_tokens(x, height, width, df, "nearest-exact")
+    if not isinstance(alpha, Tensor) and alpha == 1.0:
+        return nearest  # exactly ToDo
+    average = downsample_tokens(x, height, width, df, "avg_pool")
+    if isinstance(alpha, Tensor):
+        alpha = alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
+    return alpha * nearest + (1.0 - alpha) * average
+
+
+@register_reducer("bigain_td", aliases=("iekvd",))
+class IEKVD:
+    """Interpolate-extrapolate K/V downsampling."""
+
+    Options = IEKVDOptions
+    plan_kind = "kv"
+    default_blocks = "published"
+
+    @staticmethod
+    def plan(ctx: ReductionContext, opts: IEKVDOptions) -> Plan:
+        df = level_factor(opts.df, opts.df_level2, ctx.level)
+        if opts.alpha_schedule:
+            if ctx.timesteps is None:
+                raise ValueError("alpha_schedule=True needs the model to be called with a timestep")
+            alpha: Tensor | float = scheduled_alpha(ctx.timesteps, opts.alpha_start, opts.alpha_end)
+        else:
+            alpha = float(opts.alpha)
+        return kv_plan(ctx, df, opts.stop_threshold, lambda h: blended_kv_source(h, ctx.height, ctx.width, df, alpha))
+
+    @staticmethod
+    def kept_tokens(height: int, width: int, opts: IEKVDOptions, level: int = 1) -> int:
+        df = level_factor(opts.df, opts.df_level2, level)
+        return height * width if df <= 1 else (height // df) * (width // df)
+

@@ -1,0 +1,88 @@
+"""BiGain_TM (LGTM): ToMe whose destination in each block is the smoothest token by Laplacian.
+
+High-contrast tokens (edges, texture) stay sources that match poorly and are rarely merged;
+smooth tokens absorb the merges. Per sample, no randomness.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..options import TokenPlacementOptions, check_choice, check_positive_int, check_ratio
+from ..registry import register_reducer
+from .base import Plan, ReductionContext
+from .grid import block_positions, to_grid
+from .matching import bipartite_merge_plan
+from .tome import merged_token_count
+
+LAPLACIAN_NORMS = ("l1", "l2")
+
+
+@dataclass(frozen=True)
+class LGTMOptions(TokenPlacementOptions):
+    """`laplacian_norm` aggregates channels; `strip_layout` reproduces the published code's view bug."""
+
+    ratio: float = 0.5
+    sx: int = 2
+    sy: int = 2
+    laplacian_norm: str = "l1"
+    strip_layout: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ratio("ratio", self.ratio)
+        check_positive_int("sx", self.sx)
+        check_positive_int("sy", self.sy)
+        check_choice("laplacian_norm", self.laplacian_norm, LAPLACIAN_NORMS)
+
+
+def laplacian_scores(metric: Tensor, height: int, width: int, norm: str = "l1") -> Tensor:
+    """Per-token Laplacian magnitude (B, N): 3x3 kernel per channel, zero padding, float32."""
+    grid = to_grid(metric.float(), height, width)
+    channels = grid.shape[1]
+    kernel = grid.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+    response = F.conv2d(grid, kernel.expand(channels, 1, 3, 3), padding=1, groups=channels)
+    score = response.abs().sum(1) if norm == "l1" else response.square().sum(1).sqrt()
+    return score.flatten(1)
+
+
+def block_argmin_destinations(scores: Tensor, height: int, width: int, sx: int, sy: int) -> Tensor:
+    """Index of the lowest-score token of every complete block, per sample (B, num_blocks)."""
+    positions = block_positions(height, width, sx, sy, scores.device)
+    per_block = scores[:, positions]  # (B, D, sy*sx)
+    return positions[torch.arange(positions.shape[0], device=scores.device), per_block.argmin(-1)]
+
+
+def strip_layout_destinations(scores: Tensor, height: int, width: int, sx: int, sy: int) -> Tensor:
+    """The published code's variant: block (i, j) reads a 1 x sx*sy strip of the cropped grid."""
+    hsy, wsx = height // sy, width // sx
+    cropped = scores.view(-1, height, width)[:, : hsy * sy, : wsx * sx].reshape(-1, hsy, wsx, sy * sx)
+    positions = block_positions(height, width, sx, sy, scores.device)
+    choice = cropped.argmin(-1).reshape(scores.shape[0], -1)
+    return positions[torch.arange(positions.shape[0], device=scores.device), choice]
+
+
+@register_reducer("bigain_tm", aliases=("lgtm",))
+class LGTM:
+    """Laplacian-gated token merging: block-argmin destinations, then ToMe's matching."""
+
+    Options = LGTMOptions
+    plan_kind = "token"
+    default_blocks = "published"
+
+    @staticmethod
+    def plan(ctx: ReductionContext, opts: LGTMOptions) -> Plan:
+        if opts.ratio <= 0 or (ctx.height // opts.sy) * (ctx.width // opts.sx) == 0:
+            return None
+        with torch.no_grad():
+            scores = laplacian_scores(ctx.metric, ctx.height, ctx.width, opts.laplacian_norm)
+            choose = strip_layout_destinations if opts.strip_layout else block_argmin_destinations
+            dst_idx = choose(scores, ctx.height, ctx.width, opts.sx, opts.sy)
+        return bipartite_merge_plan(ctx.metric, dst_idx, opts.ratio)
+
+    @staticmethod
+    def kept_tokens(height: int, width: int, opts: LGTMOptions, level: int = 1) -> int:
+        return merged_token_count(height, width, opts.ratio, opts.sx, opts.sy)

@@ -1,0 +1,67 @@
+"""ToMe (Bolya & Hoffman 2023): merge similar tokens into one destination per stride block."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..options import TokenPlacementOptions, check_positive_int, check_ratio
+from ..registry import register_reducer
+from .base import Plan, ReductionContext
+from .grid import block_positions, num_blocks
+from .matching import bipartite_merge_plan, merge_count
+
+
+@dataclass(frozen=True)
+class ToMeOptions(TokenPlacementOptions):
+    """`ratio` of tokens merged (upstream default 0.5); `sx, sy` block strides; random dst offsets."""
+
+    ratio: float = 0.5
+    sx: int = 2
+    sy: int = 2
+    use_rand: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ratio("ratio", self.ratio)
+        check_positive_int("sx", self.sx)
+        check_positive_int("sy", self.sy)
+
+
+def merged_token_count(height: int, width: int, ratio: float, sx: int, sy: int) -> int:
+    """Length of the merged sequence on an `height x width` grid (invariant 3)."""
+    n = height * width
+    return n - merge_count(n, ratio, num_blocks(height, width, sx, sy))
+
+
+@register_reducer("tome")
+class ToMe:
+    """Random (or top-left) destination per block, shared by the batch; cosine bipartite merging."""
+
+    Options = ToMeOptions
+    plan_kind = "token"
+    default_blocks = "published"
+
+    @staticmethod
+    def plan(ctx: ReductionContext, opts: ToMeOptions) -> Plan:
+        if opts.ratio <= 0:
+            return None
+        batch, device = ctx.metric.shape[0], ctx.metric.device
+        positions = block_positions(ctx.height, ctx.width, opts.sx, opts.sy, device)
+        if positions.shape[0] == 0:
+            return None
+        # Upstream rule: odd batches (e.g. no CFG pair) use the deterministic top-left destination.
+        if opts.use_rand and batch % 2 == 0:
+            gen = ctx.generator
+            offsets = torch.randint(
+                opts.sx * opts.sy, (positions.shape[0], 1), generator=gen,
+                device=gen.device if gen is not None else device,
+            ).to(device)
+        else:
+            offsets = torch.zeros(positions.shape[0], 1, dtype=torch.long, device=device)
+        dst_idx = positions.gather(1, offsets).view(1, -1).expand(batch, -1)
+        return bipartite_merge_plan(ctx.metric, dst_idx, opts.ratio)
+
+    @staticmethod
+    def kept_tokens(height: int, width: int, opts: ToMeOptions, level: int = 1) -> int:
+        return merged_token_count(height, width, opts.ratio, opts.sx, opts.sy)

@@ -1,0 +1,45 @@
+"""The reducer registry: one dict, a decorator that refuses duplicates, aliases, clear errors."""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+_REDUCERS: dict[str, type] = {}
+_ALIASES: dict[str, str] = {}
+
+T = TypeVar("T", bound=type)
+
+
+def register_reducer(name: str, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
+    """Class decorator: make a reducer available to `apply_patch(method=name)`."""
+
+    def wrap(cls: T) -> T:
+        for key in (name, *aliases):
+            if key in _REDUCERS or key in _ALIASES:
+                raise ValueError(f"reducer name {key!r} is already registered")
+        _REDUCERS[name] = cls
+        for alias in aliases:
+            _ALIASES[alias] = name
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def canonical_name(method: str) -> str:
+    """Resolve an alias (`lgtm`, `iekvd`) to its method name; ValueError lists known names."""
+    key = str(method).lower()
+    key = _ALIASES.get(key, key)
+    if key not in _REDUCERS:
+        raise ValueError(f"unknown method {method!r}; known methods: {list_methods(include_aliases=True)}")
+    return key
+
+
+def get_reducer(method: str) -> type:
+    """The reducer class registered under `method` (or its alias)."""
+    return _REDUCERS[canonical_name(method)]
+
+
+def list_methods(include_aliases: bool = False) -> list[str]:
+    """Registered method names (optionally with aliases)."""
+    names = list(_REDUCERS)
+    return names + list(_ALIASES) if include_aliases else names
