@@ -1,0 +1,456 @@
+"""Load SD / DiT checkpoints (hub id, HF cache or local folder) behind one uniform interface.
+
+``load_model(...)`` returns a :class:`LoadedModel` whatever the checkpoint is:
+
+- an SD pipeline folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``),
+- a DiT pipeline folder (``transformer/``, ``vae/``, ``scheduler/``; ``id2label`` in model_index.json),
+- an embedded-testbed folder (``testbed.json`` + ``transformer/`` or ``unet/`` +
+  ``class_embeddings.safetensors``, pixel space, no VAE).
+
+Runners never branch on the kind of model: they call
+
+    model.encode_images(x)                  # [-1,1] images -> latents (VAE mean * scale, or identity)
+    cond = model.condition(prompts=..., class_ids=...)   # {kwarg: tensor with one row per class}
+    eps = model.predict_eps(x_t, t, model.select(cond, rows))
+    model.null_condition(n)                 # unconditional rows for classifier-free guidance
+
+and patch ``model.denoiser`` (the U-Net or transformer) with ``tomesd.apply_patch``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "MODEL_VERSIONS",
+    "DTYPES",
+    "LoadedModel",
+    "ModelNotFoundError",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+# name -> hub id (or repo-relative folder for the embedded testbed). Used as argparse `choices`.
+MODEL_VERSIONS: dict[str, str] = {
+    "1-1": "CompVis/stable-diffusion-v1-1",
+    "1-2": "CompVis/stable-diffusion-v1-2",
+    "1-3": "CompVis/stable-diffusion-v1-3",
+    "1-4": "CompVis/stable-diffusion-v1-4",
+    "1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "2-0": "stabilityai/stable-diffusion-2-base",
+    "2-1": "stabilityai/stable-diffusion-2-1-base",
+    "dit-256": "facebook/DiT-XL-2-256",
+    "dit-512": "facebook/DiT-XL-2-512",
+    "testbed-dit": "bigain/assets/testbed/dit-fmnist",
+    "testbed-unet": "bigain/assets/testbed/unet-fmnist",
+}
+DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A checkpoint that is neither a local folder nor in the HF cache (nor downloadable)."""
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu; anything else is passed to torch.device."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'fp16'|'bf16'|'fp32' or None/'auto' (fp16 on GPU, fp32 on CPU) -> torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; allowed: {sorted(DTYPES)} or 'auto'")
+    return DTYPES[dtype]
+
+
+# ----------------------------------------------------------------------------- the interface
+
+
+@dataclass
+class LoadedModel:
+    """A diffusion denoiser plus everything needed to encode images and conditions, uniformly for SD and DiT.
+
+    Conditions are dicts ``{denoiser kwarg: tensor}`` whose tensors have one row per class
+    (``encoder_hidden_states`` (C, L, D) for U-Nets, ``class_labels`` (C,) for DiTs), so a
+    runner gathers rows with :meth:`select` and never needs to know which kind it holds.
+    """
+
+    kind: str  # "sd" (U-Net, cross-attention conditioning) or "dit" (class-label conditioning)
+    name: str  # version name or folder/hub id, for output names
+    source: str  # where the weights were loaded from
+    denoiser: nn.Module  # the module to patch (UNet2DConditionModel / DiTTransformer2DModel)
+    scheduler: Any  # diffusers scheduler; its alphas_cumprod define the forward process
+    device: torch.device
+    dtype: torch.dtype
+    vae: nn.Module | None = None  # None: pixel-space model
+    text_encoder: nn.Module | None = None
+    tokenizer: Any = None
+    class_embeddings: torch.Tensor | None = None  # (num_classes + 1, L, D), last row = null (testbed U-Net)
+    num_classes: int | None = None  # class-conditional models only
+    null_class: int | None = None  # label of the unconditional class (DiT: num_classes)
+    class_names: list[str] | None = None
+    meta: dict = field(default_factory=dict)  # testbed.json / model_index.json contents
+
+    # -- geometry -------------------------------------------------------------------------
+    @property
+    def in_channels(self) -> int:
+        """Channels of the denoiser input (latent or pixel channels)."""
+        return int(self.denoiser.config.in_channels)
+
+    @property
+    def sample_size(self) -> int:
+        """Spatial size of the denoiser input (latent side, or pixel side in pixel space)."""
+        size = self.denoiser.config.sample_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along one side (1 in pixel space)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        """Native image side in pixels."""
+        return self.sample_size * self.vae_scale_factor
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images the model encodes (3 for VAE models)."""
+        return int(self.vae.config.in_channels) if self.vae is not None else self.in_channels
+
+    @property
+    def conditioning(self) -> str:
+        """'text' (prompts through a text encoder) or 'class' (integer class ids)."""
+        return "text" if self.text_encoder is not None else "class"
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """Cumulative alphas of the training schedule (float64 on CPU), length T."""
+        return self.scheduler.alphas_cumprod.to(torch.float64).cpu()
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """T of the training schedule."""
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def prediction_type(self) -> str:
+        """'epsilon' or 'v_prediction' (converted to eps by predict_eps)."""
+        return str(getattr(self.scheduler.config, "prediction_type", "epsilon"))
+
+    # -- images ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images (B, C, H, W) -> model inputs: VAE posterior mean * scaling factor, or identity."""
+        images = images.to(self.device, self.dtype)
+        if self.vae is None:
+            return images
+        latents = self.vae.encode(images).latent_dist.mean
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Model inputs -> images in [-1, 1] (not clamped), the inverse of encode_images."""
+        latents = latents.to(self.device, self.dtype)
+        if self.vae is None:
+            return latents
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample
+
+    # -- conditions -----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Prompts -> last hidden state of the text encoder (N, 77, D), padded to max length."""
+        if self.text_encoder is None:
+            raise ValueError(f"{self.name} has no text encoder; condition it with class ids")
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            tok = self.tokenizer(list(prompts[i : i + batch_size]), padding="max_length",
+                                 max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+            hidden = self.text_encoder(tok.input_ids.to(self.device))[0]
+            out.append(hidden.to(self.dtype))
+        return torch.cat(out)
+
+    def condition(self, prompts: Sequence[str] | None = None,
+                  class_ids: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Denoiser kwargs with one row per class; text models use `prompts`, class-conditional ones `class_ids`.
+
+        Callers may pass both (e.g. every row of a prompt CSV); the model uses what it needs.
+        """
+        if self.text_encoder is not None:
+            if prompts is None:
+                raise ValueError(f"{self.name} is text-conditioned: pass prompts")
+            return {"encoder_hidden_states": self.encode_prompts(prompts)}
+        if class_ids is None:
+            raise ValueError(f"{self.name} is class-conditioned: pass class_ids")
+        ids = torch.as_tensor(list(class_ids), dtype=torch.long)
+        if self.num_classes is not None and (ids.min() < 0 or ids.max() >= self.num_classes):
+            raise ValueError(f"class ids must lie in [0, {self.num_classes}) for {self.name}; "
+                             f"got {ids.min().item()}..{ids.max().item()}")
+        return self._class_condition(ids)
+
+    def _class_condition(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows for integer class ids (the null class included)."""
+        if self.class_embeddings is not None:
+            return {"encoder_hidden_states": self.class_embeddings[ids.to(self.class_embeddings.device)]}
+        return {"class_labels": ids.to(self.device)}
+
+    def null_condition(self, n: int = 1) -> dict[str, torch.Tensor]:
+        """`n` unconditional rows: the empty prompt, or the null class."""
+        if self.text_encoder is not None:
+            return {"encoder_hidden_states": self.encode_prompts([""]).expand(n, -1, -1)}
+        if self.null_class is None:
+            raise ValueError(f"{self.name} has no null class (no classifier-free guidance)")
+        return self._class_condition(torch.full((n,), self.null_class, dtype=torch.long))
+
+    @staticmethod
+    def select(cond: dict[str, torch.Tensor], rows: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
+        """Gather condition rows (e.g. the class of every sample in a batch)."""
+        out = {}
+        for k, v in cond.items():
+            idx = torch.as_tensor(rows, dtype=torch.long, device=v.device)
+            out[k] = v.index_select(0, idx)
+        return out
+
+    @staticmethod
+    def concat(*conds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Stack condition dicts along the batch (e.g. [uncond, cond] for guidance)."""
+        return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+
+    # -- the model ------------------------------------------------------------------------
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Noise prediction eps_theta(x_t, t, c) in the model dtype.
+
+        `t` is a scalar or one timestep per sample; DiT outputs with learned sigma are cut
+        to the first `in_channels` channels; v-prediction is converted to eps.
+        """
+        x_t = x_t.to(self.device, self.dtype)
+        t = torch.as_tensor(t, device=self.device)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        out = self.denoiser(x_t, timestep=t, **cond, return_dict=False)[0]
+        out = out[:, : self.in_channels]
+        if self.prediction_type == "v_prediction":
+            a = self.scheduler.alphas_cumprod.to(self.device)[t.long()].to(out.dtype).view(-1, 1, 1, 1)
+            out = a.sqrt() * out + (1 - a).sqrt() * x_t
+        return out
+
+    __call__ = predict_eps
+
+    def describe(self) -> dict:
+        """Small JSON-able description for configs and logs."""
+        return {"kind": self.kind, "name": self.name, "source": self.source, "dtype": str(self.dtype).split(".")[-1],
+                "device": str(self.device), "in_channels": self.in_channels, "sample_size": self.sample_size,
+                "image_size": self.image_size, "conditioning": self.conditioning, "num_classes": self.num_classes,
+                "denoiser": type(self.denoiser).__name__, "prediction_type": self.prediction_type}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> dict:
+    """JSON file contents, or {} when absent."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _hub_cache_dir() -> str:
+    """The HF hub cache folder in effect (HF_HUB_CACHE / HF_HOME aware)."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return str(HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return os.path.expanduser("~/.cache/huggingface/hub")
+
+
+def _hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE / DIFFUSERS_OFFLINE) is set."""
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE"))
+
+
+def _missing_message(name: str, tried: list[str], err: Exception | None) -> str:
+    """Error text: where we looked and how to provide the weights."""
+    lines = [f"could not load model {name!r}. Looked in:"] + [f"  - {t}" for t in tried]
+    if err is not None:
+        lines.append(f"last error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    lines += [
+        "Provide it by one of:",
+        "  * --model_path /path/to/folder  (a diffusers folder: model_index.json + unet/ vae/ text_encoder/ "
+        "tokenizer/ scheduler/ for SD, or transformer/ vae/ scheduler/ for DiT)",
+        "  * downloading it into the HF cache on a machine with internet: "
+        "`huggingface-cli download <hub id>` (then copy ~/.cache/huggingface or set HF_HOME)",
+        f"  * known versions: {', '.join(MODEL_VERSIONS)}",
+    ]
+    return "\n".join(lines)
+
+
+def _resolve_folder(name_or_path: str) -> tuple[Path | None, str | None, list[str]]:
+    """Map a version name / hub id / folder to (local folder or None, hub id or None, places tried)."""
+    target = MODEL_VERSIONS.get(name_or_path, name_or_path)
+    tried = []
+    for cand in (Path(target), REPO_ROOT / target):
+        tried.append(f"local folder {cand}")
+        if cand.is_dir():
+            return cand, None, tried
+    is_hub_id = target.count("/") == 1 and not target.startswith((".", "/", "~", "bigain/"))
+    return None, (target if is_hub_id else None), tried
+
+
+def _snapshot(hub_id: str, tried: list[str], allow_patterns: list[str] | None = None) -> Path:
+    """Local snapshot folder of a hub repo: HF cache first, then the hub unless offline."""
+    from huggingface_hub import snapshot_download
+
+    patterns = allow_patterns or ["*.json", "*.txt", "*.model", "unet/*.safetensors", "vae/*.safetensors",
+                                  "text_encoder/*.safetensors", "transformer/*.safetensors"]
+    tried.append(f"HF cache {_hub_cache_dir()} (repo {hub_id})")
+    err: Exception | None = None
+    try:
+        return Path(snapshot_download(hub_id, local_files_only=True, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - any failure means "not cached"
+        err = e
+    if _hub_offline():
+        tried.append("the Hugging Face hub: skipped, HF_HUB_OFFLINE is set")
+        raise ModelNotFoundError(_missing_message(hub_id, tried, err))
+    tried.append(f"the Hugging Face hub (https://huggingface.co/{hub_id})")
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001
+        raise ModelNotFoundError(_missing_message(hub_id, tried, e)) from e
+
+
+def _detect_kind(folder: Path) -> str:
+    """'sd' or 'dit' from testbed.json / model_index.json / sub-folders."""
+    meta = _read_json(folder / "testbed.json")
+    if meta.get("kind") in ("dit", "transformer"):
+        return "dit"
+    if meta.get("kind") in ("unet", "sd"):
+        return "sd"
+    index = _read_json(folder / "model_index.json")
+    if index:
+        return "dit" if "transformer" in index else "sd"
+    if (folder / "transformer").is_dir():
+        return "dit"
+    if (folder / "unet").is_dir():
+        return "sd"
+    raise ModelNotFoundError(
+        f"{folder} is not a diffusers model folder: expected model_index.json, or unet/ or transformer/ "
+        f"sub-folders (plus scheduler/, and testbed.json for the embedded testbed)")
+
+
+def _load_scheduler(folder: Path):
+    """The folder's scheduler (class from scheduler_config.json), or SD's DDPM schedule if it has none."""
+    import diffusers
+
+    cfg = _read_json(folder / "scheduler" / "scheduler_config.json")
+    if not cfg:
+        return diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000)
+    cls = getattr(diffusers, cfg.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
+    return cls.from_pretrained(folder, subfolder="scheduler")
+
+
+def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load every component present in a local diffusers / testbed folder."""
+    import diffusers
+
+    kind = _detect_kind(folder)
+    meta = _read_json(folder / "testbed.json")
+    index = _read_json(folder / "model_index.json")
+    common = {"torch_dtype": dtype}
+    if kind == "dit":
+        denoiser = diffusers.DiTTransformer2DModel.from_pretrained(folder, subfolder="transformer", **common)
+    else:
+        denoiser = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **common)
+    vae = None
+    if (folder / "vae").is_dir():
+        vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", **common)
+    text_encoder = tokenizer = None
+    if (folder / "text_encoder").is_dir():
+        import transformers
+
+        text_encoder = transformers.CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **common)
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    class_embeddings = None
+    emb_file = folder / "class_embeddings.safetensors"
+    if emb_file.is_file():
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(emb_file))
+        if "embeddings" not in tensors:
+            raise ValueError(f"{emb_file} must hold a tensor named 'embeddings' (classes + 1, L, D); "
+                             f"found {sorted(tensors)}")
+        class_embeddings = tensors["embeddings"].to(device, dtype)
+    if kind == "sd" and text_encoder is None and class_embeddings is None:
+        raise ValueError(f"{folder}: a U-Net needs text_encoder/ + tokenizer/ or class_embeddings.safetensors")
+
+    num_classes = meta.get("num_classes")
+    null_class = meta.get("null_class")
+    if kind == "dit" and num_classes is None:
+        num_classes = int(denoiser.config.num_embeds_ada_norm)
+    if class_embeddings is not None and num_classes is None:
+        num_classes = class_embeddings.shape[0] - 1
+    if null_class is None and num_classes is not None:
+        null_class = num_classes
+    names = meta.get("class_names")
+    if names is None and isinstance(index.get("id2label"), dict):
+        id2label = index["id2label"]
+        names = [str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label))]
+
+    model = LoadedModel(kind=kind, name=name, source=str(folder), denoiser=denoiser,
+                        scheduler=_load_scheduler(folder), device=device, dtype=dtype, vae=vae,
+                        text_encoder=text_encoder, tokenizer=tokenizer, class_embeddings=class_embeddings,
+                        num_classes=num_classes, null_class=null_class, class_names=names,
+                        meta=meta or {k: v for k, v in index.items() if k != "id2label"})
+    for module in (model.denoiser, model.vae, model.text_encoder):
+        if module is not None:
+            module.to(device).eval().requires_grad_(False)
+    return model
+
+
+def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None, dtype: str | torch.dtype = "auto",
+               device: str | torch.device = "auto") -> LoadedModel:
+    """Load a model by version name (`MODEL_VERSIONS`), hub id or local folder; `model_path` wins over `version`.
+
+    Looks in the local folder, then the HF cache, then (unless HF_HUB_OFFLINE) the hub; raises
+    :class:`ModelNotFoundError` saying where it looked and how to provide the weights.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if model_path is not None:
+        folder = Path(model_path).expanduser()
+        if not folder.is_dir():
+            raise ModelNotFoundError(_missing_message(str(model_path), [f"local folder {folder} (does not exist)"],
+                                                      None))
+        name = folder.name if version in (None, "", "2-0") else version
+        return _load_folder(folder, name, dev, dt)
+    if version not in MODEL_VERSIONS and "/" not in str(version):
+        raise ValueError(f"unknown model version {version!r}; allowed: {', '.join(MODEL_VERSIONS)}, "
+                         f"a hub id (owner/name) or --model_path")
+    folder, hub_id, tried = _resolve_folder(str(version))
+    if folder is None and hub_id is None:
+        raise ModelNotFoundError(_missing_message(str(version), tried, None))
+    if folder is None:
+        folder = _snapshot(hub_id, tried)
+    return _load_folder(folder, str(version), dev, dt)
