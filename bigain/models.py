@@ -443,8 +443,7 @@ def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None
         if not folder.is_dir():
             raise ModelNotFoundError(_missing_message(str(model_path), [f"local folder {folder} (does not exist)"],
                                                       None))
-        name = folder.name if version in (None, "", "2-0") else version
-        return _load_folder(folder, name, dev, dt)
+        return _load_folder(folder, folder.resolve().name, dev, dt)
     if version not in MODEL_VERSIONS and "/" not in str(version):
         raise ValueError(f"unknown model version {version!r}; allowed: {', '.join(MODEL_VERSIONS)}, "
                          f"a hub id (owner/name) or --model_path")

@@ -1,0 +1,570 @@
+"""Zero-shot classification with a diffusion model (Li et al., ICCV 2023), adaptive protocol of protocol.md §1.
+
+For an image x0 and every candidate class c the classifier estimates E_t,eps ||eps - eps_theta(x_t, t, c)||
+on a fixed timestep grid with noise shared by all classes (a paired comparison), eliminating
+classes in stages (--n_samples / --to_keep), and predicts the class with the lowest mean error.
+
+    python -m bigain.classify --dataset pets --version 2-0 --method bigain_tm --ratio 0.7
+    python -m bigain.classify --dataset fmnist --model_path bigain/assets/testbed/dit-fmnist
+    accelerate launch -m bigain.classify --dataset imagenet100 --version dit-512 ...   # multi-GPU
+    python -m bigain.classify ... --merge_only        # accuracy over all shards' records
+
+Results: <output_dir>/<dataset>_<split>/<model>/<reducer>/<settings>/records/<index>.npz (one per
+image), config.json, log*.txt; one row per invocation in <output_dir>/summary.csv.
+The pure core, :func:`classify_image`, works on in-memory latents (used by the testbed benchmark).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bigain.datasets import DATASETS, INTERPOLATIONS, build_dataset, check_dataset_args, load_prompts, \
+    match_channels, subset_indices
+from bigain.records import ImageRecord, append_csv_row, atomic_write_json, config_fingerprint, load_record, \
+    merge_records, record_path, save_record
+
+__all__ = ["LOSSES", "Schedule", "ClassifyResult", "classify_image", "image_seed", "make_noise", "build_parser",
+           "validate_args", "main"]
+
+LOSSES = ("l2", "l1", "huber")
+LOG = logging.getLogger("bigain.classify")
+
+
+# ----------------------------------------------------------------------------- protocol pieces
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Timestep grid and staged elimination: stage s scores n_samples[s] grid points and keeps to_keep[s] classes."""
+
+    n_samples: tuple[int, ...] = (5, 20)
+    to_keep: tuple[int, ...] = (5, 1)
+    num_train_timesteps: int = 1000
+    n_trials: int = 1
+
+    @property
+    def num_slots(self) -> int:
+        """M = max(n_samples): size of the timestep grid."""
+        return max(self.n_samples)
+
+    def grid(self) -> list[int]:
+        """range(T//M//2, T, T//M) truncated to M (M=20: 25, 75, ..., 975)."""
+        T, M = self.num_train_timesteps, self.num_slots
+        return list(range(T // M // 2, T, T // M))[:M]
+
+    def stage_slots(self) -> list[list[int]]:
+        """Grid indices newly evaluated at each stage: grid[(M//n)//2 :: M//n][:n] minus those already done."""
+        M, done, stages = self.num_slots, set(), []
+        for n in self.n_samples:
+            step = M // n
+            new = [i for i in list(range(step // 2, M, step))[:n] if i not in done]
+            done.update(new)
+            stages.append(new)
+        return stages
+
+    def calls_per_image(self, num_classes: int) -> int:
+        """Denoiser evaluations per image: sum over stages of classes alive x new timesteps x trials."""
+        alive, total = num_classes, 0
+        for new, keep in zip(self.stage_slots(), self.to_keep):
+            total += alive * len(new) * self.n_trials
+            alive = min(alive, keep)
+        return total
+
+    def validate(self, num_classes: int) -> None:
+        """ValueError for inconsistent lists or more classes kept than exist."""
+        ns, tk = list(self.n_samples), list(self.to_keep)
+        if not ns or len(ns) != len(tk):
+            raise ValueError(f"--n_samples and --to_keep need the same (non-zero) length; got {ns} and {tk}")
+        if any(n < 1 for n in ns) or any(k < 1 for k in tk):
+            raise ValueError(f"--n_samples and --to_keep must be positive; got {ns} and {tk}")
+        if tk[-1] != 1:
+            raise ValueError(f"the last --to_keep must be 1 (one predicted class); got {tk}")
+        if any(b > a for a, b in zip(tk, tk[1:])):
+            raise ValueError(f"--to_keep must not increase from stage to stage; got {tk}")
+        if max(ns) > self.num_train_timesteps:
+            raise ValueError(f"--n_samples cannot exceed T={self.num_train_timesteps}; got {ns}")
+        if self.n_trials < 1:
+            raise ValueError(f"--n_trials must be >= 1; got {self.n_trials}")
+        if tk[0] > num_classes:
+            raise ValueError(f"--to_keep {tk} keeps more classes than the dataset has ({num_classes})")
+
+
+def image_seed(seed: int, index: int) -> int:
+    """Seed of an image's noise, a function of (seed, dataset index) only: order/shard/resume independent."""
+    digest = hashlib.sha256(f"bigain-classify:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def make_noise(shape: Sequence[int], num_slots: int, n_trials: int, seed: int) -> torch.Tensor:
+    """(num_slots, n_trials, *shape) standard normal noise from a CPU generator (device independent)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn((num_slots, n_trials, *shape), generator=gen, dtype=torch.float32)
+
+
+def per_sample_error(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Error of each sample, averaged over C, H, W: l2 (MSE), l1 or huber (delta 1)."""
+    pred, target = pred.float(), target.float()
+    if loss == "l2":
+        err = F.mse_loss(pred, target, reduction="none")
+    elif loss == "l1":
+        err = F.l1_loss(pred, target, reduction="none")
+    elif loss == "huber":
+        err = F.huber_loss(pred, target, reduction="none", delta=1.0)
+    else:
+        raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+    return err.flatten(1).mean(1)
+
+
+@dataclass
+class ClassifyResult:
+    """Output of classify_image: errors[row, slot, trial] (NaN = not evaluated) and the winning row."""
+
+    errors: np.ndarray
+    pred_row: int
+    calls: int
+    model_time_s: float
+    survivors: list[list[int]]  # rows kept after each stage
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work so timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def classify_image(model: Any, x0: torch.Tensor, cond: dict[str, torch.Tensor], schedule: Schedule,
+                   noise: torch.Tensor, *, batch_size: int = 32, loss: str = "l2",
+                   on_batch: Callable[[int], None] | None = None) -> ClassifyResult:
+    """Adaptive diffusion classification of one encoded image.
+
+    `model` provides ``predict_eps(x_t, t, cond)``, ``alphas_cumprod``, ``select(cond, rows)``
+    and ``device`` (a :class:`bigain.models.LoadedModel`); `x0` is (1, C, H, W) or (C, H, W);
+    `cond` has one row per candidate class; `noise` is (M, n_trials, C, H, W) (see make_noise).
+    All (class, timestep, trial) triples of a stage are flattened and run `batch_size` at a time,
+    so a batch mixes timesteps and classes.
+    """
+    device = model.device
+    x0 = x0.reshape(1, *x0.shape[-3:]).to(device, torch.float32)
+    num_rows = next(iter(cond.values())).shape[0]
+    grid = torch.tensor(schedule.grid(), dtype=torch.long)
+    acp = model.alphas_cumprod.to(torch.float64)
+    sqrt_a = acp.sqrt().float().to(device)
+    sqrt_1ma = (1 - acp).sqrt().float().to(device)
+    noise = noise.to(device, torch.float32)
+    errors = np.full((num_rows, schedule.num_slots, schedule.n_trials), np.nan, dtype=np.float32)
+    alive = list(range(num_rows))
+    calls, model_time, survivors = 0, 0.0, []
+    for new_slots, keep in zip(schedule.stage_slots(), schedule.to_keep):
+        triples = [(r, s, k) for r in alive for s in new_slots for k in range(schedule.n_trials)]
+        for start in range(0, len(triples), batch_size):
+            chunk = triples[start : start + batch_size]
+            rows = torch.tensor([c[0] for c in chunk], dtype=torch.long)
+            slots = torch.tensor([c[1] for c in chunk], dtype=torch.long)
+            trials = torch.tensor([c[2] for c in chunk], dtype=torch.long)
+            t = grid[slots].to(device)
+            eps = noise[slots.to(device), trials.to(device)]
+            x_t = sqrt_a[t].view(-1, 1, 1, 1) * x0 + sqrt_1ma[t].view(-1, 1, 1, 1) * eps
+            batch_cond = model.select(cond, rows)
+            _sync(device)
+            tic = time.perf_counter()
+            pred = model.predict_eps(x_t, t, batch_cond)
+            _sync(device)
+            model_time += time.perf_counter() - tic
+            err = per_sample_error(pred, eps, loss).cpu().numpy()
+            errors[rows.numpy(), slots.numpy(), trials.numpy()] = err
+            calls += len(chunk)
+            if on_batch is not None:
+                on_batch(len(chunk))
+        scores = _row_scores(errors, alive)
+        order = np.argsort(scores, kind="stable")
+        alive = sorted(alive[i] for i in order[: min(keep, len(alive))])
+        survivors.append(list(alive))
+    best = alive[int(np.argmin(_row_scores(errors, alive)))]
+    return ClassifyResult(errors=errors, pred_row=best, calls=calls, model_time_s=model_time, survivors=survivors)
+
+
+def _row_scores(errors: np.ndarray, rows: Sequence[int]) -> np.ndarray:
+    """Mean of all errors evaluated so far for each of `rows`."""
+    sub = errors[list(rows)].reshape(len(rows), -1)
+    mask = np.isfinite(sub)
+    return np.where(mask, sub, 0).sum(1) / np.maximum(mask.sum(1), 1)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _add_reduction_args(parser: argparse.ArgumentParser) -> None:
+    """The shared reducer flags (bigain.reduction)."""
+    from bigain.reduction import add_reduction_args
+
+    add_reduction_args(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag of `python -m bigain.classify`."""
+    from bigain.models import MODEL_VERSIONS
+
+    p = argparse.ArgumentParser(prog="python -m bigain.classify", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="pets", help=f"one of: {', '.join(DATASETS)} (default: pets)")
+    g.add_argument("--dataset_root", default=None, help="root of the datasets (default: $DATASET_ROOT)")
+    g.add_argument("--split", default=None, help="evaluated split (default: the dataset's test/val split)")
+    g.add_argument("--data_dir", default=None, help="--dataset folder: folder with one sub-folder per class")
+    g.add_argument("--prompts_csv", default=None,
+                   help="prompt CSV (prompt,classname,classidx) replacing the shipped one")
+    g.add_argument("--img_size", type=int, default=None,
+                   help="resize short side + center-crop to this (default: the model's native size, SD 2: 512)")
+    g.add_argument("--interpolation", default="bicubic", choices=INTERPOLATIONS, help="resize filter")
+    g.add_argument("--max_images", type=int, default=None,
+                   help="evaluate only this many images, spread evenly over the dataset (default: all)")
+    g.add_argument("--loader_workers", type=int, default=0, help="DataLoader worker processes for decoding")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--version", default="2-0",
+                   help=f"model: {', '.join(MODEL_VERSIONS)} or a hub id (default: 2-0 = SD 2 base)")
+    g.add_argument("--model_path", default=os.environ.get("MODEL_PATH") or None,
+                   help="local diffusers/testbed folder; overrides --version (default: $MODEL_PATH)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
+                   help="weights/activations dtype (auto: fp16 on GPU, fp32 on CPU)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (auto: GPU when present)")
+    g.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on Ampere+ GPUs (recorded)")
+    g.add_argument("--cpu_threads", type=int, default=None,
+                   help="torch intra-op CPU threads (default: torch's choice; 1 on busy shared machines)")
+
+    g = p.add_argument_group("adaptive protocol (protocol.md §1)")
+    g.add_argument("--n_samples", type=int, nargs="+", default=[5, 20],
+                   help="timesteps scored by the end of each stage (default: 5 20)")
+    g.add_argument("--to_keep", type=int, nargs="+", default=[5, 1],
+                   help="classes kept after each stage; the last must be 1 (default: 5 1)")
+    g.add_argument("--n_trials", type=int, default=1, help="noises per timestep (default: 1)")
+    g.add_argument("--loss", default="l2", choices=LOSSES, help="error between eps and prediction (default: l2)")
+    g.add_argument("--batch_size", type=int, default=32, help="(class, timestep) samples per forward (default: 32)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed; each image uses (seed, image index)")
+    _add_reduction_args(p)
+
+    g = p.add_argument_group("outputs, resumption, sharding")
+    g.add_argument("--output_dir", default="results/classification", help="base folder of runs")
+    g.add_argument("--run_dir", default=None, help="explicit run folder (default: derived from every setting)")
+    g.add_argument("--summary_csv", default=None, help="summary CSV (default: <output_dir>/summary.csv)")
+    g.add_argument("--force_recalc", action="store_true", help="recompute images that already have records")
+    g.add_argument("--n_workers", type=int, default=1, help="number of independent jobs sharing the dataset")
+    g.add_argument("--worker_idx", type=int, default=0, help="this job's index in [0, n_workers)")
+    g.add_argument("--merge_only", action="store_true",
+                   help="only merge the run's existing records (all shards) into accuracy and a summary row")
+    g.add_argument("--no_flops", action="store_true", help="skip the FLOPs-per-call measurement")
+    g.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="validate everything, print the plan and exit without loading the model")
+    return p
+
+
+def validate_args(args: argparse.Namespace) -> tuple[Any, Schedule, str]:
+    """Check every input before model work; returns (class table, schedule, split). Raises ValueError etc."""
+    from bigain.reduction import reduction_kwargs
+
+    import tomesd
+
+    split = check_dataset_args(args.dataset, args.dataset_root, args.data_dir, args.split)
+    if args.prompts_csv:
+        table = load_prompts(args.prompts_csv)
+    elif args.dataset == "folder":
+        table = load_prompts(Path(args.data_dir) / "prompts.csv")
+    else:
+        table = load_prompts(args.dataset)
+    schedule = Schedule(tuple(args.n_samples), tuple(args.to_keep), 1000, args.n_trials)
+    schedule.validate(len(table))
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1; got {args.batch_size}")
+    if args.n_workers < 1 or not 0 <= args.worker_idx < args.n_workers:
+        raise ValueError(f"need 0 <= --worker_idx < --n_workers; got {args.worker_idx} / {args.n_workers}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max_images must be positive; got {args.max_images}")
+    if args.img_size is not None and args.img_size < 8:
+        raise ValueError(f"--img_size must be >= 8; got {args.img_size}")
+    reduction_kwargs(tomesd.canonical_name(args.method), vars(args))  # unknown/foreign reducer options
+    return table, schedule, split
+
+
+def _reduction_tag(args: argparse.Namespace) -> str:
+    """Folder name of the reducer settings."""
+    from bigain.reduction import reduction_kwargs, reduction_tag
+
+    import tomesd
+
+    method = tomesd.canonical_name(args.method)
+    tag = reduction_tag(method, reduction_kwargs(method, vars(args)))
+    if method != "none" and args.reduction_seed is not None:
+        tag += f"_rseed{args.reduction_seed}"
+    return tag
+
+
+def _model_label(args: argparse.Namespace) -> str:
+    """Folder name of the model."""
+    if args.model_path:
+        return Path(args.model_path).resolve().name
+    return str(args.version).replace("/", "--")
+
+
+def _run_dir(args: argparse.Namespace, split: str, img_size: int | str, dtype: str) -> Path:
+    """Output folder whose name encodes every setting."""
+    if args.run_dir:
+        return Path(args.run_dir)
+    settings = (f"ns{'-'.join(map(str, args.n_samples))}_tk{'-'.join(map(str, args.to_keep))}_{args.loss}"
+                f"_tr{args.n_trials}_s{args.seed}_{img_size}px-{args.interpolation}_{dtype}_bs{args.batch_size}")
+    if args.max_images:
+        settings += f"_max{args.max_images}"
+    return Path(args.output_dir) / f"{args.dataset}_{split}" / _model_label(args) / _reduction_tag(args) / settings
+
+
+def _file_sha(path: str | Path) -> str:
+    """sha256 of a file (short), '' when absent."""
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
+
+
+def _shard() -> tuple[int, int]:
+    """(process index, process count) under `accelerate launch` / torchrun; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes
+
+
+def _setup_logging(run_dir: Path, tag: str) -> None:
+    """Log to stderr and <run_dir>/log<tag>.txt."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    LOG.setLevel(logging.INFO)
+    for h in list(LOG.handlers):
+        LOG.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / f"log{tag}.txt")):
+        h.setFormatter(fmt)
+        LOG.addHandler(h)
+    LOG.propagate = False
+
+
+def count_flops_per_call(model: Any, latent_shape: Sequence[int], cond: dict[str, torch.Tensor],
+                         schedule: Schedule, batch_size: int) -> float:
+    """FLOPs of one denoiser call (torch.utils.flop_counter), averaged over one batch of grid timesteps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    grid = schedule.grid()
+    n = max(1, min(batch_size, len(grid)))
+    t = torch.tensor([grid[int(i * len(grid) / n)] for i in range(n)], device=model.device)
+    rows = [i % next(iter(cond.values())).shape[0] for i in range(n)]
+    x = torch.zeros((n, *latent_shape), device=model.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.predict_eps(x, t, model.select(cond, rows))
+    return counter.get_total_flops() / n
+
+
+def _git_commit() -> str:
+    """Current commit of the repository ('' outside git)."""
+    try:
+        import subprocess
+
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip()
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run (or merge) a classification; returns the summary row."""
+    wall_start = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    table, schedule, split = validate_args(args)
+    proc_idx, n_procs = _shard()
+    n_shards, shard = args.n_workers * n_procs, args.worker_idx * n_procs + proc_idx
+
+    from bigain.models import resolve_device, resolve_dtype
+
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
+    device = resolve_device(args.device)
+    if n_procs > 1 and args.device == "auto" and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", proc_idx)))
+    dtype = resolve_dtype(args.dtype, device)
+    dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+
+    dataset = build_dataset(args.dataset, root=args.dataset_root, split=split, img_size=args.img_size,
+                            interpolation=args.interpolation, data_dir=args.data_dir, prompts_csv=args.prompts_csv)
+    indices = subset_indices(len(dataset), args.max_images)
+    mine = indices[shard::n_shards]
+    calls_expected = schedule.calls_per_image(len(table))
+
+    if args.dry_run:
+        run_dir = _run_dir(args, split, args.img_size or "native", dtype_name)
+        plan = {"run_dir": str(run_dir), "dataset": args.dataset, "split": split, "images": len(indices),
+                "this_shard": len(mine), "shard": f"{shard}/{n_shards}", "classes": len(table),
+                "timestep_grid": schedule.grid(),
+                "timesteps_per_stage": [[schedule.grid()[i] for i in s] for s in schedule.stage_slots()],
+                "to_keep": list(schedule.to_keep), "calls_per_image": calls_expected,
+                "model": args.model_path or args.version, "method": args.method, "reduction": _reduction_tag(args),
+                "dtype": dtype_name, "device": str(device)}
+        print(json.dumps(plan, indent=2))
+        return plan
+
+    import tomesd
+
+    from bigain.models import load_model
+    from bigain.reduction import apply_reduction
+
+    model = load_model(args.version, model_path=args.model_path, dtype=dtype, device=device)
+    if args.tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    img_size = args.img_size or model.image_size
+    dataset.transform = _transform_for(img_size, args.interpolation)
+    run_dir = _run_dir(args, split, img_size, dtype_name)
+    _setup_logging(run_dir, "" if n_shards == 1 else f".{shard}of{n_shards}")
+
+    result_config = {
+        "dataset": args.dataset, "split": split, "prompts_sha": _prompts_sha(table), "img_size": img_size,
+        "interpolation": args.interpolation, "model": model.name, "model_source": model.source, "dtype": dtype_name,
+        "n_samples": list(args.n_samples), "to_keep": list(args.to_keep), "n_trials": args.n_trials,
+        "loss": args.loss, "seed": args.seed, "batch_size": args.batch_size, "reduction": _reduction_tag(args),
+    }
+    fingerprint = config_fingerprint(result_config)
+
+    if args.merge_only:
+        return _finish(args, run_dir, indices, fingerprint, result_config, wall_start, shard, n_shards,
+                       flops=None, report=None)
+
+    report = apply_reduction(model.denoiser, args, seed=args.seed)
+    LOG.info("model %s (%s) on %s, %s; %s", model.name, model.source, device, dtype_name,
+             str(report) if report is not None else "no token reduction")
+    cond = model.condition(prompts=list(table.prompts), class_ids=list(table.classidx))
+    latent_shape = (model.in_channels, img_size // model.vae_scale_factor, img_size // model.vae_scale_factor)
+    flops = None
+    if not args.no_flops:
+        flops = count_flops_per_call(model, latent_shape, cond, schedule, args.batch_size)
+    if shard == 0:
+        atomic_write_json(run_dir / "config.json", {
+            "args": vars(args), "result_config": result_config, "fingerprint": fingerprint,
+            "model": model.describe(), "patch": report.to_dict() if report is not None else None,
+            "timestep_grid": schedule.grid(), "stage_slots": schedule.stage_slots(),
+            "calls_per_image": calls_expected, "flops_per_call": flops, "images": len(indices),
+            "classes": table.to_dict(), "git_commit": _git_commit(), "torch": torch.__version__,
+            "attention": "torch SDPA (diffusers AttnProcessor2_0)", "tf32": bool(args.tf32)})
+
+    todo = [i for i in mine if args.force_recalc or load_record(record_path(run_dir, i), fingerprint) is None]
+    LOG.info("run dir %s: %d images in this shard (%d/%d), %d to compute, %d classes, %d calls/image",
+             run_dir, len(mine), shard, n_shards, len(todo), len(table), calls_expected)
+    _run_images(args, model, dataset, todo, mine, cond, table, schedule, run_dir, fingerprint, report is not None)
+
+    if n_procs > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+        if proc_idx != 0:
+            return {}
+    return _finish(args, run_dir, indices, fingerprint, result_config, wall_start, shard, n_shards,
+                   flops=flops, report=report)
+
+
+def _transform_for(img_size: int, interpolation: str):
+    """Dataset transform at the model's size."""
+    from bigain.datasets import make_transform
+
+    return make_transform(img_size, interpolation)
+
+
+def _prompts_sha(table: Any) -> str:
+    """Hash of the class table (a changed CSV invalidates records)."""
+    return hashlib.sha256(json.dumps(table.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _run_images(args: argparse.Namespace, model: Any, dataset: Any, todo: list[int], mine: list[int],
+                cond: dict[str, torch.Tensor], table: Any, schedule: Schedule, run_dir: Path, fingerprint: str,
+                patched: bool) -> None:
+    """Classify `todo` images, writing one record each; progress bar with running accuracy over the shard."""
+    from tqdm.auto import tqdm
+
+    import tomesd
+
+    pending = set(todo)
+    done = [i for i in mine if i not in pending]
+    correct = sum(int(load_record(record_path(run_dir, i), fingerprint).correct) for i in done)
+    seen = len(done)
+    classidx = np.asarray(table.classidx, dtype=np.int64)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=None, shuffle=False,
+                                         num_workers=args.loader_workers)
+    bar = tqdm(total=len(mine), initial=seen, desc=f"classify {args.dataset}", unit="img", dynamic_ncols=True)
+    reduction_seed = args.seed if args.reduction_seed is None else args.reduction_seed
+    for index, (image, label) in zip(todo, loader):
+        tic = time.perf_counter()
+        seed = image_seed(args.seed, index)
+        if patched:
+            tomesd.reseed(model.denoiser, reduction_seed + index)
+        image = match_channels(image.unsqueeze(0), model.image_channels)
+        x0 = model.encode_images(image).float()
+        noise = make_noise(x0.shape[1:], schedule.num_slots, schedule.n_trials, seed)
+        res = classify_image(model, x0, cond, schedule, noise, batch_size=args.batch_size, loss=args.loss)
+        labels = [int(v) for v in label] if isinstance(label, (list, tuple)) or (
+            torch.is_tensor(label) and label.ndim > 0) else [int(label)]
+        rec = ImageRecord(index=index, labels=labels, pred=int(classidx[res.pred_row]), errors=res.errors,
+                          timesteps=np.asarray(schedule.grid()), classidx=classidx, calls=res.calls,
+                          model_time_s=res.model_time_s, wall_time_s=time.perf_counter() - tic,
+                          fingerprint=fingerprint, meta={"survivors": res.survivors, "seed": seed})
+        save_record(record_path(run_dir, index), rec)
+        seen += 1
+        correct += int(rec.correct)
+        bar.update(1)
+        bar.set_postfix(acc=f"{correct / seen:.3f}", s_img=f"{rec.wall_time_s:.2f}")
+    bar.close()
+
+
+def _finish(args: argparse.Namespace, run_dir: Path, indices: list[int], fingerprint: str, result_config: dict,
+            wall_start: float, shard: int, n_shards: int, flops: float | None, report: Any) -> dict:
+    """Merge every shard's records, log accuracy, append the summary row."""
+    merged = merge_records(run_dir, indices, fingerprint)
+    wall = time.perf_counter() - wall_start
+    row = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "dataset": args.dataset, "split": result_config["split"],
+        "model": result_config["model"], "method": args.method, "reduction": result_config["reduction"],
+        "n_samples": " ".join(map(str, args.n_samples)), "to_keep": " ".join(map(str, args.to_keep)),
+        "n_trials": args.n_trials, "loss": args.loss, "seed": args.seed, "img_size": result_config["img_size"],
+        "dtype": result_config["dtype"], "batch_size": args.batch_size,
+        "accuracy": round(merged.accuracy, 6) if merged.images else "", "images": merged.images,
+        "expected_images": merged.expected, "complete": merged.complete,
+        "calls_per_image": round(merged.calls_per_image, 2) if merged.images else "",
+        "model_time_s": round(merged.model_time_s, 3), "image_time_s": round(merged.image_wall_time_s, 3),
+        "images_per_s": round(merged.images / merged.image_wall_time_s, 4) if merged.image_wall_time_s else "",
+        "wall_time_s": round(wall, 3), "flops_per_call": f"{flops:.4g}" if flops else "",
+        "shard": f"{shard}/{n_shards}", "merge_only": bool(args.merge_only), "run_dir": str(run_dir),
+        "fingerprint": fingerprint,
+    }
+    summary = Path(args.summary_csv) if args.summary_csv else Path(args.output_dir) / "summary.csv"
+    append_csv_row(summary, row)
+    atomic_write_json(run_dir / f"result{'' if n_shards == 1 else f'.{shard}of{n_shards}'}.json",
+                      {**row, **merged.to_dict()})
+    acc = f"{100 * merged.accuracy:.2f}%" if merged.images else "n/a"
+    LOG.info("accuracy %s over %d/%d images (%s); %.1f calls/image, model time %.1fs, wall %.1fs",
+             acc, merged.images, merged.expected, "complete" if merged.complete else
+             f"{len(merged.missing)} missing: run the other shards, then --merge_only",
+             merged.calls_per_image if merged.images else math.nan, merged.model_time_s, wall)
+    return row
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Per-image result records (.npz, written atomically), resume checks, and the merge of shards into accuracy.
+
+A run directory holds ``records/<index>.npz`` (one per image, any shard may have written it),
+``config.json`` and logs. A record is reused only when it loads, is complete, and carries the
+run's config fingerprint; anything else (missing, half-written, corrupt, other config) is
+recomputed. No pickles: arrays plus a JSON string.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ImageRecord",
+    "MergeResult",
+    "append_csv_row",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "config_fingerprint",
+    "load_record",
+    "merge_records",
+    "record_path",
+    "save_record",
+]
+
+RECORD_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to a temp file in the same folder, fsync, then os.replace (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """JSON-dump `obj` atomically (indented, sorted keys)."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def config_fingerprint(config: dict) -> str:
+    """Short stable hash of the settings that change a result."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
+    """Append one row (header written when the file is new; columns are the union, in first-seen order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        if set(row) - set(header):  # new columns: rewrite the file with the wider header
+            with open(path, newline="", encoding="utf-8") as f:
+                old = list(csv.DictReader(f))
+            header = header + [k for k in row if k not in header]
+            rows = old + [row]
+            _write_csv(path, header, rows)
+            return path
+        line = _csv_line(header, row)
+        with open(path, "a", encoding="utf-8", newline="") as f:  # one short O_APPEND write per row
+            f.write(line)
+        return path
+    _write_csv(path, list(row), [row])
+    return path
+
+
+def _csv_line(header: Sequence[str], row: dict[str, Any]) -> str:
+    """One CSV line for `row` in `header` order."""
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerow([row.get(k, "") for k in header])
+    return buf.getvalue()
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Write a whole CSV atomically."""
+    text = _csv_line(header, {k: k for k in header})
+    text += "".join(_csv_line(header, r) for r in rows)
+    atomic_write_bytes(path, text.encode())
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class ImageRecord:
+    """Result of one image: errors[class row, timestep slot, trial] (NaN = not evaluated), prediction, label."""
+
+    index: int
+    labels: list[int]  # one entry, or several for multi-label datasets
+    pred: int  # predicted classidx
+    errors: np.ndarray  # float32 (num_classes, num_slots, n_trials)
+    timesteps: np.ndarray  # int64 (num_slots,) the timestep grid
+    classidx: np.ndarray  # int64 (num_classes,) classidx of each row
+    calls: int  # denoiser evaluations (samples, not batches)
+    model_time_s: float
+    wall_time_s: float = 0.0
+    fingerprint: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def correct(self) -> bool:
+        """Prediction is (one of) the label(s)."""
+        return int(self.pred) in set(int(v) for v in self.labels)
+
+    def scores(self) -> np.ndarray:
+        """Mean error per class over everything evaluated (inf for rows never evaluated)."""
+        with np.errstate(invalid="ignore"), _quiet():
+            flat = self.errors.reshape(self.errors.shape[0], -1)
+            counts = np.isfinite(flat).sum(1)
+            sums = np.where(np.isfinite(flat), flat, 0).sum(1)
+            return np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+
+
+class _quiet:
+    """Context manager silencing numpy RuntimeWarnings."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._w.__exit__(*exc)
+
+
+def record_path(run_dir: str | Path, index: int) -> Path:
+    """Where the record of dataset image `index` lives."""
+    return Path(run_dir) / "records" / f"{int(index):08d}.npz"
+
+
+def save_record(path: str | Path, rec: ImageRecord) -> Path:
+    """Write a record atomically as .npz (arrays + a JSON string, no pickles)."""
+    import io
+
+    meta = {"version": RECORD_VERSION, "index": int(rec.index), "labels": [int(v) for v in rec.labels],
+            "pred": int(rec.pred), "calls": int(rec.calls), "model_time_s": float(rec.model_time_s),
+            "wall_time_s": float(rec.wall_time_s), "fingerprint": rec.fingerprint, "extra": rec.meta}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, errors=np.asarray(rec.errors, np.float32), timesteps=np.asarray(rec.timesteps, np.int64),
+                        classidx=np.asarray(rec.classidx, np.int64), meta=np.array(json.dumps(meta)))
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_record(path: str | Path, fingerprint: str | None = None) -> ImageRecord | None:
+    """A valid record, or None when missing, corrupt, incomplete, of another version or another config."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            errors, timesteps, classidx = f["errors"], f["timesteps"], f["classidx"]
+            meta = json.loads(str(f["meta"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None
+    if meta.get("version") != RECORD_VERSION or (fingerprint is not None and meta.get("fingerprint") != fingerprint):
+        return None
+    if errors.ndim != 3 or errors.shape[0] != classidx.shape[0] or errors.shape[1] != timesteps.shape[0]:
+        return None
+    if int(meta["pred"]) not in set(classidx.tolist()) or not np.isfinite(errors).any():
+        return None
+    return ImageRecord(index=int(meta["index"]), labels=list(meta["labels"]), pred=int(meta["pred"]), errors=errors,
+                       timesteps=timesteps, classidx=classidx, calls=int(meta["calls"]),
+                       model_time_s=float(meta["model_time_s"]), wall_time_s=float(meta.get("wall_time_s", 0.0)),
+                       fingerprint=str(meta.get("fingerprint", "")), meta=meta.get("extra", {}))
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+@dataclass
+class MergeResult:
+    """Accuracy and cost over every valid record of a run (all shards)."""
+
+    images: int
+    correct: int
+    expected: int
+    missing: list[int]
+    calls_per_image: float
+    model_time_s: float  # summed over images
+    image_wall_time_s: float  # summed per-image wall time
+
+    @property
+    def accuracy(self) -> float:
+        """Top-1 accuracy in [0, 1] (NaN with no images)."""
+        return self.correct / self.images if self.images else math.nan
+
+    @property
+    def complete(self) -> bool:
+        """Every expected image has a valid record."""
+        return not self.missing
+
+    def to_dict(self) -> dict:
+        """JSON-able summary."""
+        return {"images": self.images, "correct": self.correct, "accuracy": self.accuracy, "expected": self.expected,
+                "missing": len(self.missing), "complete": self.complete, "calls_per_image": self.calls_per_image,
+                "model_time_s": self.model_time_s, "image_wall_time_s": self.image_wall_time_s}
+
+
+def merge_records(run_dir: str | Path, indices: Sequence[int], fingerprint: str | None = None) -> MergeResult:
+    """Read the records of `indices` (written by any shard) and total accuracy and cost."""
+    correct = images = calls = 0
+    model_time = wall = 0.0
+    missing = []
+    for i in indices:
+        rec = load_record(record_path(run_dir, i), fingerprint)
+        if rec is None:
+            missing.append(int(i))
+            continue
+        images += 1
+        correct += int(rec.correct)
+        calls += rec.calls
+        model_time += rec.model_time_s
+        wall += rec.wall_time_s
+    return MergeResult(images=images, correct=correct, expected=len(indices), missing=missing,
+                       calls_per_image=calls / images if images else math.nan, model_time_s=model_time,
+                       image_wall_time_s=wall)
