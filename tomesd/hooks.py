@@ -116,11 +116,12 @@ class BlockHook:
 def attend_compressed_kv(inner: Any, attn: nn.Module, hidden: Tensor, plan: KVPlan, attention_mask: Any,
                          kwargs: dict) -> Tensor:
     """Self-attention with K/V from `plan.kv_source`; gated-off samples attend to all tokens."""
+    kv = plan.kv_source(hidden)  # per-sample settings (alpha schedule) index the full batch
     if plan.active is None:
-        return inner(attn, hidden, plan.kv_source(hidden), attention_mask, **kwargs)
+        return inner(attn, hidden, kv, attention_mask, **kwargs)
     on = plan.active.nonzero().flatten().to(hidden.device)
     off = (~plan.active).nonzero().flatten().to(hidden.device)
-    out_on = inner(attn, hidden[on], plan.kv_source(hidden[on]), attention_mask, **kwargs)
+    out_on = inner(attn, hidden[on], kv[on], attention_mask, **kwargs)
     out_off = inner(attn, hidden[off], None, attention_mask, **kwargs)
     out = out_on.new_empty((hidden.shape[0],) + tuple(out_on.shape[1:]))
     out[on], out[off] = out_on, out_off

@@ -1,0 +1,52 @@
+"""Compatibility: upstream tomesd 0.1.3 parity, torch.compile, the context manager."""
+import pytest
+import torch
+
+import tomesd
+from eval.upstream import load_upstream
+from tiny_models import dit_inputs, tiny_dit, tiny_sd_unet, unet_inputs
+
+
+@pytest.mark.parametrize("ratio,max_downsample", [(0.5, 1), (0.7, 2)])
+def test_tome_no_rand_matches_upstream_tomesd(ratio, max_downsample):
+    upstream = load_upstream()
+    if upstream is None:
+        pytest.skip("upstream tomesd not unpacked (python -m eval.upstream installs it)")
+    model = tiny_sd_unet()
+    x = unet_inputs(batch=2)
+    args = (x["sample"], x["timestep"], x["encoder_hidden_states"])  # upstream needs positional calls
+    with torch.no_grad():
+        base = model(*args).sample
+        upstream.apply_patch(model, ratio=ratio, max_downsample=max_downsample, use_rand=False)
+        theirs = model(*args).sample
+        upstream.remove_patch(model)
+        tomesd.apply_patch(model, ratio=ratio, max_downsample=max_downsample, use_rand=False)
+        ours = model(*args).sample
+        tomesd.remove_patch(model)
+    assert not torch.allclose(theirs, base)
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,options", [("bigain_tm", {"ratio": 0.5}), ("bigain_td", {"alpha": 0.5})])
+def test_patched_model_under_torch_compile_matches_eager(method, options):
+    model = tiny_dit()
+    x = dit_inputs(batch=2)
+    tomesd.apply_patch(model, method=method, **options)
+    with torch.no_grad():
+        eager = model(**x).sample
+        compiled = torch.compile(model)
+        out = compiled(**x).sample
+    tomesd.remove_patch(model)
+    assert torch.allclose(out, eager, atol=1e-4), (out - eager).abs().max()
+
+
+def test_context_manager_restores_on_error():
+    model = tiny_sd_unet()
+    with pytest.raises(RuntimeError, match="boom"):
+        with tomesd.patched(model, method="sito", ratio=0.5):
+            assert tomesd.get_patch(model) is not None
+            raise RuntimeError("boom")
+    assert tomesd.get_patch(model) is None
+    with torch.no_grad():
+        model(**unet_inputs())
