@@ -81,6 +81,16 @@ def reduction_kwargs(method: str, values: dict[str, Any]) -> dict[str, Any]:
     return chosen
 
 
+def validate_reduction(args: argparse.Namespace) -> dict[str, Any]:
+    """Check the reducer flags before any model work (unknown/foreign options, bad values)."""
+    from tomesd.options import build_options
+
+    method = tomesd.canonical_name(args.method)
+    options = reduction_kwargs(method, vars(args))
+    build_options(tomesd.get_reducer(method).Options, method, options)
+    return options
+
+
 def apply_reduction(model: Any, args: argparse.Namespace, seed: Optional[int] = None) -> Optional[tomesd.PatchReport]:
     """Patch `model` (denoiser or pipeline) as the parsed flags say; None for the baseline."""
     method = tomesd.canonical_name(args.method)
