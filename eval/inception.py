@@ -242,3 +242,15 @@ def build_inception(features: list[str], inception_weights: str | Path | None = 
     """Inception extractor on CPU for the given torch-fidelity feature names."""
     path = str(resolve_inception_weights(inception_weights).path)
     return FeatureExtractorInceptionV3Local(INCEPTION_EXTRACTOR, list(features), path)
+
+
+def _register() -> None:
+    """Make the local-weights extractor usable by name in ``torch_fidelity.calculate_metrics``."""
+    from torch_fidelity import register_feature_extractor
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    if INCEPTION_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(INCEPTION_EXTRACTOR, FeatureExtractorInceptionV3Local)
+
+
+_register()

