@@ -36,8 +36,8 @@ from bigain.datasets import DATASETS, INTERPOLATIONS, build_dataset, check_datas
 from bigain.records import ImageRecord, append_csv_row, atomic_write_json, config_fingerprint, load_record, \
     merge_records, record_path, save_record
 
-__all__ = ["LOSSES", "Schedule", "ClassifyResult", "classify_image", "image_seed", "make_noise", "build_parser",
-           "validate_args", "main"]
+__all__ = ["LOSSES", "Schedule", "ClassifyResult", "RunContext", "classify_image", "classify_dataset_image",
+           "image_seed", "make_noise", "per_sample_error", "build_parser", "validate_args", "main"]
 
 LOSSES = ("l2", "l1", "huber")
 LOG = logging.getLogger("bigain.classify")
@@ -424,8 +424,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(json.dumps(plan, indent=2))
         return plan
 
-    import tomesd
-
     from bigain.models import load_model
     from bigain.reduction import apply_reduction
 
@@ -470,7 +468,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     todo = [i for i in mine if args.force_recalc or load_record(record_path(run_dir, i), fingerprint) is None]
     LOG.info("run dir %s: %d images in this shard (%d/%d), %d to compute, %d classes, %d calls/image",
              run_dir, len(mine), shard, n_shards, len(todo), len(table), calls_expected)
-    _run_images(args, model, dataset, todo, mine, cond, table, schedule, run_dir, fingerprint, report is not None)
+    ctx = RunContext(model=model, cond=cond, classidx=np.asarray(table.classidx, dtype=np.int64), schedule=schedule,
+                     seed=args.seed, reduction_seed=args.reduction_seed, batch_size=args.batch_size, loss=args.loss,
+                     patched=report is not None, fingerprint=fingerprint)
+    _run_images(ctx, dataset, todo, mine, run_dir, args.loader_workers, desc=f"classify {args.dataset}")
 
     if n_procs > 1:
         from accelerate import PartialState
@@ -494,38 +495,63 @@ def _prompts_sha(table: Any) -> str:
     return hashlib.sha256(json.dumps(table.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _run_images(args: argparse.Namespace, model: Any, dataset: Any, todo: list[int], mine: list[int],
-                cond: dict[str, torch.Tensor], table: Any, schedule: Schedule, run_dir: Path, fingerprint: str,
-                patched: bool) -> None:
+@dataclass
+class RunContext:
+    """What every image of a run shares: model, class conditions (encoded once), protocol settings."""
+
+    model: Any
+    cond: dict[str, torch.Tensor]
+    classidx: np.ndarray  # classidx of each condition row
+    schedule: Schedule
+    seed: int = 0
+    reduction_seed: int | None = None  # reducer generator seed base (default: seed); None-patched models ignore it
+    batch_size: int = 32
+    loss: str = "l2"
+    patched: bool = False
+    fingerprint: str = ""
+
+
+def classify_dataset_image(ctx: RunContext, index: int, image: torch.Tensor, label: Any) -> ImageRecord:
+    """Classify dataset image `index` ((C, H, W) in [-1, 1]); depends only on (image, index, settings).
+
+    The noise comes from image_seed(seed, index) and the reducer is reseeded with
+    reduction_seed + index, so the record is the same alone, in any order, shard or resume.
+    """
+    import tomesd
+
+    tic = time.perf_counter()
+    model = ctx.model
+    if ctx.patched:
+        tomesd.reseed(model.denoiser, (ctx.seed if ctx.reduction_seed is None else ctx.reduction_seed) + int(index))
+    image = match_channels(image.reshape(1, *image.shape[-3:]), model.image_channels)
+    x0 = model.encode_images(image).float()
+    seed = image_seed(ctx.seed, index)
+    noise = make_noise(x0.shape[1:], ctx.schedule.num_slots, ctx.schedule.n_trials, seed)
+    res = classify_image(model, x0, ctx.cond, ctx.schedule, noise, batch_size=ctx.batch_size, loss=ctx.loss)
+    if isinstance(label, (list, tuple)) or (torch.is_tensor(label) and label.ndim > 0):
+        labels = [int(v) for v in label]
+    else:
+        labels = [int(label)]
+    return ImageRecord(index=int(index), labels=labels, pred=int(ctx.classidx[res.pred_row]), errors=res.errors,
+                       timesteps=np.asarray(ctx.schedule.grid()), classidx=ctx.classidx, calls=res.calls,
+                       model_time_s=res.model_time_s, wall_time_s=time.perf_counter() - tic,
+                       fingerprint=ctx.fingerprint, meta={"survivors": res.survivors, "seed": seed})
+
+
+def _run_images(ctx: RunContext, dataset: Any, todo: list[int], mine: list[int], run_dir: Path,
+                loader_workers: int = 0, desc: str = "classify") -> None:
     """Classify `todo` images, writing one record each; progress bar with running accuracy over the shard."""
     from tqdm.auto import tqdm
 
-    import tomesd
-
     pending = set(todo)
     done = [i for i in mine if i not in pending]
-    correct = sum(int(load_record(record_path(run_dir, i), fingerprint).correct) for i in done)
+    correct = sum(int(load_record(record_path(run_dir, i), ctx.fingerprint).correct) for i in done)
     seen = len(done)
-    classidx = np.asarray(table.classidx, dtype=np.int64)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=None, shuffle=False,
-                                         num_workers=args.loader_workers)
-    bar = tqdm(total=len(mine), initial=seen, desc=f"classify {args.dataset}", unit="img", dynamic_ncols=True)
-    reduction_seed = args.seed if args.reduction_seed is None else args.reduction_seed
+                                         num_workers=loader_workers)
+    bar = tqdm(total=len(mine), initial=seen, desc=desc, unit="img", dynamic_ncols=True)
     for index, (image, label) in zip(todo, loader):
-        tic = time.perf_counter()
-        seed = image_seed(args.seed, index)
-        if patched:
-            tomesd.reseed(model.denoiser, reduction_seed + index)
-        image = match_channels(image.unsqueeze(0), model.image_channels)
-        x0 = model.encode_images(image).float()
-        noise = make_noise(x0.shape[1:], schedule.num_slots, schedule.n_trials, seed)
-        res = classify_image(model, x0, cond, schedule, noise, batch_size=args.batch_size, loss=args.loss)
-        labels = [int(v) for v in label] if isinstance(label, (list, tuple)) or (
-            torch.is_tensor(label) and label.ndim > 0) else [int(label)]
-        rec = ImageRecord(index=index, labels=labels, pred=int(classidx[res.pred_row]), errors=res.errors,
-                          timesteps=np.asarray(schedule.grid()), classidx=classidx, calls=res.calls,
-                          model_time_s=res.model_time_s, wall_time_s=time.perf_counter() - tic,
-                          fingerprint=fingerprint, meta={"survivors": res.survivors, "seed": seed})
+        rec = classify_dataset_image(ctx, index, image, label)
         save_record(record_path(run_dir, index), rec)
         seen += 1
         correct += int(rec.correct)
