@@ -1,0 +1,485 @@
+"""Generation under token compression (protocol.md §2): SD text-to-image and DiT class-conditional.
+
+    python -m bigain.generate --version 2-0 --dataset imagenet --method bigain_tm --ratio 0.7
+    python -m bigain.generate --version dit-512 --dataset imagenet100 --method todo --df 2
+    python -m bigain.generate --model_path bigain/assets/testbed/dit-fmnist --classes 0 1 2 --images_per_class 8
+    accelerate launch -m bigain.generate ...                                       # multi-GPU
+
+One image per evaluation item: the class prompt of its label (classification datasets), the
+first caption (coco2017), a line of ``--prompts_file``, or ``--classes`` x ``--images_per_class``.
+Defaults: SD (U-Net) 50 Euler steps, guidance 7.5; DiT 50 DDIM steps (eta 0), guidance 4.0 with
+the null class. Batch ``b`` starts from noise drawn with seed ``seed + b`` and reseeds the reducer
+with ``reduction_seed + b`` (default ``seed + b``), so an image depends only on the settings and
+its position, never on sharding or resumption. PNGs and one JSON record each go to
+``<run_dir>/images/<index>.png|json`` as they are made; a rerun skips finished images; one row per
+invocation goes to the summary CSV.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, config_fingerprint
+from bigain.samplers import CallStats, Schedule, guided_eps_fn, initial_noise, make_schedule, SAMPLERS
+
+__all__ = ["Item", "build_parser", "validate_args", "build_items", "main", "DEFAULT_STEPS", "DEFAULTS_BY_KIND"]
+
+LOG = logging.getLogger("bigain.generate")
+DEFAULT_STEPS = 50
+# kind -> (sampler, guidance) of the published setup
+DEFAULTS_BY_KIND = {"sd": ("euler", 7.5), "dit": ("ddim", 4.0)}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to generate: its index in the run, prompt and/or class id."""
+
+    index: int
+    prompt: Optional[str]
+    label: Optional[int]
+    class_name: Optional[str] = None
+
+
+# ----------------------------------------------------------------------------- items
+
+
+def _coco_first_captions(root: Path) -> list[tuple[int, str]]:
+    """(image id, first caption) of every COCO-2017 val image, sorted by image id."""
+    path = root / "coco" / "annotations" / "captions_val2017.json"
+    if not path.is_file():
+        from bigain.datasets import DatasetLayoutError
+
+        raise DatasetLayoutError(f"dataset 'coco2017': {path} not found (generation uses the first caption "
+                                 "of each val2017 image)")
+    data = json.loads(path.read_text())
+    first: dict[int, tuple[int, str]] = {}
+    for ann in data["annotations"]:
+        cur = first.get(ann["image_id"])
+        if cur is None or ann["id"] < cur[0]:
+            first[ann["image_id"]] = (ann["id"], ann["caption"].strip())
+    return [(img_id, first[img_id][1]) for img_id in sorted(first)]
+
+
+def _read_prompts_file(path: Path) -> list[tuple[str, Optional[int]]]:
+    """Prompts from a .txt (one per line) or a .csv with a ``prompt`` column (optional ``classidx``/``label``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts_file {path} not found")
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "prompt" not in (reader.fieldnames or []):
+                raise ValueError(f"{path}: a prompt CSV needs a 'prompt' column")
+            out = []
+            for r in reader:
+                lab = r.get("classidx") or r.get("label")
+                out.append((r["prompt"], int(lab) if lab not in (None, "") else None))
+    else:
+        out = [(line.strip(), None) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not out:
+        raise ValueError(f"--prompts_file {path} holds no prompts")
+    return out
+
+
+def _class_table(args: argparse.Namespace) -> Any:
+    """The prompt CSV used for class prompts (``--prompts_csv`` or the dataset's), or None."""
+    from bigain.datasets import load_prompts
+
+    if args.prompts_csv:
+        return load_prompts(args.prompts_csv)
+    if args.dataset and args.dataset not in ("coco2017", "folder"):
+        return load_prompts(args.dataset)
+    return None
+
+
+def build_items(args: argparse.Namespace) -> list[Item]:
+    """Every item of the run, in index order (labels only; no image is decoded)."""
+    from bigain.datasets import build_dataset, subset_indices
+
+    table = _class_table(args)
+    by_id = {i: (p, n) for p, n, i in zip(table.prompts, table.classnames, table.classidx)} if table else {}
+
+    def labelled(label: int) -> tuple[Optional[str], Optional[str]]:
+        return by_id.get(int(label), (None, None))
+
+    if args.prompts_file:
+        pairs = _read_prompts_file(Path(args.prompts_file))
+        items = [Item(i, p, lab, labelled(lab)[1] if lab is not None else None) for i, (p, lab) in enumerate(pairs)]
+    elif args.classes is not None:
+        items = []
+        for c in args.classes:
+            prompt, name = labelled(c)
+            items += [Item(0, prompt, int(c), name)] * args.images_per_class
+        items = [Item(i, it.prompt, it.label, it.class_name) for i, it in enumerate(items)]
+    elif args.dataset == "coco2017":
+        root = Path(args.dataset_root or os.environ.get("DATASET_ROOT", ""))
+        items = [Item(i, cap, None, None) for i, (_, cap) in enumerate(_coco_first_captions(root))]
+    else:
+        ds = build_dataset(args.dataset, root=args.dataset_root, split=args.split, data_dir=args.data_dir,
+                           prompts_csv=args.prompts_csv)
+        items = []
+        for i, lab in enumerate(ds.labels):
+            lab = lab[0] if isinstance(lab, (list, tuple)) else lab
+            prompt, name = labelled(lab)
+            items.append(Item(i, prompt, int(lab), name))
+    keep = subset_indices(len(items), args.max_images)
+    return [Item(j, items[i].prompt, items[i].label, items[i].class_name) for j, i in enumerate(keep)]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag of ``python -m bigain.generate``."""
+    from bigain.models import MODEL_VERSIONS
+    from bigain.reduction import add_reduction_args
+
+    p = argparse.ArgumentParser(prog="python -m bigain.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to generate (one of)")
+    g.add_argument("--dataset", default=None,
+                   help="one image per evaluation item: class prompt / class of its label, first COCO caption")
+    g.add_argument("--prompts_file", default=None, help=".txt (one prompt per line) or .csv with a prompt column")
+    g.add_argument("--classes", type=int, nargs="+", default=None, help="class ids (class-conditional models)")
+    g.add_argument("--images_per_class", type=int, default=1, help="with --classes (default: 1)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset_root", default=None, help="root of the datasets (default: $DATASET_ROOT)")
+    g.add_argument("--split", default=None, help="split whose items are generated (default: the eval split)")
+    g.add_argument("--data_dir", default=None, help="--dataset folder: folder with one sub-folder per class")
+    g.add_argument("--prompts_csv", default=None, help="prompt CSV (prompt,classname,classidx) for class prompts")
+    g.add_argument("--max_images", type=int, default=None, help="only this many items, spread evenly")
+    g.add_argument("--real_dir", default=None, help="real-image folder the run will be scored against (checked)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--version", default="2-0", help=f"{', '.join(MODEL_VERSIONS)} or a hub id (default: 2-0)")
+    g.add_argument("--model_path", default=os.environ.get("MODEL_PATH") or None,
+                   help="local diffusers/testbed folder; overrides --version (default: $MODEL_PATH)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on Ampere+ GPUs (recorded)")
+    g.add_argument("--cpu_threads", type=int, default=None, help="torch intra-op CPU threads")
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("--sampler", default=None, choices=sorted(SAMPLERS), help="default: euler (SD), ddim (DiT)")
+    g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default: {DEFAULT_STEPS})")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (SD 7.5, DiT 4.0)")
+    g.add_argument("--batch_size", type=int, default=4, help="images per batch (default: 4)")
+    g.add_argument("--seed", type=int, default=0, help="batch b uses seed + b")
+    add_reduction_args(p)
+
+    g = p.add_argument_group("outputs, resumption, sharding")
+    g.add_argument("--output_dir", default="results/generation", help="base folder of runs")
+    g.add_argument("--run_dir", default=None, help="explicit run folder (default: derived from every setting)")
+    g.add_argument("--summary_csv", default=None, help="summary CSV (default: <output_dir>/summary.csv)")
+    g.add_argument("--n_workers", type=int, default=1, help="independent jobs sharing the batches")
+    g.add_argument("--worker_idx", type=int, default=0, help="this job's index in [0, n_workers)")
+    g.add_argument("--no_flops", action="store_true", help="skip the FLOPs measurement")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    g.add_argument("--dry_run", "--dry-run", action="store_true", help="validate, print the plan, exit")
+    return p
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Check every input that needs no model; raises ValueError / FileNotFoundError."""
+    from bigain.datasets import check_dataset_args
+    from bigain.reduction import reduction_kwargs
+
+    import tomesd
+
+    sources = [s for s in ("dataset", "prompts_file", "classes") if getattr(args, s) is not None]
+    if len(sources) != 1:
+        raise ValueError(f"choose exactly one of --dataset, --prompts_file, --classes (got {sources or 'none'})")
+    if args.dataset is not None:
+        check_dataset_args(args.dataset, args.dataset_root, args.data_dir, args.split)
+    if args.guidance is not None and args.guidance < 0:
+        raise ValueError(f"--guidance must be >= 0; got {args.guidance}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1; got {args.steps}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1; got {args.batch_size}")
+    if args.images_per_class < 1:
+        raise ValueError(f"--images_per_class must be >= 1; got {args.images_per_class}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max_images must be positive; got {args.max_images}")
+    if args.n_workers < 1 or not 0 <= args.worker_idx < args.n_workers:
+        raise ValueError(f"need 0 <= --worker_idx < --n_workers; got {args.worker_idx} / {args.n_workers}")
+    if args.real_dir is not None and not Path(args.real_dir).is_dir():
+        raise FileNotFoundError(f"--real_dir {args.real_dir} is not a folder of real images")
+    if args.model_path is not None:
+        folder = Path(args.model_path).expanduser()
+        if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
+            raise FileNotFoundError(f"--model_path {folder} is not a readable folder (a diffusers or testbed "
+                                    "model folder: model_index.json or unet/ or transformer/, plus scheduler/)")
+    reduction_kwargs(tomesd.canonical_name(args.method), vars(args))
+
+
+def _reduction_tag(args: argparse.Namespace) -> str:
+    """Folder name of the reducer settings."""
+    from bigain.reduction import reduction_kwargs, reduction_tag
+
+    import tomesd
+
+    method = tomesd.canonical_name(args.method)
+    tag = reduction_tag(method, reduction_kwargs(method, vars(args)))
+    if method != "none" and args.reduction_seed is not None:
+        tag += f"_rseed{args.reduction_seed}"
+    return tag
+
+
+def _source_label(args: argparse.Namespace) -> str:
+    """Folder name of what is generated."""
+    if args.prompts_file:
+        return f"prompts-{Path(args.prompts_file).stem}"
+    if args.classes is not None:
+        ids = "-".join(map(str, args.classes))
+        return f"classes{ids if len(ids) <= 40 else config_fingerprint({'c': args.classes})[:8]}x{args.images_per_class}"
+    return f"{args.dataset}{'_' + args.split if args.split else ''}"
+
+
+def _model_label(args: argparse.Namespace) -> str:
+    """Folder name of the model."""
+    return Path(args.model_path).resolve().name if args.model_path else str(args.version).replace("/", "--")
+
+
+def _run_dir(args: argparse.Namespace, sampler: str, guidance: float, dtype: str, size: int) -> Path:
+    """Output folder whose name encodes every setting."""
+    if args.run_dir:
+        return Path(args.run_dir)
+    settings = f"{sampler}{args.steps}_g{guidance:g}_s{args.seed}_bs{args.batch_size}_{size}px_{dtype}"
+    if args.max_images:
+        settings += f"_max{args.max_images}"
+    return Path(args.output_dir) / _source_label(args) / _model_label(args) / _reduction_tag(args) / settings
+
+
+def _shard() -> tuple[int, int]:
+    """(process index, process count) under ``accelerate launch`` / torchrun; (0, 1) otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _conditions(model: Any, batch: Sequence[Item], guidance: float) -> tuple[dict, Optional[dict]]:
+    """(cond, uncond) rows for a batch: prompts for text models, class ids otherwise."""
+    n = len(batch)
+    if model.conditioning == "text":
+        cond = model.condition(prompts=[it.prompt for it in batch])
+    else:
+        cond = model.condition(class_ids=[it.label for it in batch])
+    uncond = model.null_condition(n) if guidance != 1.0 else None
+    return cond, uncond
+
+
+def _check_items_fit(model: Any, items: Sequence[Item]) -> None:
+    """Every item has what the model conditions on (before any sampling)."""
+    if model.conditioning == "text":
+        missing = [it.index for it in items if not it.prompt]
+        if missing:
+            raise ValueError(f"{model.name} is text-conditioned but items {missing[:5]} have no prompt "
+                             "(give --prompts_csv / --prompts_file, or a dataset with a prompt CSV)")
+    else:
+        missing = [it.index for it in items if it.label is None]
+        if missing:
+            raise ValueError(f"{model.name} is class-conditioned but items {missing[:5]} have no class id")
+        bad = sorted({it.label for it in items if model.num_classes is not None and not 0 <= it.label < model.num_classes})
+        if bad:
+            raise ValueError(f"class ids {bad[:5]} outside [0, {model.num_classes}) for {model.name}")
+
+
+def sample_batch(model: Any, batch: Sequence[Item], schedule: Schedule, guidance: float, seed: int,
+                 stats: Optional[CallStats] = None) -> torch.Tensor:
+    """Images in [-1, 1] (B, C, H, W) on CPU for one batch, from noise seeded with ``seed``."""
+    cond, uncond = _conditions(model, batch, guidance)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (len(batch), model.in_channels, model.sample_size, model.sample_size)
+    x = initial_noise(shape, schedule, gen, model.device, torch.float32)
+    eps_fn = guided_eps_fn(model, cond, uncond, guidance, stats)
+    x = SAMPLERS[schedule.name](eps_fn, x, schedule, generator=gen)
+    return model.decode_latents(x).float().cpu()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] (B, C, H, W) -> uint8 (B, H, W, C)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of one uint8 (H, W, C) image (grey when C == 1)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def count_flops(model: Any, schedule: Schedule, guidance: float, item: Item) -> float:
+    """Denoiser FLOPs to generate one image (every step, guidance rows included; no text encoder or VAE)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cond, uncond = _conditions(model, [item], guidance)
+    x = initial_noise((1, model.in_channels, model.sample_size, model.sample_size), schedule,
+                      torch.Generator().manual_seed(0), model.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        SAMPLERS[schedule.name](guided_eps_fn(model, cond, uncond, guidance), x, schedule)
+    return float(counter.get_total_flops())
+
+
+def _finished(images_dir: Path, index: int, fingerprint: str) -> bool:
+    """An image is finished when its PNG exists and its record (written last) carries the run's fingerprint."""
+    rec, png = images_dir / f"{index:06d}.json", images_dir / f"{index:06d}.png"
+    if not (rec.is_file() and png.is_file()):
+        return False
+    try:
+        return json.loads(rec.read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError):
+        return False
+
+
+def _attention_backend(denoiser: torch.nn.Module) -> str:
+    """Names of the attention processors in use (before patching)."""
+    procs = getattr(denoiser, "attn_processors", {}) or {}
+    return ",".join(sorted({type(p).__name__ for p in procs.values()})) or "n/a"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Generate a run's images (this shard's share, skipping finished ones); returns the summary row."""
+    wall_start = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    validate_args(args)
+    items = build_items(args)
+    if not items:
+        raise ValueError("nothing to generate: the item list is empty")
+    proc_idx, n_procs = _shard()
+    n_shards, shard = args.n_workers * n_procs, args.worker_idx * n_procs + proc_idx
+
+    from bigain.models import load_model, resolve_device, resolve_dtype
+    from bigain.reduction import apply_reduction
+
+    import tomesd
+
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
+    device = resolve_device(args.device)
+    if n_procs > 1 and args.device == "auto" and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", proc_idx)))
+    dtype = resolve_dtype(args.dtype, device)
+    dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    if args.dry_run:
+        plan = {"items": len(items), "batches": -(-len(items) // args.batch_size), "shard": f"{shard}/{n_shards}",
+                "first": asdict(items[0]), "model": args.model_path or args.version, "reduction": _reduction_tag(args)}
+        print(json.dumps(plan, indent=2))
+        return plan
+
+    model = load_model(args.version, model_path=args.model_path, dtype=dtype, device=device)
+    if args.tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    _check_items_fit(model, items)
+    sampler, default_guidance = DEFAULTS_BY_KIND[model.kind]
+    sampler = args.sampler or sampler
+    guidance = default_guidance if args.guidance is None else float(args.guidance)
+    if model.null_class is None and model.conditioning == "class" and guidance != 1.0:
+        raise ValueError(f"{model.name} has no null class: classifier-free guidance needs --guidance 1")
+    schedule = make_schedule(sampler, model.scheduler.config, args.steps)
+    attention = _attention_backend(model.denoiser)
+    reduction_seed = args.seed if args.reduction_seed is None else args.reduction_seed
+    report = apply_reduction(model.denoiser, args, seed=reduction_seed)
+
+    run_dir = _run_dir(args, sampler, guidance, dtype_name, model.image_size)
+    images_dir = run_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "model": model.name, "model_source": model.source, "kind": model.kind, "dtype": dtype_name,
+        "image_size": model.image_size, "sampler": sampler, "steps": args.steps, "guidance": guidance,
+        "seed": args.seed, "batch_size": args.batch_size, "method": tomesd.canonical_name(args.method),
+        "reduction": _reduction_tag(args), "reduction_options": report.options if report else {},
+        "reduction_seed": reduction_seed, "source": _source_label(args), "n_items": len(items),
+        "items_sha": config_fingerprint({"items": [asdict(it) for it in items]}),
+    }
+    fingerprint = config_fingerprint(settings)
+    atomic_write_json(run_dir / "config.json", {**settings, "fingerprint": fingerprint, "attention": attention,
+                                                "patch": report.to_dict() if report else None})
+
+    batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
+    mine = [b for b in range(len(batches)) if b % n_shards == shard]
+    todo = [b for b in mine if not all(_finished(images_dir, it.index, fingerprint) for it in batches[b])]
+    LOG.info("%s: %d items, %d batches for shard %d/%d, %d to do", run_dir, len(items), len(mine), shard, n_shards,
+             len(todo))
+
+    flops_per_image = None
+    if not args.no_flops:
+        flops_per_image = count_flops(model, schedule, guidance, items[0])
+
+    from tqdm import tqdm
+
+    stats, written = CallStats(), 0
+    for b in tqdm(todo, desc=f"generate {shard}/{n_shards}", unit="batch", disable=args.no_progress):
+        tomesd.reseed(model.denoiser, reduction_seed + b)
+        images = to_uint8(sample_batch(model, batches[b], schedule, guidance, args.seed + b, stats))
+        for row, (it, img) in enumerate(zip(batches[b], images)):
+            if _finished(images_dir, it.index, fingerprint):
+                continue  # finished by an earlier, interrupted run: never rewritten
+            atomic_write_bytes(images_dir / f"{it.index:06d}.png", png_bytes(img))
+            record = {**asdict(it), "file": f"{it.index:06d}.png", "batch_index": b, "row": row,
+                      "seed": args.seed + b, "reduction_seed": reduction_seed + b, "fingerprint": fingerprint,
+                      **{k: settings[k] for k in ("model", "sampler", "steps", "guidance", "method", "reduction",
+                                                   "reduction_options", "image_size", "dtype")}}
+            atomic_write_json(images_dir / f"{it.index:06d}.json", record)
+            written += 1
+
+    wall = time.perf_counter() - wall_start
+    calls_per_image = schedule.steps
+    row = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(run_dir), "model": model.name,
+        "kind": model.kind, "method": settings["method"], "reduction": settings["reduction"], "sampler": sampler,
+        "steps": args.steps, "guidance": guidance, "seed": args.seed, "batch_size": args.batch_size,
+        "dtype": dtype_name, "device": str(device), "attention": attention, "image_size": model.image_size,
+        "shard": f"{shard}/{n_shards}", "items": len(items), "images_written": written,
+        "images_skipped": sum(len(batches[b]) for b in mine) - sum(len(batches[b]) for b in todo),
+        "calls": stats.calls, "calls_per_image": calls_per_image, "rows_per_call_per_image": 2 if guidance != 1.0 else 1,
+        "model_time_s": round(stats.seconds, 4), "wall_time_s": round(wall, 3),
+        "model_time_per_image_s": round(stats.seconds / written, 5) if written else "",
+        "wall_time_per_image_s": round(wall / written, 5) if written else "",
+        "flops_per_image": f"{flops_per_image:.4g}" if flops_per_image else "",
+        "flops_per_call_per_image": f"{flops_per_image / calls_per_image:.4g}" if flops_per_image else "",
+        "tf32": bool(args.tf32),
+    }
+    summary = Path(args.summary_csv) if args.summary_csv else Path(args.output_dir) / "summary.csv"
+    append_csv_row(summary, row)
+    LOG.info("wrote %d images to %s (%.1fs)", written, images_dir, wall)
+    return row
+
+
+def _cli() -> None:
+    """Entry point with clean errors for bad input."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    _cli()
