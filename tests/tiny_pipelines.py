@@ -134,6 +134,9 @@ def build_tiny_dit(out_dir: str | Path, image_size: int = 32, seed: int = 0, num
     id2label = {i: f"class{i}" for i in range(num_classes)}
     pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=tiny_scheduler(), id2label=id2label)
     pipe.save_pretrained(out_dir)
+    index = json.loads((out_dir / "model_index.json").read_text())  # the hub's DiT repos carry id2label here
+    index["id2label"] = {str(k): v for k, v in id2label.items()}
+    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
     return out_dir
 
 
