@@ -6,7 +6,8 @@ classes in stages (--n_samples / --to_keep), and predicts the class with the low
 
     python -m bigain.classify --dataset pets --version 2-0 --method bigain_tm --ratio 0.7
     python -m bigain.classify --dataset fmnist --model_path bigain/assets/testbed/dit-fmnist
-    accelerate launch -m bigain.classify --dataset imagenet100 --version dit-512 ...   # multi-GPU
+    accelerate launch --multi_gpu --num_processes 4 -m bigain.classify ...   # multi-GPU (or torchrun)
+    python -m bigain.classify ... --n_workers 8 --worker_idx 3   # one of 8 independent jobs
     python -m bigain.classify ... --merge_only        # accuracy over all shards' records
 
 Results: <output_dir>/<dataset>_<split>/<model>/<reducer>/<settings>/records/<index>.npz (one per
@@ -325,8 +326,6 @@ def _run_dir(args: argparse.Namespace, split: str, img_size: int | str, dtype: s
         return Path(args.run_dir)
     settings = (f"ns{'-'.join(map(str, args.n_samples))}_tk{'-'.join(map(str, args.to_keep))}_{args.loss}"
                 f"_tr{args.n_trials}_s{args.seed}_{img_size}px-{args.interpolation}_{dtype}_bs{args.batch_size}")
-    if args.max_images:
-        settings += f"_max{args.max_images}"
     return Path(args.output_dir) / f"{args.dataset}_{split}" / _model_label(args) / _reduction_tag(args) / settings
 
 
@@ -337,14 +336,20 @@ def _file_sha(path: str | Path) -> str:
 
 
 def _shard() -> tuple[int, int]:
-    """(process index, process count) under `accelerate launch` / torchrun; (0, 1) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    from accelerate import PartialState
+    """(process rank, process count) under `accelerate launch` / torchrun (RANK, WORLD_SIZE); (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
 
-    state = PartialState()
-    return state.process_index, state.num_processes
+
+def _barrier(n_procs: int) -> None:
+    """Wait for every process of a multi-process launch (gloo works on CPU and GPU hosts alike)."""
+    if n_procs <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _setup_logging(run_dir: Path, tag: str) -> None:
@@ -363,17 +368,22 @@ def _setup_logging(run_dir: Path, tag: str) -> None:
 
 def count_flops_per_call(model: Any, latent_shape: Sequence[int], cond: dict[str, torch.Tensor],
                          schedule: Schedule, batch_size: int) -> float:
-    """FLOPs of one denoiser call (torch.utils.flop_counter), averaged over one batch of grid timesteps."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """FLOPs of one denoiser call (torch.utils.flop_counter, CPU SDPA included), averaged over a batch of grid timesteps."""
     grid = schedule.grid()
     n = max(1, min(batch_size, len(grid)))
     t = torch.tensor([grid[int(i * len(grid) / n)] for i in range(n)], device=model.device)
     rows = [i % next(iter(cond.values())).shape[0] for i in range(n)]
     x = torch.zeros((n, *latent_shape), device=model.device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.predict_eps(x, t, model.select(cond, rows))
-    return counter.get_total_flops() / n
+    batch_cond = model.select(cond, rows)
+    try:
+        from eval.flops import count_flops
+    except ImportError:  # eval/ not installed: PyTorch's counter alone (misses the CPU SDPA kernel)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.predict_eps(x, t, batch_cond)
+        return counter.get_total_flops() / n
+    return count_flops(model, (x, t, batch_cond)).total / n
 
 
 def _git_commit() -> str:
@@ -402,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(args.cpu_threads)
     device = resolve_device(args.device)
     if n_procs > 1 and args.device == "auto" and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", proc_idx)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", proc_idx)) % torch.cuda.device_count())
     dtype = resolve_dtype(args.dtype, device)
     dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
 
@@ -427,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from bigain.models import load_model
     from bigain.reduction import apply_reduction
 
-    model = load_model(args.version, model_path=args.model_path, dtype=dtype, device=device)
+    model = None
+    if not (args.merge_only and args.img_size):  # merging needs the model only to learn its native size
+        model = load_model(args.version, model_path=args.model_path, dtype=dtype, device=device)
     if args.tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -438,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     result_config = {
         "dataset": args.dataset, "split": split, "prompts_sha": _prompts_sha(table), "img_size": img_size,
-        "interpolation": args.interpolation, "model": model.name, "model_source": model.source, "dtype": dtype_name,
+        "interpolation": args.interpolation, "model": _model_label(args), "dtype": dtype_name,
         "n_samples": list(args.n_samples), "to_keep": list(args.to_keep), "n_trials": args.n_trials,
         "loss": args.loss, "seed": args.seed, "batch_size": args.batch_size, "reduction": _reduction_tag(args),
     }
@@ -473,12 +485,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      patched=report is not None, fingerprint=fingerprint)
     _run_images(ctx, dataset, todo, mine, run_dir, args.loader_workers, desc=f"classify {args.dataset}")
 
-    if n_procs > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
-        if proc_idx != 0:
-            return {}
+    _barrier(n_procs)
+    if proc_idx != 0:
+        return {}
     return _finish(args, run_dir, indices, fingerprint, result_config, wall_start, shard, n_shards,
                    flops=flops, report=report)
 

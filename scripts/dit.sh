@@ -5,13 +5,15 @@
 # example block uncommented (Baseline is active). Every flag is documented by
 #   python -m bigain.classify --help
 # The ratio / df / alpha a block sets is the value that runs. Runs resume: rerunning skips images
-# that already have a record. Multi-GPU: LAUNCH="accelerate launch --num_processes 4".
+# that already have a record. Multi-GPU: LAUNCH="accelerate launch --multi_gpu --num_processes 4"
+# (or "torchrun --nproc_per_node 4"); independent jobs: EXTRA_ARGS="--n_workers 8 --worker_idx K",
+# then the same command with --merge_only for the final accuracy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # ----------------------------------------------------------------------------- configuration
 PY=${PYTHON:-python}
-LAUNCH=${LAUNCH:-$PY}                        # or "accelerate launch --num_processes N"
+LAUNCH=${LAUNCH:-$PY}                        # or "accelerate launch --multi_gpu --num_processes N"
 DATASET=${DATASET:-imagenet100}              # imagenet100 or imagenet (DiT knows the ImageNet-1k classes); fmnist for the testbed DiT
 DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (protocol.md §4)
 VERSION=${VERSION:-dit-512}                  # dit-512 = facebook/DiT-XL-2-512; also dit-256 (IMG_SIZE=256)
