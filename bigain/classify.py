@@ -463,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report = apply_reduction(model.denoiser, args, seed=args.seed)
     LOG.info("model %s (%s) on %s, %s; %s", model.name, model.source, device, dtype_name,
              str(report) if report is not None else "no token reduction")
+    _warn_if_foreign_classes(model, table)
     cond = model.condition(prompts=list(table.prompts), class_ids=list(table.classidx))
     latent_shape = (model.in_channels, img_size // model.vae_scale_factor, img_size // model.vae_scale_factor)
     flops = None
@@ -477,19 +478,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "classes": table.to_dict(), "git_commit": _git_commit(), "torch": torch.__version__,
             "attention": "torch SDPA (diffusers AttnProcessor2_0)", "tf32": bool(args.tf32)})
 
-    todo = [i for i in mine if args.force_recalc or load_record(record_path(run_dir, i), fingerprint) is None]
+    todo, done_correct = _scan_shard(run_dir, mine, fingerprint, args.force_recalc)
     LOG.info("run dir %s: %d images in this shard (%d/%d), %d to compute, %d classes, %d calls/image",
              run_dir, len(mine), shard, n_shards, len(todo), len(table), calls_expected)
     ctx = RunContext(model=model, cond=cond, classidx=np.asarray(table.classidx, dtype=np.int64), schedule=schedule,
                      seed=args.seed, reduction_seed=args.reduction_seed, batch_size=args.batch_size, loss=args.loss,
                      patched=report is not None, fingerprint=fingerprint)
-    _run_images(ctx, dataset, todo, mine, run_dir, args.loader_workers, desc=f"classify {args.dataset}")
+    _run_images(ctx, dataset, todo, len(mine), done_correct, run_dir, args.loader_workers,
+                desc=f"classify {args.dataset}")
 
     _barrier(n_procs)
     if proc_idx != 0:
         return {}
     return _finish(args, run_dir, indices, fingerprint, result_config, wall_start, shard, n_shards,
                    flops=flops, report=report)
+
+
+def _warn_if_foreign_classes(model: Any, table: Any) -> None:
+    """Warn when a class-conditional model's own label names do not look like the dataset's classes."""
+    names = getattr(model, "class_names", None)
+    if model.conditioning != "class" or not names:
+        return
+    hits = sum(1 for i, n in zip(table.classidx, table.classnames)
+               if 0 <= i < len(names) and n.lower() in str(names[i]).lower())
+    if hits < len(table) / 2:
+        LOG.warning("only %d/%d dataset classes match the model's label names (e.g. classidx %d = %r vs %r): "
+                    "a class-conditional model can only classify its own label space", hits, len(table),
+                    table.classidx[0], table.classnames[0], names[table.classidx[0]] if
+                    table.classidx[0] < len(names) else None)
 
 
 def _transform_for(img_size: int, interpolation: str):
@@ -547,18 +563,29 @@ def classify_dataset_image(ctx: RunContext, index: int, image: torch.Tensor, lab
                        fingerprint=ctx.fingerprint, meta={"survivors": res.survivors, "seed": seed})
 
 
-def _run_images(ctx: RunContext, dataset: Any, todo: list[int], mine: list[int], run_dir: Path,
+def _scan_shard(run_dir: Path, mine: Sequence[int], fingerprint: str, force: bool) -> tuple[list[int], int]:
+    """(images without a valid record, correct predictions among those with one); force: recompute all."""
+    if force:
+        return list(mine), 0
+    todo, correct = [], 0
+    for i in mine:
+        rec = load_record(record_path(run_dir, i), fingerprint)
+        if rec is None:
+            todo.append(i)
+        else:
+            correct += int(rec.correct)
+    return todo, correct
+
+
+def _run_images(ctx: RunContext, dataset: Any, todo: list[int], shard_size: int, done_correct: int, run_dir: Path,
                 loader_workers: int = 0, desc: str = "classify") -> None:
     """Classify `todo` images, writing one record each; progress bar with running accuracy over the shard."""
     from tqdm.auto import tqdm
 
-    pending = set(todo)
-    done = [i for i in mine if i not in pending]
-    correct = sum(int(load_record(record_path(run_dir, i), ctx.fingerprint).correct) for i in done)
-    seen = len(done)
+    correct, seen = done_correct, shard_size - len(todo)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=None, shuffle=False,
                                          num_workers=loader_workers)
-    bar = tqdm(total=len(mine), initial=seen, desc=desc, unit="img", dynamic_ncols=True)
+    bar = tqdm(total=shard_size, initial=seen, desc=desc, unit="img", dynamic_ncols=True)
     for index, (image, label) in zip(todo, loader):
         rec = classify_dataset_image(ctx, index, image, label)
         save_record(record_path(run_dir, index), rec)
