@@ -406,7 +406,7 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
         raise ValueError(f"{folder}: a U-Net needs text_encoder/ + tokenizer/ or class_embeddings.safetensors")
 
     num_classes = meta.get("num_classes")
-    null_class = meta.get("null_class")
+    null_class = meta.get("null_class", meta.get("null_class_index"))
     if kind == "dit" and num_classes is None:
         num_classes = int(denoiser.config.num_embeds_ada_norm)
     if class_embeddings is not None and num_classes is None:

@@ -142,8 +142,9 @@ def build_tiny_dit(out_dir: str | Path, image_size: int = 32, seed: int = 0, num
 
 def _write_testbed_json(out_dir: Path, kind: str) -> None:
     """Metadata file of the embedded-testbed layout."""
-    meta = {"kind": kind, "num_classes": 10, "null_class": 10, "class_names": FMNIST_NAMES,
-            "image_size": 16, "channels": 1, "note": "tiny random test model"}
+    meta = {"kind": kind, "format": "bigain-testbed-v1", "num_classes": 10, "null_class_index": 10,
+            "class_names": FMNIST_NAMES, "image_size": 16, "in_channels": 1, "out_channels": 1,
+            "prediction_type": "epsilon", "latent_space": False, "note": "tiny random test model"}
     (out_dir / "testbed.json").write_text(json.dumps(meta, indent=2))
 
 
