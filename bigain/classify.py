@@ -12,7 +12,8 @@ classes in stages (--n_samples / --to_keep), and predicts the class with the low
 
 Results: <output_dir>/<dataset>_<split>/<model>/<reducer>/<settings>/records/<index>.npz (one per
 image), config.json, log*.txt; one row per invocation in <output_dir>/summary.csv.
-The pure core, :func:`classify_image`, works on in-memory latents (used by the testbed benchmark).
+In memory (e.g. the testbed benchmark): ``ctx = make_context(model, load_prompts("fmnist"), Schedule())``
+then ``classify_many(ctx, images, labels)`` -> records; the core is :func:`classify_image`.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from bigain.records import ImageRecord, append_csv_row, atomic_write_json, confi
     merge_records, record_path, save_record
 
 __all__ = ["LOSSES", "Schedule", "ClassifyResult", "RunContext", "classify_image", "classify_dataset_image",
-           "image_seed", "make_noise", "per_sample_error", "build_parser", "validate_args", "main"]
+           "classify_many", "make_context", "image_seed", "make_noise", "per_sample_error", "build_parser", "validate_args", "main"]
 
 LOSSES = ("l2", "l1", "huber")
 LOG = logging.getLogger("bigain.classify")
@@ -561,6 +562,40 @@ def classify_dataset_image(ctx: RunContext, index: int, image: torch.Tensor, lab
                        timesteps=np.asarray(ctx.schedule.grid()), classidx=ctx.classidx, calls=res.calls,
                        model_time_s=res.model_time_s, wall_time_s=time.perf_counter() - tic,
                        fingerprint=ctx.fingerprint, meta={"survivors": res.survivors, "seed": seed})
+
+
+def make_context(model: Any, table: Any, schedule: Schedule | None = None, *, seed: int = 0,
+                 reduction_seed: int | None = None, batch_size: int = 32, loss: str = "l2") -> RunContext:
+    """RunContext for in-memory use (e.g. the testbed benchmark): encodes the class table's conditions once.
+
+    `table` is a bigain.datasets.ClassTable (e.g. ``load_prompts("fmnist")``); whether the
+    denoiser is patched is read from tomesd, so patch it (or not) before calling.
+    """
+    import tomesd
+
+    schedule = schedule or Schedule()
+    schedule.validate(len(table))
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+    cond = model.condition(prompts=list(table.prompts), class_ids=list(table.classidx))
+    return RunContext(model=model, cond=cond, classidx=np.asarray(table.classidx, dtype=np.int64), schedule=schedule,
+                      seed=seed, reduction_seed=reduction_seed, batch_size=batch_size, loss=loss,
+                      patched=tomesd.get_patch(model.denoiser) is not None)
+
+
+def classify_many(ctx: RunContext, images: torch.Tensor | Sequence[torch.Tensor], labels: Sequence[Any],
+                  indices: Sequence[int] | None = None, progress: bool = True) -> list[ImageRecord]:
+    """Classify in-memory images ([-1, 1], (C, H, W) each); `indices` (default 0..N-1) seed each image's noise."""
+    from tqdm.auto import tqdm
+
+    indices = list(range(len(labels))) if indices is None else list(indices)
+    records, correct = [], 0
+    bar = tqdm(zip(indices, images, labels), total=len(indices), desc="classify", unit="img", disable=not progress)
+    for index, image, label in bar:
+        records.append(classify_dataset_image(ctx, index, image, label))
+        correct += int(records[-1].correct)
+        bar.set_postfix(acc=f"{correct / len(records):.3f}")
+    return records
 
 
 def _scan_shard(run_dir: Path, mine: Sequence[int], fingerprint: str, force: bool) -> tuple[list[int], int]:

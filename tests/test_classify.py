@@ -193,12 +193,14 @@ def test_same_errors_alone_reordered_sharded_and_resumed(tmp_path, dit_path, mon
     tomesd.apply_patch(model.denoiser, method="tome", ratio=0.5, seed=0)
     ds = build_dataset("fmnist", img_size=16)
     schedule = C.Schedule((2, 4), (3, 1))
-    ctx = C.RunContext(model=model, cond=model.condition(class_ids=list(range(10))),
-                       classidx=np.arange(10), schedule=schedule, seed=0, batch_size=32, patched=True)
-    for i in (750, 0, 500):
-        rec = C.classify_dataset_image(ctx, i, *ds[i])
-        np.testing.assert_array_equal(rec.errors, ref[i].errors)
-        assert rec.pred == ref[i].pred
+    ctx = C.make_context(model, ds.classes, schedule, seed=0, batch_size=32)
+    assert ctx.patched
+    order = [750, 0, 500]
+    recs = C.classify_many(ctx, [ds[i][0] for i in order], [ds[i][1] for i in order], indices=order)
+    recs.append(C.classify_dataset_image(ctx, 250, *ds[250]))  # alone
+    for rec in recs:
+        np.testing.assert_array_equal(rec.errors, ref[rec.index].errors)
+        assert rec.pred == ref[rec.index].pred
 
     # resume: a missing and a corrupt record are recomputed, identical; nothing else runs
     record_path(tmp_path / "a" / "run", 250).unlink()
@@ -316,3 +318,15 @@ def test_help_documents_every_flag(capsys):
                  "--worker_idx", "--merge_only", "--dry-run", "--method", "--ratio", "--df", "--alpha",
                  "--model_path", "--dtype", "--img_size", "--interpolation", "--dataset_root"):
         assert flag in out
+
+
+@pytest.mark.parametrize("name", ["dit-fmnist", "unet-fmnist"])
+def test_shipped_testbed_model_classifies(name, tmp_path):
+    """The embedded testbed models run through the unchanged CLI (skipped until they are shipped)."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "bigain" / "assets" / "testbed" / name
+    if not (folder / "testbed.json").is_file():
+        pytest.skip(f"{folder} not shipped yet")
+    row = C.main(_cli(tmp_path, folder, "--max_images", "2", "--method", "tome", "--ratio", "0.5"))
+    assert row["images"] == 2 and row["calls_per_image"] == 26
