@@ -729,6 +729,14 @@ def _scatter_panel(ax: Any, points: pd.DataFrame, x: str, y: str, title: str, ba
     import matplotlib.pyplot as plt
 
     colors = plt.get_cmap("tab10").colors
+    order = sorted(range(len(points)), key=lambda i: reduction_sort_key(points["reduction"].iloc[i]))
+    points = points.iloc[order]
+    methods = points["reduction"].map(lambda t: parse_reduction(t)[0])
+    for method, part in points.groupby(methods, sort=False):  # one thin line through each method's settings
+        if len(part) > 1 and not is_baseline(part["reduction"].iloc[0], baseline):
+            rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+            part = part.sort_values(x)
+            ax.plot(part[x], part[y], color=colors[rank % len(colors)], lw=0.8, alpha=0.6, zorder=1)
     seen: set[str] = set()
     for row in points.itertuples(index=False):
         tag = getattr(row, "reduction")
