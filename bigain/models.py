@@ -318,12 +318,25 @@ def _resolve_folder(name_or_path: str) -> tuple[Path | None, str | None, list[st
     return None, (target if is_hub_id else None), tried
 
 
+def _weight_patterns() -> list[str]:
+    """Files a runner needs from a hub repo: configs, tokenizer, and one full-precision weight file per component.
+
+    Skips the repos' extra .ckpt / .bin / fp16 / non-EMA copies and the safety checker (several GB).
+    """
+    patterns = ["model_index.json", "scheduler/*", "tokenizer/*", "*/config.json"]
+    for comp in ("unet", "vae", "transformer"):
+        patterns += [f"{comp}/diffusion_pytorch_model.safetensors", f"{comp}/diffusion_pytorch_model-*-of-*.safetensors",
+                     f"{comp}/diffusion_pytorch_model.safetensors.index.json"]
+    patterns += ["text_encoder/model.safetensors", "text_encoder/model-*-of-*.safetensors",
+                 "text_encoder/model.safetensors.index.json"]
+    return patterns
+
+
 def _snapshot(hub_id: str, tried: list[str], allow_patterns: list[str] | None = None) -> Path:
     """Local snapshot folder of a hub repo: HF cache first, then the hub unless offline."""
     from huggingface_hub import snapshot_download
 
-    patterns = allow_patterns or ["*.json", "*.txt", "*.model", "unet/*.safetensors", "vae/*.safetensors",
-                                  "text_encoder/*.safetensors", "transformer/*.safetensors"]
+    patterns = allow_patterns or _weight_patterns()
     tried.append(f"HF cache {_hub_cache_dir()} (repo {hub_id})")
     err: Exception | None = None
     try:
@@ -452,4 +465,8 @@ def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None
         raise ModelNotFoundError(_missing_message(str(version), tried, None))
     if folder is None:
         folder = _snapshot(hub_id, tried)
+        try:
+            return _load_folder(folder, str(version), dev, dt)
+        except (OSError, ValueError) as err:  # an incomplete cached snapshot
+            raise ModelNotFoundError(_missing_message(hub_id, tried + [f"snapshot {folder} (incomplete)"], err)) from err
     return _load_folder(folder, str(version), dev, dt)
