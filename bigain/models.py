@@ -275,7 +275,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _hub_cache_dir() -> str:
-    """The HF hub cache folder in effect (HF_HUB_CACHE / HF_HOME aware)."""
+    """The HF hub cache folder in effect (HF_HUB_CACHE / HF_HOME read at call time)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
     try:
         from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -340,7 +344,8 @@ def _snapshot(hub_id: str, tried: list[str], allow_patterns: list[str] | None = 
     tried.append(f"HF cache {_hub_cache_dir()} (repo {hub_id})")
     err: Exception | None = None
     try:
-        return Path(snapshot_download(hub_id, local_files_only=True, allow_patterns=patterns))
+        return Path(snapshot_download(hub_id, local_files_only=True, allow_patterns=patterns,
+                                      cache_dir=_hub_cache_dir()))
     except Exception as e:  # noqa: BLE001 - any failure means "not cached"
         err = e
     if _hub_offline():
@@ -348,7 +353,7 @@ def _snapshot(hub_id: str, tried: list[str], allow_patterns: list[str] | None = 
         raise ModelNotFoundError(_missing_message(hub_id, tried, err))
     tried.append(f"the Hugging Face hub (https://huggingface.co/{hub_id})")
     try:
-        return Path(snapshot_download(hub_id, allow_patterns=patterns))
+        return Path(snapshot_download(hub_id, allow_patterns=patterns, cache_dir=_hub_cache_dir()))
     except Exception as e:  # noqa: BLE001
         raise ModelNotFoundError(_missing_message(hub_id, tried, e)) from e
 

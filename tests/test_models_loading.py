@@ -115,3 +115,22 @@ def test_shipped_testbed_model_loads(name):
     m = load_model(model_path=folder, dtype="fp32", device="cpu")
     assert m.vae is None and m.num_classes == 10 and m.null_class == 10
     _check_common(m, n=2)
+
+
+def test_hub_id_loads_from_hf_cache_offline(tmp_path, monkeypatch):
+    """A hub id resolves through the HF cache layout (models--owner--name/snapshots/<rev>) with no network."""
+    import shutil
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--tiny-dit"
+    src = build_tiny_dit(tmp_path / "src", num_classes=10)
+    shutil.copytree(src, repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    m = load_model("someone/tiny-dit", dtype="fp32", device="cpu")
+    assert m.kind == "dit" and m.num_classes == 10 and "0123abc" in m.source
+    shutil.rmtree(repo / "snapshots" / "0123abc" / "transformer")
+    with pytest.raises(ModelNotFoundError, match="incomplete"):
+        load_model("someone/tiny-dit", dtype="fp32", device="cpu")
