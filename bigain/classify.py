@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize short side + center-crop to this (default: the model's native size, SD 2: 512)")
     g.add_argument("--interpolation", default="bicubic", choices=INTERPOLATIONS, help="resize filter")
     g.add_argument("--max_images", type=int, default=None,
-                   help="evaluate only this many images, spread evenly over the dataset (default: all)")
+                   help="evaluate only this many images, spread evenly over the dataset, or the first N for "
+                        "the class-interleaved fmnist subset (default: all)")
     g.add_argument("--loader_workers", type=int, default=0, help="DataLoader worker processes for decoding")
 
     g = p.add_argument_group("model")
@@ -419,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     dataset = build_dataset(args.dataset, root=args.dataset_root, split=split, img_size=args.img_size,
                             interpolation=args.interpolation, data_dir=args.data_dir, prompts_csv=args.prompts_csv)
-    indices = subset_indices(len(dataset), args.max_images)
+    indices = subset_indices(len(dataset), args.max_images, prefix=dataset.prefix_subsets)
     mine = indices[shard::n_shards]
     calls_expected = schedule.calls_per_image(len(table))
 

@@ -177,6 +177,7 @@ class EvalDataset(torch.utils.data.Dataset):
     transform: Callable[[Any], torch.Tensor]
     multilabel: bool = False
     metadata_classnames: list[str] = field(default_factory=list)
+    prefix_subsets: bool = False  # every prefix is class-balanced (the interleaved fmnist subset): take the first N
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -335,7 +336,8 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str |
     table = load_prompts(prompts_csv or name) if not names_from_metadata else ClassTable((), (), ())
     if name == "fmnist":
         images, labels = _fmnist(split)
-        return EvalDataset(name, split, table, lambda i: images[i], labels, transform)
+        return EvalDataset(name, split, table, lambda i: images[i], labels, transform,
+                           prefix_subsets=split == "subset")
     root_dir = _root_dir(root, name)
     if name in ("imagenet", "imagenet100"):
         sub = "imagenet" if name == "imagenet" else "imagenet-100"
@@ -361,11 +363,17 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str |
     return EvalDataset(name, split, table, lambda i: ds[i][0], labels, transform, metadata_classnames=names)
 
 
-def subset_indices(n: int, max_images: int | None) -> list[int]:
-    """Indices of up to `max_images` images spread evenly over the dataset (all when None)."""
+def subset_indices(n: int, max_images: int | None, prefix: bool = False) -> list[int]:
+    """Indices of up to `max_images` images: spread evenly (class-sorted data stays balanced), or the first ones.
+
+    Use ``prefix=dataset.prefix_subsets``: an interleaved dataset (every prefix balanced) would
+    give one class per stride under even spacing.
+    """
     if max_images is None or max_images >= n:
         return list(range(n))
     if max_images <= 0:
         raise ValueError("max_images must be positive")
+    if prefix:
+        return list(range(max_images))
     step = n / max_images
     return sorted({int(i * step) for i in range(max_images)})

@@ -123,3 +123,6 @@ def test_helpers():
     assert match_channels(gray, 3).shape == (1, 3, 4, 4)
     assert torch.allclose(match_channels(gray.expand(1, 3, 4, 4), 1), gray)
     assert subset_indices(10, None) == list(range(10)) and subset_indices(1000, 4) == [0, 250, 500, 750]
+    assert subset_indices(1000, 4, prefix=True) == [0, 1, 2, 3]
+    ds = build_dataset("fmnist")
+    assert sorted(ds.labels[i] for i in subset_indices(len(ds), 10, prefix=ds.prefix_subsets)) == list(range(10))

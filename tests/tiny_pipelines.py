@@ -4,7 +4,7 @@ Every builder writes a folder with ``save_pretrained`` so tests go through the r
 loading path (``bigain.models.load_model``). Nothing is downloaded: the CLIP tokenizer
 is built from the BPE file that ships inside ``open_clip_torch``.
 
-    from tests.tiny_pipelines import build_tiny_sd, build_tiny_dit
+    from tiny_pipelines import build_tiny_sd, build_tiny_dit  # tests/ is on sys.path under pytest
     path = build_tiny_sd(tmp_path / "sd")          # StableDiffusionPipeline layout
     path = build_tiny_dit(tmp_path / "dit")        # DiTPipeline layout (latent, 1000 classes)
     path = build_tiny_pixel_dit(tmp_path / "pd")   # testbed layout (pixel space, 10 classes)
