@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_flops", action="store_true", help="skip the FLOPs-per-call measurement")
     g.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="validate everything, print the plan and exit without loading the model")
+    from bigain.config import add_config_arg
+
+    add_config_arg(p)
     return p
 
 
@@ -402,8 +405,10 @@ def _git_commit() -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run (or merge) a classification; returns the summary row."""
+    from bigain.config import parse_args_with_config, save_effective_config
+
     wall_start = time.perf_counter()
-    args = build_parser().parse_args(argv)
+    args = parse_args_with_config(build_parser(), argv)
     table, schedule, split = validate_args(args)
     proc_idx, n_procs = _shard()
     n_shards, shard = args.n_workers * n_procs, args.worker_idx * n_procs + proc_idx
@@ -472,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not args.no_flops:
         flops = count_flops_per_call(model, latent_shape, cond, schedule, args.batch_size)
     if shard == 0:
+        # re-usable as --config (without the `config` key itself, which a config may not set)
+        save_effective_config(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "config"}), run_dir)
         atomic_write_json(run_dir / "config.json", {
             "args": vars(args), "result_config": result_config, "fingerprint": fingerprint,
             "model": model.describe(), "patch": report.to_dict() if report is not None else None,

@@ -330,3 +330,26 @@ def test_shipped_testbed_model_classifies(name, tmp_path):
         pytest.skip(f"{folder} not shipped yet")
     row = C.main(_cli(tmp_path, folder, "--max_images", "2", "--method", "tome", "--ratio", "0.5"))
     assert row["images"] == 2 and row["calls_per_image"] == 26
+
+
+def test_yaml_config_presets_and_effective_config(tmp_path, dit_path):
+    """--config FILE sets defaults, explicit flags win, and the effective config is saved and re-usable."""
+    import yaml
+
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("method: tome\nratio: 0.3\nn_samples: [2, 4]\nto_keep: [3, 1]\n")
+    argv = ["--config", str(preset), "--ratio", "0.5", "--dataset", "fmnist", "--model_path", str(dit_path),
+            "--run_dir", str(tmp_path / "run"), "--output_dir", str(tmp_path / "out"), "--max_images", "1",
+            "--dtype", "fp32", "--no_flops", "--cpu_threads", "1"]
+    row = C.main(argv)
+    assert row["reduction"] == "tome_ratio0.5" and row["n_samples"] == "2 4"
+    saved = yaml.safe_load((tmp_path / "run" / "effective_config.yaml").read_text())
+    assert saved["ratio"] == 0.5 and saved["method"] == "tome"
+    from bigain.config import parse_args_with_config
+
+    again = parse_args_with_config(C.build_parser(), ["--config", str(tmp_path / "run" / "effective_config.yaml")])
+    assert (again.method, again.ratio, again.n_samples) == ("tome", 0.5, [2, 4])
+    with pytest.raises(ValueError, match="unknown key 'colour'"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("colour: red\n")
+        C.main(["--config", str(bad)])
