@@ -24,8 +24,23 @@ class RuntimeState:
 
     seed: Optional[int] = None
     latent_size: Optional[tuple[int, int]] = None
-    timesteps: Optional[Tensor] = None  # (B,) float32 on CPU
+    timesteps: Optional[Tensor] = None  # (B,) float32, on the device the caller passed them on
+    _host_timesteps: Optional[Tensor] = None
     _generators: dict[str, torch.Generator] = field(default_factory=dict)
+
+    def set_timesteps(self, timesteps: Optional[Tensor]) -> None:
+        """Record this forward's per-sample timesteps (no copy, no host-device sync)."""
+        self.timesteps, self._host_timesteps = timesteps, None
+
+    def host_timesteps(self) -> Optional[Tensor]:
+        """CPU copy of the timesteps, made on first use and kept for the rest of the forward.
+
+        Only reducers that branch on timesteps in Python (ToDo / BiGain_TD's per-sample gate) ask
+        for it: at most one device-to-host copy per forward, none when the caller passed host values.
+        """
+        if self._host_timesteps is None and self.timesteps is not None:
+            self._host_timesteps = self.timesteps.to("cpu")
+        return self._host_timesteps
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The patch's generator on `device`, created (and seeded) on first use there."""
@@ -43,10 +58,10 @@ class RuntimeState:
 
 
 def per_sample_timesteps(timestep: Any, batch: int) -> Optional[Tensor]:
-    """Timestep argument (scalar, (1,), (B,)) -> (B,) float32 CPU tensor; None if absent."""
+    """Timestep argument (scalar, (1,), (B,)) -> (B,) float32 tensor on its own device; None if absent."""
     if timestep is None:
         return None
-    t = torch.as_tensor(timestep).detach().reshape(-1).to("cpu", torch.float32)
+    t = torch.as_tensor(timestep).detach().reshape(-1).to(torch.float32)
     if t.numel() == 1:
         t = t.expand(batch)
     if t.numel() != batch:
@@ -62,7 +77,7 @@ def make_capture_hook(runtime: RuntimeState, signature: inspect.Signature):
         bound = signature.bind_partial(*args, **kwargs).arguments
         sample = bound[first]
         runtime.latent_size = (int(sample.shape[-2]), int(sample.shape[-1]))
-        runtime.timesteps = per_sample_timesteps(bound.get("timestep"), sample.shape[0])
+        runtime.set_timesteps(per_sample_timesteps(bound.get("timestep"), sample.shape[0]))
 
     return capture
 
@@ -104,8 +119,12 @@ class BlockHook:
         if not self.planned:
             metric = self.metric if self.metric is not None else attn_input
             height, width = self.grid(metric.shape[1])
+            # Reducers that never branch on timesteps (`timesteps_on_host = False`) get them where
+            # they live, so planning them never waits for the device.
+            on_host = getattr(self.reducer, "timesteps_on_host", True)
+            timesteps = self.runtime.host_timesteps() if on_host else self.runtime.timesteps
             ctx = ReductionContext(
-                metric=metric, height=height, width=width, timesteps=self.runtime.timesteps,
+                metric=metric, height=height, width=width, timesteps=timesteps,
                 generator=self.runtime.generator(metric.device), level=self.level,
             )
             self.plan, self.planned = self.reducer.plan(ctx, self.options), True

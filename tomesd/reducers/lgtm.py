@@ -43,7 +43,9 @@ def laplacian_scores(metric: Tensor, height: int, width: int, norm: str = "l1") 
     """Per-token Laplacian magnitude (B, N): 3x3 kernel per channel, zero padding, float32."""
     grid = to_grid(metric.float(), height, width)
     channels = grid.shape[1]
-    kernel = grid.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+    kernel = grid.new_zeros(3, 3)  # [[0, 1, 0], [1, -4, 1], [0, 1, 0]] by fills: no host-to-device copy
+    kernel[1, :], kernel[:, 1] = 1.0, 1.0
+    kernel[1, 1] = -4.0
     response = F.conv2d(grid, kernel.expand(channels, 1, 3, 3), padding=1, groups=channels)
     score = response.abs().sum(1) if norm == "l1" else response.square().sum(1).sqrt()
     return score.flatten(1)
@@ -72,6 +74,7 @@ class LGTM:
     Options = LGTMOptions
     plan_kind = "token"
     default_blocks = "published"
+    timesteps_on_host = False  # never reads timesteps: no host copy, no device sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: LGTMOptions) -> Plan:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import TokenPlan
-from .grid import complement_indices, gather_tokens
+from .grid import complement_indices, flat_rows, gather_tokens, take_rows
 
 
 def merge_count(num_tokens: int, ratio: float, num_dst: int) -> int:
@@ -27,8 +27,24 @@ def restore_by_map(z: Tensor, index_map: Tensor) -> Tensor:
     return gather_tokens(z, index_map)
 
 
+def merge_counts(merged_into: Tensor, num_dst: int, dtype: torch.dtype) -> Tensor:
+    """(B, D, 1) tokens per destination (itself + merged sources), accumulated in `dtype`.
+
+    Built exactly like `scatter_reduce(..., "mean", include_self=True)` builds its divisor
+    (ones, then a scatter-add of ones in the tensor's dtype), so the division is bit-identical.
+    """
+    batch, r = merged_into.shape
+    ones = torch.ones(batch, r, 1, dtype=dtype, device=merged_into.device)
+    return torch.ones(batch, num_dst, 1, dtype=dtype, device=merged_into.device).scatter_add_(
+        1, merged_into.unsqueeze(-1), ones)
+
+
 def bipartite_merge_plan(metric: Tensor, dst_idx: Tensor, ratio: float) -> Optional[TokenPlan]:
-    """Match sources to the destinations `dst_idx` (B, D) on `metric` (B, N, C); None when idle."""
+    """Match sources to the destinations `dst_idx` (B, D) on `metric` (B, N, C); None when idle.
+
+    All index work happens here, once per layer call: `merge` is one row gather, one
+    `index_add_` and one division; `unmerge` one row gather (no scatter_reduce, no concatenation).
+    """
     batch, num_tokens, _ = metric.shape
     num_dst = dst_idx.shape[1]
     r = merge_count(num_tokens, ratio, num_dst)
@@ -45,22 +61,31 @@ def bipartite_merge_plan(metric: Tensor, dst_idx: Tensor, ratio: float) -> Optio
         kept_idx = src_idx.gather(1, kept_local)
         merged_into = best_dst.gather(1, merged_local)  # (B, r) in [0, D)
         num_kept = kept_idx.shape[1]
+        out_len = num_kept + num_dst
         index_map = torch.empty(batch, num_tokens, dtype=torch.long, device=metric.device)
         arange_kept = torch.arange(num_kept, device=metric.device).expand(batch, -1)
         index_map.scatter_(1, kept_idx, arange_kept)
         index_map.scatter_(1, dst_idx, num_kept + torch.arange(num_dst, device=metric.device).expand(batch, -1))
         index_map.scatter_(1, merged_idx, num_kept + merged_into)
+        # Row indices into flattened (B*N, C) inputs / (B*out_len, C) outputs, made once.
+        take = flat_rows(torch.cat([kept_idx, dst_idx], dim=1), num_tokens)  # kept sources, then destinations
+        merged_rows = flat_rows(merged_idx, num_tokens)
+        add_rows = flat_rows(num_kept + merged_into, out_len)  # each merged source's destination row
+        restore_rows = flat_rows(index_map, out_len)
+        counts = merge_counts(merged_into, num_dst, metric.dtype)
 
     def merge(x: Tensor) -> Tensor:
+        # Equals cat([x[kept], scatter_reduce(x[dst], x[merged] -> merged_into, "mean", include_self)]).
         channels = x.shape[-1]
-        dst = gather_tokens(x, dst_idx)
-        dst = dst.scatter_reduce(
-            1, merged_into.unsqueeze(-1).expand(-1, -1, channels), gather_tokens(x, merged_idx),
-            reduce="mean", include_self=True,
-        )
-        return torch.cat([gather_tokens(x, kept_idx), dst], dim=1)
+        flat = x.reshape(-1, channels)
+        out = flat.index_select(0, take)
+        out.index_add_(0, add_rows, flat.index_select(0, merged_rows))
+        out = out.view(batch, out_len, channels)
+        divisor = counts if x.dtype == counts.dtype else merge_counts(merged_into, num_dst, x.dtype)
+        out[:, num_kept:].div_(divisor)
+        return out
 
     def unmerge(z: Tensor) -> Tensor:
-        return restore_by_map(z, index_map)
+        return take_rows(z, restore_rows)
 
     return TokenPlan(reduce=merge, restore=unmerge, kept_tokens=num_tokens - r)

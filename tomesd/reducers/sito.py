@@ -61,6 +61,7 @@ class SiTo:
     Options = SiToOptions
     plan_kind = "token"
     default_blocks = "all"
+    timesteps_on_host = False  # never reads timesteps: no host copy, no device sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: SiToOptions) -> Plan:
@@ -78,12 +79,13 @@ class SiTo:
             block_choice = score[:, positions].argmax(-1)  # (B, D)
             base_idx = positions[torch.arange(num_base, device=metric.device), block_choice]
             other_idx = complement_indices(base_idx, num_tokens)
-            affinity = columns(gather_tokens(graph, other_idx), base_idx).amax(-1)  # (B, N - D)
+            # Columns first (N x D), then rows: never copies the (N - D) x N or P x N row blocks.
+            affinity = gather_tokens(columns(graph, base_idx), other_idx).amax(-1)  # (B, N - D)
             pruned_local = affinity.topk(num_prune, dim=-1).indices
             kept_local = complement_indices(pruned_local, other_idx.shape[1])
             pruned_idx = other_idx.gather(1, pruned_local)
             retained_idx = torch.cat([other_idx.gather(1, kept_local), base_idx], dim=1)  # (B, N - P)
-            nearest_retained = columns(gather_tokens(graph, pruned_idx), retained_idx).argmax(-1)  # (B, P)
+            nearest_retained = gather_tokens(columns(graph, retained_idx), pruned_idx).argmax(-1)  # (B, P)
             index_map = torch.empty(batch, num_tokens, dtype=torch.long, device=metric.device)
             index_map.scatter_(1, retained_idx, torch.arange(retained_idx.shape[1], device=metric.device).expand(batch, -1))
             index_map.scatter_(1, pruned_idx, nearest_retained)

@@ -41,6 +41,7 @@ class ToMe:
     Options = ToMeOptions
     plan_kind = "token"
     default_blocks = "published"
+    timesteps_on_host = False  # never reads timesteps: no host copy, no device sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: ToMeOptions) -> Plan:
