@@ -169,28 +169,44 @@ def _fmnist_test(dataset_root: str | None) -> Reference:
                      "Fashion-MNIST test subset (1,000 images, bigain/assets/testbed), padded to 32x32")
 
 
-# Real-image folders of the protocol's datasets (protocol.md §4), relative to DATASET_ROOT.
-DATASET_IMAGE_DIRS = {
-    "imagenet": "imagenet/val",
-    "imagenet100": "imagenet-100/val",
-    "pets": "oxford-iiit-pet/images",
-    "coco2017": "coco/images/val2017",
-}
+class _DatasetImage:
+    """Loader: index into a ``bigain.datasets`` EvalDataset -> PIL image (tensors in [-1, 1] converted)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __call__(self, i: int) -> Image.Image:
+        img = self.dataset.get_image(i)
+        if isinstance(img, torch.Tensor):
+            arr = ((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            arr = arr.permute(1, 2, 0).numpy()
+            img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+        return img
 
 
-def _dataset_reference(name: str, dataset_root: str | None) -> Reference:
-    """Real images of a protocol dataset under DATASET_ROOT."""
-    root = dataset_root or os.environ.get("DATASET_ROOT")
-    if not root:
-        raise ValueError(f"reference dataset {name!r} needs --dataset_root or DATASET_ROOT")
-    folder = Path(root) / DATASET_IMAGE_DIRS[name]
-    if not folder.is_dir():
-        raise FileNotFoundError(f"real images of {name!r} not found: {folder} (layout: protocol.md §4)")
-    return _folder_reference(folder, f"dataset {name} ({folder})")
+def dataset_reference(name: str, dataset_root: str | None, split: str | None = None) -> Reference:
+    """Real images of a protocol dataset (``bigain.datasets``: its evaluation split under DATASET_ROOT)."""
+    from bigain.datasets import build_dataset
+
+    ds = build_dataset(name, root=dataset_root, split=split, names_from_metadata=True)
+    first = getattr(ds, "metadata_classnames", [])[:3]
+    ident = f"dataset:{name}:{ds.split}:{dataset_root or os.environ.get('DATASET_ROOT', '')}:{len(ds)}:{first}"
+    return Reference(list(range(len(ds))), _DatasetImage(ds), ident,
+                     f"dataset {name} ({ds.split} split, {len(ds)} images, bigain.datasets)")
 
 
-for _name in DATASET_IMAGE_DIRS:
-    register_reference(_name)(lambda root, _n=_name: _dataset_reference(_n, root))
+def _register_datasets() -> None:
+    """Every ``bigain.datasets`` name (except user folders) as a reference set."""
+    try:
+        from bigain.datasets import DATASETS
+    except ImportError:  # eval used without bigain
+        return
+    for name in DATASETS:
+        if name != "folder" and name not in REFERENCES:
+            register_reference(name)(lambda root, _n=name: dataset_reference(_n, root))
+
+
+_register_datasets()
 
 
 def _folder_reference(folder: Path, description: str | None = None) -> Reference:
@@ -210,6 +226,9 @@ def resolve_reference(reference: str | Path, dataset_root: str | None = None) ->
     """A folder path or a registered reference name -> Reference; anything else is a clear error."""
     if str(reference) in REFERENCES:
         return REFERENCES[str(reference)](dataset_root)
+    if ":" in str(reference) and str(reference).split(":", 1)[0] in REFERENCES:
+        name, split = str(reference).split(":", 1)  # "pets:trainval"
+        return dataset_reference(name, dataset_root, split)
     path = Path(reference)
     if path.is_dir():
         return _folder_reference(path)
@@ -426,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     """CLI options; defaults come from DEFAULTS."""
     p = argparse.ArgumentParser(prog="python -m eval.metrics", description=__doc__.split("\n\n")[0])
     p.add_argument("--gen", required=True, help="folder of generated images (+ <stem>.json records)")
-    p.add_argument("--ref", default=None, help=f"folder of real images or one of {sorted(REFERENCES)}")
+    p.add_argument("--ref", default=None,
+                   help=f"folder of real images, or one of {sorted(REFERENCES)} (optionally NAME:SPLIT)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(DEFAULTS["metrics"]))
     p.add_argument("--out", default=None, help="JSON output (default: <gen>/metrics.json)")
     p.add_argument("--resize", type=int, default=DEFAULTS["resize"], help="common size (default: generated size)")

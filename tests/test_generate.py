@@ -113,6 +113,7 @@ def test_same_seed_same_image_and_sharding_invariance(models: dict, tmp_path: Pa
     assert [p.read_bytes() for p in a] != [p.read_bytes() for p in d]
 
 
+@pytest.mark.slow
 def test_kill_and_rerun_completes_without_redoing(models: dict, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "bigain.generate", "--model_path", str(models["pixel_dit"]), "--run_dir", str(run),
@@ -215,6 +216,7 @@ def _script_env(tmp_path: Path, model: Path, **extra: str) -> dict[str, str]:
             **extra}
 
 
+@pytest.mark.slow
 def test_sd_generation_script_end_to_end(models: dict, tmp_path: Path) -> None:
     """The SD driver with its BiGain_TM block active: generation, then FID/KID against a real folder."""
     pytest.importorskip("torch_fidelity")
@@ -242,6 +244,7 @@ def test_sd_generation_script_end_to_end(models: dict, tmp_path: Path) -> None:
     assert metrics["report"]["n_reference"] == 4
 
 
+@pytest.mark.slow
 def test_dit_generation_script_end_to_end(models: dict, tmp_path: Path) -> None:
     """The DiT driver (Baseline block) on a tiny testbed DiT, scored with the testbed's domain classifier."""
     pytest.importorskip("torch_fidelity")

@@ -16,7 +16,7 @@ from eval import extractors as ext  # noqa: E402
 from eval import inception as inc  # noqa: E402
 from eval import metrics as M  # noqa: E402
 
-N_IMAGES = 10
+N_IMAGES = 8
 SIZE = 48
 
 
@@ -62,6 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "base": base, "ref": ref, "weights": weights, "opts": opts}
 
 
+@pytest.mark.slow
 def test_fid_kid_zero_on_itself_and_grow_with_noise(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real_extract = M._extract
@@ -151,7 +152,7 @@ def test_fmnist_reference_extractor_when_testbed_present(env: dict) -> None:
     with np.load(SUBSET_PATH) as d:
         imgs, labels = np.pad(d["images"][:50], ((0, 0), (2, 2), (2, 2))), d["labels"][:50].tolist()
     gen = _write(imgs, env["root"] / "fmnist", labels=labels)
-    res = M.compute_metrics(gen, "fmnist-test", metrics=["domain_fid", "class_consistency"],
+    res = M.compute_metrics(gen, "fmnist", metrics=["domain_fid", "class_consistency"],
                             domain_extractor="fmnist-reference", **env["opts"])
     assert res[M.KEY_CLASS_CONSISTENCY] > 0.7
     assert res[M.KEY_REPORT]["n_reference_domain"] == 1000
