@@ -8,7 +8,7 @@
 # that already have a record. Multi-GPU: LAUNCH="accelerate launch --multi_gpu --num_processes 4"
 # (or "torchrun --nproc_per_node 4"); independent jobs: EXTRA_ARGS="--n_workers 8 --worker_idx K",
 # then the same command with --merge_only for the final accuracy.
-set -euo pipefail
+set -eo pipefail  # no -u: bash 3.2 (macOS) treats an empty "${EXTRA[@]}" as unbound
 cd "$(dirname "$0")/.."
 
 # ----------------------------------------------------------------------------- configuration

@@ -67,7 +67,7 @@ def _all_blocks_argv(script: str, tmp_path: Path) -> list[list[str]]:
     recorder.write_text(f'#!/usr/bin/env bash\nfor a in "$@"; do printf "%s\\037" "$a"; done >> "{log}"\n'
                         f'echo >> "{log}"\n')
     recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
-    env = _tiny_env(tmp_path, tmp_path / "unused", LAUNCH=str(recorder))
+    env = _tiny_env(tmp_path, tmp_path / "unused", LAUNCH=str(recorder), EXTRA_ARGS="")
     proc = subprocess.run(["bash", str(patched)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [ln.rstrip("\x1f").split("\x1f") for ln in log.read_text().splitlines() if ln]
