@@ -264,3 +264,27 @@ def test_dit_generation_script_end_to_end(models: dict, tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["class_consistency"] <= 1.0 and metrics["domain_frechet_distance"] > 0
     assert metrics["report"]["n_reference_domain"] == 1000
+
+
+def test_items_from_coco_captions_and_prompt_files(tmp_path: Path) -> None:
+    """COCO: first caption (lowest annotation id) of each val2017 image; prompt files: .txt and .csv."""
+    ann = tmp_path / "coco" / "annotations"
+    ann.mkdir(parents=True)
+    caps = {"annotations": [{"id": 9, "image_id": 2, "caption": "second image, later caption"},
+                            {"id": 3, "image_id": 2, "caption": " a dog on a sofa "},
+                            {"id": 5, "image_id": 1, "caption": "a red bus"}]}
+    (ann / "captions_val2017.json").write_text(json.dumps(caps))
+    parser = G.build_parser()
+    items = G.build_items(parser.parse_args(["--dataset", "coco2017", "--dataset_root", str(tmp_path)]))
+    assert [(it.index, it.prompt, it.label) for it in items] == [(0, "a red bus", None), (1, "a dog on a sofa", None)]
+    (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
+    items = G.build_items(parser.parse_args(["--prompts_file", str(tmp_path / "p.txt")]))
+    assert [it.prompt for it in items] == ["first prompt", "second prompt"]
+    (tmp_path / "p.csv").write_text("prompt,classidx\na photo of a Bag.,8\nsomething,\n")
+    items = G.build_items(parser.parse_args(["--prompts_file", str(tmp_path / "p.csv"), "--prompts_csv", "fmnist"]))
+    assert [(it.prompt, it.label, it.class_name) for it in items] == [("a photo of a Bag.", 8, "Bag"),
+                                                                     ("something", None, None)]
+    items = G.build_items(parser.parse_args(["--dataset", "fmnist", "--max_images", "4"]))
+    assert len(items) == 4 and all(it.prompt == f"a photo of a {it.class_name}." for it in items)
+    items = G.build_items(parser.parse_args(["--classes", "3", "5", "--images_per_class", "2"]))
+    assert [it.label for it in items] == [3, 3, 5, 5] and [it.index for it in items] == [0, 1, 2, 3]
