@@ -386,7 +386,8 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
         gen_fd = _extract(gen_source, extractor, opts["batch_size"], opts["device"], opts["verbose"]) \
             if (want_is or want_fd) else {}
         if want_is:
-            splits = min(opts["isc_splits"], len(gen_files))
+            splits = min(opts["isc_splits"], max(1, len(gen_files) // 2))  # >= 2 images per split
+            report["isc_splits"] = splits
             out.update(isc_featuresdict_to_metric(gen_fd, "logits_unbiased", isc_splits=splits, samples_shuffle=True,
                                                   rng_seed=opts["rng_seed"], verbose=False))
         if want_fd:

@@ -104,6 +104,21 @@ def test_inception_score_skipped_or_required_without_fc(env: dict) -> None:
         M.compute_metrics(env["ref"], None, metrics=["is"], require_is=True, **env["opts"])
 
 
+def test_inception_score_with_a_classifier_head(env: dict) -> None:
+    """Code path of IS when the weights carry fc (a random head here: the value itself means nothing)."""
+    from safetensors.torch import save_file
+
+    sd = inc.load_state_dict_file(env["weights"])
+    g = torch.Generator().manual_seed(0)
+    sd["fc.weight"], sd["fc.bias"] = torch.randn(1008, 2048, generator=g) * 0.05, torch.zeros(1008)
+    path = env["root"] / "with_fc.safetensors"
+    save_file(sd, str(path))
+    opts = {**env["opts"], "inception_weights": str(path)}
+    res = M.compute_metrics(env["ref"], None, metrics=["is"], require_is=True, **opts)
+    assert res[M.KEY_IS_MEAN] > 1.0 and res[M.KEY_REPORT]["inception_weights"].startswith("user file")
+    assert res[M.KEY_REPORT]["isc_splits"] == N_IMAGES // 2
+
+
 class _ColourClassifier(nn.Module):
     """Toy 'domain classifier': class = dominant RGB channel; features = channel means and stds."""
 
@@ -138,6 +153,15 @@ def test_domain_extractor_hook_gives_domain_fid_and_class_consistency(env: dict)
                             domain_extractor="toy-colour", **env["opts"])
     assert res[M.KEY_CLASS_CONSISTENCY] == 0.0 and res[M.KEY_DOMAIN_FID] > 1.0
     assert "toy-colour" in res[M.KEY_REPORT]["domain_extractor"]
+    # the same number as torch_fidelity.calculate_metrics with the registered extractor
+    import torch_fidelity
+
+    ref = _write(np.roll(rgb, 1, axis=0)[:, :, :, ::-1].copy(), env["root"] / "colour_ref")
+    theirs = torch_fidelity.calculate_metrics(input1=str(gen), input2=str(ref), fid=True, cuda=False, cache=False,
+                                              feature_extractor=ext.fidelity_name("toy-colour"), verbose=False,
+                                              save_cpu_ram=True)[M.KEY_FID]
+    ours = M.compute_metrics(gen, ref, metrics=["domain_fid"], domain_extractor="toy-colour", **env["opts"])
+    assert ours[M.KEY_DOMAIN_FID] == pytest.approx(theirs, rel=1e-6)
 
 
 def test_fmnist_reference_extractor_when_testbed_present(env: dict) -> None:
