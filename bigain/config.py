@@ -140,8 +140,8 @@ def jsonable(value: Any) -> Any:
 
 
 def effective_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Every option value a run actually used."""
-    return {k: jsonable(v) for k, v in sorted(vars(args).items())}
+    """Every option value a run actually used (re-usable as `--config`: the file list itself is left out)."""
+    return {k: jsonable(v) for k, v in sorted(vars(args).items()) if k not in SKIPPED_DESTS}
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

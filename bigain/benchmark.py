@@ -1,0 +1,299 @@
+"""The main job: joint generation + classification benchmark of every method on the embedded testbed.
+
+    python -m bigain.benchmark                 # default: offline, shipped models, <= ~15 min on 2 CPU cores
+    python -m bigain.benchmark --full          # the whole 1,000-image shipped test subset
+    python -m bigain.benchmark --sweep         # add the ratio sweep (0.3/0.5/0.7 merging, df 2/4)
+
+For each shipped model (a DiT and an SD-style U-Net trained on Fashion-MNIST) and each method at
+the paper's settings it runs the adaptive diffusion classifier (`bigain.classify`) on the test
+subset, generates a fixed class-balanced sample set (`bigain.generate`), scores it with a domain
+FID and class consistency (`eval.metrics`, the shipped reference CNN), and times the denoiser on
+the classifier's mixed-timestep batch, interleaving methods in one process (median of repeats).
+Prints one table, writes CSV/markdown and trade-off plots. Every stage resumes: finished images
+and samples are reused on a rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from bigain.config import atomic_write_text
+
+TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
+MODELS = {"dit": TESTBED / "dit-fmnist", "unet": TESTBED / "unet-fmnist"}
+PAPER_SETTINGS: list[tuple[str, dict[str, Any]]] = [
+    ("none", {}),
+    ("tome", {"ratio": 0.7}),
+    ("bigain_tm", {"ratio": 0.7}),
+    ("todo", {"df": 2}),
+    ("bigain_td", {"alpha": 0.5, "df": 2}),
+    ("sito", {"ratio": 0.7}),
+]
+SWEEP_SETTINGS: list[tuple[str, dict[str, Any]]] = (
+    [(m, {"ratio": r}) for m in ("tome", "bigain_tm", "sito") for r in (0.3, 0.5)]
+    + [("todo", {"df": 4}), ("bigain_td", {"alpha": 0.5, "df": 4})]
+)
+LABELS = {"none": "Baseline", "tome": "ToMe", "bigain_tm": "BiGain_TM", "todo": "ToDo", "bigain_td": "BiGain_TD",
+          "sito": "SiTo"}
+
+
+def setting_label(method: str, options: dict[str, Any]) -> str:
+    """'BiGain_TM r=0.7' style label."""
+    short = {"ratio": "r", "df": "df", "alpha": "a"}
+    opts = " ".join(f"{short.get(k, k)}={v}" for k, v in options.items())
+    return f"{LABELS.get(method, method)} {opts}".strip()
+
+
+def setting_tag(method: str, options: dict[str, Any]) -> str:
+    """Folder name of a setting."""
+    return "_".join([method] + [f"{k}{v}" for k, v in sorted(options.items())])
+
+
+def method_flags(method: str, options: dict[str, Any]) -> list[str]:
+    """CLI flags for a setting."""
+    flags = ["--method", method]
+    for key, value in options.items():
+        flags += [f"--{key}", str(value)]
+    return flags
+
+
+def run_classification(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
+    """Adaptive diffusion classification of the first images of the shipped subset (resumable)."""
+    from bigain import classify
+
+    argv = ["--dataset", "fmnist", "--model_path", str(model_path), "--dtype", "fp32", "--device", args.device,
+            "--batch_size", str(args.cls_batch_size), "--n_samples", *map(str, args.n_samples),
+            "--to_keep", *map(str, args.to_keep), "--seed", str(args.seed),
+            "--run_dir", str(out), "--summary_csv", str(out.parent.parent / "summary.csv")]
+    if args.n_images:
+        argv += ["--max_images", str(args.n_images)]
+    return classify.main(argv + method_flags(method, options))
+
+
+def run_generation(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
+    """A fixed, class-balanced sample set (`--images_per_class` per class), then its metrics (cached)."""
+    from bigain import generate
+    from eval.metrics import compute_metrics
+
+    argv = ["--model_path", str(model_path), "--classes", *map(str, range(10)),
+            "--images_per_class", str(args.images_per_class), "--steps", str(args.steps), "--dtype", "fp32",
+            "--device", args.device, "--batch_size", str(args.gen_batch_size), "--seed", str(args.seed),
+            "--run_dir", str(out), "--summary_csv", str(out.parent.parent / "summary.csv"), "--no_progress"]
+    if args.guidance is not None:
+        argv += ["--guidance", str(args.guidance)]
+    row = generate.main(argv + method_flags(method, options))
+    metrics_file = out / "metrics.json"
+    expected = 10 * args.images_per_class
+    cached = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    if cached.get("n_images") != expected:
+        scores = compute_metrics(out / "images", "fmnist-test", metrics=("domain_fid", "class_consistency"),
+                                 domain_extractor="fmnist-reference", device=args.metrics_device)
+        cached = {"n_images": expected, **{k: v for k, v in scores.items() if k != "report"},
+                  "report": scores.get("report")}
+        atomic_write_text(metrics_file, json.dumps(cached, indent=2, default=str))
+    return {**row, **cached}
+
+
+def timing_batch(model: Any, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The classifier's batch shape: noisy inputs at mixed timesteps, classes cycling."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, model.in_channels, model.sample_size, model.sample_size, generator=g).to(model.device)
+    t = torch.linspace(25, 975, batch).round().long().to(model.device)
+    cond = model.select(model.condition(class_ids=list(range(10))), torch.arange(batch) % 10)
+    return x, t, cond
+
+
+def time_settings(model: Any, settings: Sequence[tuple[str, dict]], batch: int, repeats: int, seed: int) -> dict:
+    """Median seconds per denoiser call for each setting, methods interleaved within every round."""
+    import tomesd
+
+    x, t, cond = timing_batch(model, batch, seed)
+    samples: dict[str, list[float]] = {setting_tag(m, o): [] for m, o in settings}
+    with torch.no_grad():
+        for round_idx in range(repeats + 1):  # round 0 warms up
+            for method, options in settings:
+                if method != "none":
+                    tomesd.apply_patch(model.denoiser, method=method, seed=seed, **options)
+                start = time.perf_counter()
+                model.predict_eps(x, t, cond)
+                if model.device.type == "cuda":
+                    torch.cuda.synchronize(model.device)
+                elapsed = time.perf_counter() - start
+                tomesd.remove_patch(model.denoiser)
+                if round_idx:
+                    samples[setting_tag(method, options)].append(elapsed)
+    return {tag: statistics.median(v) for tag, v in samples.items()}
+
+
+def flops_per_call(model: Any, method: str, options: dict, batch: int, seed: int) -> float:
+    """FLOPs of one denoiser call on the timing batch (torch.utils.flop_counter, SDPA counted)."""
+    import tomesd
+    from eval.flops import count_flops
+
+    class Call(torch.nn.Module):
+        def forward(self, x, t, cond):
+            return model.predict_eps(x, t, cond)
+
+    x, t, cond = timing_batch(model, batch, seed)
+    if method != "none":
+        tomesd.apply_patch(model.denoiser, method=method, seed=seed, **options)
+    try:
+        return float(count_flops(Call(), (x, t, cond)).total)
+    finally:
+        tomesd.remove_patch(model.denoiser)
+
+
+def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, dict]], args: argparse.Namespace) -> list[dict]:
+    """All settings on one model: classification, generation + metrics, timing, FLOPs."""
+    from bigain.models import load_model
+
+    out = Path(args.out)
+    rows = []
+    for method, options in settings:
+        tag = setting_tag(method, options)
+        print(f"\n=== {name}: {setting_label(method, options)}", flush=True)
+        cls = run_classification(model_path, method, options, out / "classify" / name / tag, args)
+        gen = run_generation(model_path, method, options, out / "generate" / name / tag, args) if args.images_per_class else {}
+        rows.append({"model": name, "method": method, "setting": setting_label(method, options), "tag": tag,
+                     "accuracy": cls.get("accuracy"), "images": cls.get("images"),
+                     "calls_per_image": cls.get("calls_per_image"),
+                     "domain_fid": gen.get("domain_frechet_distance"),
+                     "class_consistency": gen.get("class_consistency"),
+                     "generated": gen.get("n_images")})
+    model = load_model(model_path=str(model_path), dtype="fp32", device=args.device)
+    seconds = time_settings(model, settings, args.timing_batch, args.timing_repeats, args.seed)
+    base_time = seconds[setting_tag("none", {})]
+    base_flops = None
+    for row, (method, options) in zip(rows, settings):
+        flops = flops_per_call(model, method, options, args.timing_batch, args.seed)
+        base_flops = flops if method == "none" else base_flops
+        row.update({"ms_per_call": 1000 * seconds[row["tag"]], "speedup": base_time / seconds[row["tag"]],
+                    "gflops_per_call": flops / 1e9, "flop_ratio": (base_flops or flops) / flops})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of the benchmark rows."""
+    head = ("| model | method | cls acc (%) | domain FID | class cons. (%) | ms/call | speed-up | FLOP-ideal | GFLOPs/call |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    def num(v, fmt):
+        return "" if v in (None, "") else format(float(v), fmt)
+    lines = [head]
+    for r in rows:
+        acc = "" if r["accuracy"] in (None, "") else f"{100 * float(r['accuracy']):.1f}"
+        cons = "" if r["class_consistency"] in (None, "") else f"{100 * float(r['class_consistency']):.1f}"
+        lines.append(f"| {r['model']} | {r['setting']} | {acc} | {num(r['domain_fid'], '.2f')} | {cons} | "
+                     f"{num(r['ms_per_call'], '.1f')} | {num(r['speedup'], '.2f')}x | {num(r['flop_ratio'], '.2f')}x | "
+                     f"{num(r['gflops_per_call'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def plot_tradeoffs(rows: list[dict], path: Path) -> Path:
+    """Accuracy vs speed-up and domain FID vs speed-up, one marker per method, one panel row per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    markers = dict(zip(LABELS, "*osDv^"))
+    fig, axes = plt.subplots(len(models), 2, figsize=(10, 4 * len(models)), squeeze=False)
+    for i, name in enumerate(models):
+        for j, (key, label) in enumerate((("accuracy", "classification accuracy (%)"), ("domain_fid", "domain FID (lower is better)"))):
+            ax = axes[i][j]
+            for r in (r for r in rows if r["model"] == name and r[key] not in (None, "")):
+                y = 100 * float(r[key]) if key == "accuracy" else float(r[key])
+                ax.scatter(r["speedup"], y, marker=markers.get(r["method"], "o"), s=120 if r["method"] == "none" else 60,
+                           label=r["setting"])
+                ax.annotate(r["setting"], (r["speedup"], y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.set_xlabel("measured speed-up vs baseline (x)")
+            ax.set_ylabel(label)
+            ax.set_title(f"testbed {name}")
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_outputs(rows: list[dict], out: Path, header: str) -> None:
+    """benchmark.csv, benchmark.md and tradeoffs.png (atomic)."""
+    import pandas as pd
+
+    atomic_write_text(out / "benchmark.csv", pd.DataFrame(rows).to_csv(index=False))
+    atomic_write_text(out / "benchmark.md", f"{header}\n\n{format_table(rows)}\n")
+    plot_tradeoffs(rows, out / "tradeoffs.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bigain.benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="testbed models")
+    p.add_argument("--model_dir", action="append", default=[], metavar="NAME=PATH",
+                   help="use another model folder for NAME (e.g. dit=/path); tests use tiny models")
+    p.add_argument("--full", action="store_true", help="classify the whole 1,000-image shipped test subset")
+    p.add_argument("--sweep", action="store_true", help="also run the ratio sweep (0.3/0.5 merging, df 4)")
+    p.add_argument("--methods", nargs="+", default=None, choices=list(LABELS),
+                   help="only these methods (default: all six; the baseline is always included)")
+    p.add_argument("--n_images", type=int, default=100, help="test images classified per setting (default: 100)")
+    p.add_argument("--n_samples", type=int, nargs="+", default=[5, 20], help="adaptive protocol timesteps")
+    p.add_argument("--to_keep", type=int, nargs="+", default=[5, 1], help="adaptive protocol classes kept")
+    p.add_argument("--cls_batch_size", type=int, default=125, help="classifier (class, timestep) batch")
+    p.add_argument("--images_per_class", type=int, default=10, help="generated images per class (0: skip generation)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model kind's)")
+    p.add_argument("--gen_batch_size", type=int, default=50, help="images per sampling batch")
+    p.add_argument("--timing_batch", type=int, default=50, help="rows of the timed denoiser call")
+    p.add_argument("--timing_repeats", type=int, default=7, help="timed rounds (median), after one warm-up")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--metrics_device", default="cpu", help="device of the metric feature extractor")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; use 1 on a busy shared machine)")
+    p.add_argument("--out", default="outputs/benchmark", help="output folder")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.full:
+        args.n_images = 0  # 0 = every image of the shipped subset
+    paths = dict(MODELS)
+    for item in args.model_dir:
+        name, _, path = item.partition("=")
+        if name not in MODELS or not path:
+            raise ValueError(f"--model_dir expects NAME=PATH with NAME in {list(MODELS)}, got {item!r}")
+        paths[name] = Path(path)
+    missing = [str(paths[m]) for m in args.models if not paths[m].exists()]
+    if missing:
+        raise FileNotFoundError(f"testbed model folder(s) missing: {missing} (train them with python -m bigain.testbed.train)")
+    settings = PAPER_SETTINGS + (SWEEP_SETTINGS if args.sweep else [])
+    if args.methods:
+        settings = [s for s in settings if s[0] == "none" or s[0] in args.methods]
+    start = time.perf_counter()
+    rows = [row for name in args.models for row in benchmark_model(name, paths[name], settings, args)]
+    wall = time.perf_counter() - start
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images classified "
+              f"per setting (adaptive {args.n_samples}/{args.to_keep}), {10 * args.images_per_class} samples per setting "
+              f"({args.steps} steps); timing: median of {args.timing_repeats} interleaved calls, batch {args.timing_batch}, "
+              f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; wall {wall / 60:.1f} min.")
+    out = Path(args.out)
+    write_outputs(rows, out, header)
+    print(f"\n{header}\n\n{format_table(rows)}\n\nwrote {out / 'benchmark.csv'}, {out / 'benchmark.md'}, {out / 'tradeoffs.png'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
