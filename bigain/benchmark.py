@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from bigain.config import atomic_write_text
+from bigain.config import add_config_arg, atomic_write_text, parse_args_with_config
 
 TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
 MODELS = {"dit": TESTBED / "dit-fmnist", "unet": TESTBED / "unet-fmnist"}
@@ -260,11 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; use 1 on a busy shared machine)")
     p.add_argument("--out", default="outputs/benchmark", help="output folder")
+    add_config_arg(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
-    args = build_parser().parse_args(argv)
+    args = parse_args_with_config(build_parser(), argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.full:
