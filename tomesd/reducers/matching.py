@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import TokenPlan
@@ -25,6 +24,11 @@ def merge_count(num_tokens: int, ratio: float, num_dst: int) -> int:
 def restore_by_map(z: Tensor, index_map: Tensor) -> Tensor:
     """Full-length output from a reduced one: position n takes `z[:, index_map[:, n]]`."""
     return gather_tokens(z, index_map)
+
+
+def normalize_rows_(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """In-place `F.normalize(x, dim=-1)` (same ops, same values) for a tensor we own."""
+    return x.div_(x.norm(2, dim=-1, keepdim=True).clamp_min_(eps))
 
 
 def merge_counts(merged_into: Tensor, num_dst: int, dtype: torch.dtype) -> Tensor:
@@ -52,8 +56,11 @@ def bipartite_merge_plan(metric: Tensor, dst_idx: Tensor, ratio: float) -> Optio
         return None
     with torch.no_grad():
         src_idx = complement_indices(dst_idx, num_tokens)  # (B, S) ascending
-        unit = F.normalize(metric, dim=-1)
-        scores = gather_tokens(unit, src_idx) @ gather_tokens(unit, dst_idx).transpose(1, 2)  # (B, S, D)
+        # Gather, then L2-normalise the gathered copies in place: the values of F.normalize without
+        # a third (B, N, C) buffer.
+        src = normalize_rows_(gather_tokens(metric, src_idx))
+        dst = normalize_rows_(gather_tokens(metric, dst_idx))
+        scores = src @ dst.transpose(1, 2)  # (B, S, D) cosine similarities
         best_score, best_dst = scores.max(dim=-1)
         merged_local = best_score.topk(r, dim=-1).indices  # (B, r)
         kept_local = complement_indices(merged_local, src_idx.shape[1])  # (B, S - r) ascending
