@@ -428,7 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
              len(todo))
 
     flops_per_image = None
-    if not args.no_flops:
+    if not args.no_flops and todo:
         flops_per_image = count_flops(model, schedule, guidance, items[0])
 
     from tqdm import tqdm
@@ -449,6 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             written += 1
 
     wall = time.perf_counter() - wall_start
+    sampled = sum(len(batches[b]) for b in todo)  # a partly finished batch is sampled whole
     calls_per_image = schedule.steps
     row = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(run_dir), "model": model.name,
@@ -459,8 +460,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "images_skipped": sum(len(batches[b]) for b in mine) - sum(len(batches[b]) for b in todo),
         "calls": stats.calls, "calls_per_image": calls_per_image, "rows_per_call_per_image": 2 if guidance != 1.0 else 1,
         "model_time_s": round(stats.seconds, 4), "wall_time_s": round(wall, 3),
-        "model_time_per_image_s": round(stats.seconds / written, 5) if written else "",
-        "wall_time_per_image_s": round(wall / written, 5) if written else "",
+        "images_sampled": sampled,
+        "model_time_per_image_s": round(stats.seconds / sampled, 5) if sampled else "",
+        "wall_time_per_image_s": round(wall / sampled, 5) if sampled else "",
         "flops_per_image": f"{flops_per_image:.4g}" if flops_per_image else "",
         "flops_per_call_per_image": f"{flops_per_image / calls_per_image:.4g}" if flops_per_image else "",
         "tf32": bool(args.tf32),

@@ -53,6 +53,7 @@ COMMON=("${SOURCE[@]}" --version "$VERSION" --dtype "$DTYPE" --sampler ddim --st
         --guidance "$GUIDANCE" --batch_size "$BATCH_SIZE" --seed "$SEED" --output_dir "$OUTPUT_DIR")
 if [[ -n "$MODEL_PATH" ]]; then COMMON+=(--model_path "$MODEL_PATH"); fi
 if [[ -n "$DATASET_ROOT" ]]; then COMMON+=(--dataset_root "$DATASET_ROOT"); fi
+if [[ "$REF" == */* ]]; then COMMON+=(--real_dir "$REF"); fi   # a folder: checked before sampling
 SCORE=(--ref "$REF" --metrics $METRICS)
 if [[ -n "$INCEPTION_WEIGHTS" ]]; then SCORE+=(--inception_weights "$INCEPTION_WEIGHTS"); fi
 if [[ -n "$DOMAIN_EXTRACTOR" ]]; then SCORE+=(--domain_extractor "$DOMAIN_EXTRACTOR"); fi
