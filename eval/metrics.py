@@ -428,6 +428,9 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
         score, desc = compute_clip_score(gen_files, prompts, opts["clip_model"], opts["batch_size"], opts["device"])
         out[KEY_CLIP_SCORE] = score
         report["clip_model"] = desc
+        import torchmetrics
+
+        report["library"] += f"; torchmetrics {torchmetrics.__version__} (CLIP score)"
 
     out[KEY_REPORT] = report
     return out
