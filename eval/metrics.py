@@ -251,7 +251,10 @@ def _reference_features(
     ref: Reference, size: int, extractor: torch.nn.Module, extractor_id: str, features: list[str], opts: dict
 ) -> dict[str, torch.Tensor]:
     """Reference features, read from the cache when present, else extracted and cached."""
-    items = ref.source_items[: opts["max_reference"]] if opts["max_reference"] else ref.source_items
+    items = ref.source_items
+    if opts["max_reference"] and opts["max_reference"] < len(items):  # evenly spread (folders are class-sorted)
+        step = len(items) / opts["max_reference"]
+        items = [items[int(i * step)] for i in range(opts["max_reference"])]
     key = json.dumps({"ref": ref.identity, "n": len(items), "size": size, "extractor": extractor_id,
                       "features": sorted(features), "torch_fidelity": torch_fidelity.__version__}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:20]
@@ -348,9 +351,9 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
     with Image.open(gen_files[0]) as im:
         size = int(opts["resize"] or min(im.size))
     needs_ref = [m for m in metrics if m in ("fid", "kid", "domain_fid")]
-    ref = resolve_reference(reference, opts["dataset_root"]) if needs_ref else None
     if needs_ref and reference is None:
-        raise ValueError(f"metrics {needs_ref} need a reference")
+        raise ValueError(f"metrics {needs_ref} need a reference (--ref: a folder of real images or a dataset name)")
+    ref = resolve_reference(reference, opts["dataset_root"]) if needs_ref else None
     if any(m in metrics for m in ("domain_fid", "class_consistency")) and not opts["domain_extractor"]:
         raise ValueError(f"domain_fid / class_consistency need --domain_extractor (known: {ext.list_domain_extractors()})")
     gen_source = ImageSource(gen_files, size)
@@ -463,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain_extractor", default=None, choices=ext.list_domain_extractors())
     p.add_argument("--clip_model", default=None, help="local folder or hub id of a CLIP model")
     p.add_argument("--dataset_root", default=None, help="DATASET_ROOT for named references")
-    p.add_argument("--max_reference", type=int, default=None, help="use the first N reference images")
+    p.add_argument("--max_reference", type=int, default=None, help="use N reference images, evenly spread")
     p.add_argument("--kid_subset_size", type=int, default=DEFAULTS["kid_subset_size"])
     p.add_argument("--kid_subsets", type=int, default=DEFAULTS["kid_subsets"])
     p.add_argument("--cache_root", default=None, help="reference feature cache (default: $BIGAIN_CACHE/fid_stats)")
