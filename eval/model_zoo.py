@@ -102,9 +102,10 @@ MODEL_SPECS: dict[str, ModelSpec] = {
                              text_tokens=120, description="PixArt-alpha XL/2 1024-MS (611M)"),
     # Tiny variants (tests): same classes and block layouts, a few channels.
     "tiny-sd": ModelSpec("tiny-sd", "unet", {
-        **SD2_BASE_UNET, "sample_size": 16, "block_out_channels": (16, 32, 32, 32), "attention_head_dim": (2, 4, 4, 4),
-        "cross_attention_dim": 16, "norm_num_groups": 8, "layers_per_block": 1}, 128, text_tokens=5,
-        description="tiny SD 2 layout"),
+        **SD2_BASE_UNET, "sample_size": 16, "block_out_channels": (16, 32),
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "attention_head_dim": (2, 4), "cross_attention_dim": 16, "norm_num_groups": 8, "layers_per_block": 1}, 128,
+        text_tokens=5, description="tiny SD 2 style U-Net (attention at full resolution)"),
     "tiny-sdxl": ModelSpec("tiny-sdxl", "sdxl", {
         **SDXL_UNET, "sample_size": 16, "block_out_channels": (16, 32, 32), "transformer_layers_per_block": (1, 1, 2),
         "attention_head_dim": (2, 4, 4), "cross_attention_dim": 16, "addition_time_embed_dim": 4,
