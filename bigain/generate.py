@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_flops", action="store_true", help="skip the FLOPs measurement")
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
     g.add_argument("--dry_run", "--dry-run", action="store_true", help="validate, print the plan, exit")
+    from bigain.config import add_config_arg
+
+    add_config_arg(p)
     return p
 
 
@@ -365,7 +368,9 @@ def _attention_backend(denoiser: torch.nn.Module) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Generate a run's images (this shard's share, skipping finished ones); returns the summary row."""
     wall_start = time.perf_counter()
-    args = build_parser().parse_args(argv)
+    from bigain.config import parse_args_with_config
+
+    args = parse_args_with_config(build_parser(), argv)
     validate_args(args)
     items = build_items(args)
     if not items:
@@ -420,6 +425,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     fingerprint = config_fingerprint(settings)
     atomic_write_json(run_dir / "config.json", {**settings, "fingerprint": fingerprint, "attention": attention,
                                                 "patch": report.to_dict() if report else None})
+    from bigain.config import save_effective_config
+
+    save_effective_config(args, run_dir)
 
     batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
     mine = [b for b in range(len(batches)) if b % n_shards == shard]

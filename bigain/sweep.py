@@ -122,9 +122,8 @@ def plan_sweep(path: str | Path, output_dir: Optional[str] = None) -> list[Plann
         for (model_name, model_opts), dataset, (_, method_opts) in itertools.product(models, spec["datasets"], methods):
             options = {**experiment, **model_opts, **method_opts, "dataset": dataset, **extra}
             validate_config(options, parser, f"{path} [{task}/{model_name}/{dataset}]")
-            tag = method_tag(options)
-            runs.append(PlannedRun(task, model_name, str(dataset), tag, options,
-                                   base / task / model_name / str(dataset) / tag))
+            tag, data_name = method_tag(options), "classes" if dataset is None else str(dataset)
+            runs.append(PlannedRun(task, model_name, data_name, tag, options, base / task / model_name / data_name / tag))
     return runs
 
 

@@ -472,12 +472,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_root", default=None, help="reference feature cache (default: $BIGAIN_CACHE/fid_stats)")
     p.add_argument("--no_cache", action="store_true")
     p.add_argument("--verbose", action="store_true")
+    from bigain.config import add_config_arg
+
+    add_config_arg(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """CLI: compute metrics, print them, write JSON."""
-    args = build_parser().parse_args(argv)
+    from bigain.config import parse_args_with_config
+
+    args = parse_args_with_config(build_parser(), argv)
     opts = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
     opts["use_cache"] = not args.no_cache
     try:

@@ -852,12 +852,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", nargs="+", choices=("md", "csv", "tex"), default=list(DEFAULTS["formats"]))
     p.add_argument("--baseline", default=DEFAULTS["baseline"], help="reduction tag of the baseline row")
     p.add_argument("--no_plots", action="store_true", help="skip the trade-off PNGs")
+    from bigain.config import add_config_arg
+
+    add_config_arg(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     """CLI: collect rows, write tables (and plots), print what was written."""
-    args = build_parser().parse_args(argv)
+    from bigain.config import parse_args_with_config
+
+    args = parse_args_with_config(build_parser(), argv)
     try:
         df = collect_rows(args.runs, baseline=args.baseline)
         written = write_tables(df, args.out, args.metric, args.columns, args.formats, args.task, args.baseline)
