@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from bigain.datasets import DATASETS, INTERPOLATIONS, build_dataset, check_dataset_args, load_prompts, \
     match_channels, subset_indices
+from bigain.reduction import run_reduction_tag
 from bigain.records import ImageRecord, append_csv_row, atomic_write_json, config_fingerprint, load_record, \
     merge_records, record_path, save_record
 
@@ -280,9 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate_args(args: argparse.Namespace) -> tuple[Any, Schedule, str]:
     """Check every input before model work; returns (class table, schedule, split). Raises ValueError etc."""
-    from bigain.reduction import reduction_kwargs
+    from bigain.reduction import validate_reduction
 
-    import tomesd
 
     split = check_dataset_args(args.dataset, args.dataset_root, args.data_dir, args.split)
     if args.prompts_csv:
@@ -301,21 +301,8 @@ def validate_args(args: argparse.Namespace) -> tuple[Any, Schedule, str]:
         raise ValueError(f"--max_images must be positive; got {args.max_images}")
     if args.img_size is not None and args.img_size < 8:
         raise ValueError(f"--img_size must be >= 8; got {args.img_size}")
-    reduction_kwargs(tomesd.canonical_name(args.method), vars(args))  # unknown/foreign reducer options
+    validate_reduction(args)  # unknown, foreign or out-of-range reducer options, before model work
     return table, schedule, split
-
-
-def _reduction_tag(args: argparse.Namespace) -> str:
-    """Folder name of the reducer settings."""
-    from bigain.reduction import reduction_kwargs, reduction_tag
-
-    import tomesd
-
-    method = tomesd.canonical_name(args.method)
-    tag = reduction_tag(method, reduction_kwargs(method, vars(args)))
-    if method != "none" and args.reduction_seed is not None:
-        tag += f"_rseed{args.reduction_seed}"
-    return tag
 
 
 def _model_label(args: argparse.Namespace) -> str:
@@ -331,7 +318,7 @@ def _run_dir(args: argparse.Namespace, split: str, img_size: int | str, dtype: s
         return Path(args.run_dir)
     settings = (f"ns{'-'.join(map(str, args.n_samples))}_tk{'-'.join(map(str, args.to_keep))}_{args.loss}"
                 f"_tr{args.n_trials}_s{args.seed}_{img_size}px-{args.interpolation}_{dtype}_bs{args.batch_size}")
-    return Path(args.output_dir) / f"{args.dataset}_{split}" / _model_label(args) / _reduction_tag(args) / settings
+    return Path(args.output_dir) / f"{args.dataset}_{split}" / _model_label(args) / run_reduction_tag(args) / settings
 
 
 def _file_sha(path: str | Path) -> str:
@@ -436,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "timestep_grid": schedule.grid(),
                 "timesteps_per_stage": [[schedule.grid()[i] for i in s] for s in schedule.stage_slots()],
                 "to_keep": list(schedule.to_keep), "calls_per_image": calls_expected,
-                "model": args.model_path or args.version, "method": args.method, "reduction": _reduction_tag(args),
+                "model": args.model_path or args.version, "method": args.method, "reduction": run_reduction_tag(args),
                 "dtype": dtype_name, "device": str(device)}
         print(json.dumps(plan, indent=2))
         return plan
@@ -459,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "dataset": args.dataset, "split": split, "prompts_sha": _prompts_sha(table), "img_size": img_size,
         "interpolation": args.interpolation, "model": _model_label(args), "dtype": dtype_name,
         "n_samples": list(args.n_samples), "to_keep": list(args.to_keep), "n_trials": args.n_trials,
-        "loss": args.loss, "seed": args.seed, "batch_size": args.batch_size, "reduction": _reduction_tag(args),
+        "loss": args.loss, "seed": args.seed, "batch_size": args.batch_size, "reduction": run_reduction_tag(args),
     }
     fingerprint = config_fingerprint(result_config)
 

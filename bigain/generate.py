@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from bigain.reduction import run_reduction_tag
 from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, config_fingerprint
 from bigain.samplers import CallStats, Schedule, guided_eps_fn, initial_noise, make_schedule, SAMPLERS
 
@@ -196,9 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 def validate_args(args: argparse.Namespace) -> None:
     """Check every input that needs no model; raises ValueError / FileNotFoundError."""
     from bigain.datasets import check_dataset_args
-    from bigain.reduction import reduction_kwargs
+    from bigain.reduction import validate_reduction
 
-    import tomesd
 
     sources = [s for s in ("dataset", "prompts_file", "classes") if getattr(args, s) is not None]
     if len(sources) != 1:
@@ -224,20 +224,7 @@ def validate_args(args: argparse.Namespace) -> None:
         if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
             raise FileNotFoundError(f"--model_path {folder} is not a readable folder (a diffusers or testbed "
                                     "model folder: model_index.json or unet/ or transformer/, plus scheduler/)")
-    reduction_kwargs(tomesd.canonical_name(args.method), vars(args))
-
-
-def _reduction_tag(args: argparse.Namespace) -> str:
-    """Folder name of the reducer settings."""
-    from bigain.reduction import reduction_kwargs, reduction_tag
-
-    import tomesd
-
-    method = tomesd.canonical_name(args.method)
-    tag = reduction_tag(method, reduction_kwargs(method, vars(args)))
-    if method != "none" and args.reduction_seed is not None:
-        tag += f"_rseed{args.reduction_seed}"
-    return tag
+    validate_reduction(args)  # unknown, foreign or out-of-range reducer options, before model work
 
 
 def _source_label(args: argparse.Namespace) -> str:
@@ -262,7 +249,7 @@ def _run_dir(args: argparse.Namespace, sampler: str, guidance: float, dtype: str
     settings = f"{sampler}{args.steps}_g{guidance:g}_s{args.seed}_bs{args.batch_size}_{size}px_{dtype}"
     if args.max_images:
         settings += f"_max{args.max_images}"
-    return Path(args.output_dir) / _source_label(args) / _model_label(args) / _reduction_tag(args) / settings
+    return Path(args.output_dir) / _source_label(args) / _model_label(args) / run_reduction_tag(args) / settings
 
 
 def _shard() -> tuple[int, int]:
@@ -392,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     if args.dry_run:
         plan = {"items": len(items), "batches": -(-len(items) // args.batch_size), "shard": f"{shard}/{n_shards}",
-                "first": asdict(items[0]), "model": args.model_path or args.version, "reduction": _reduction_tag(args)}
+                "first": asdict(items[0]), "model": args.model_path or args.version, "reduction": run_reduction_tag(args)}
         print(json.dumps(plan, indent=2))
         return plan
 
@@ -418,7 +405,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "model": model.name, "model_source": model.source, "kind": model.kind, "dtype": dtype_name,
         "image_size": model.image_size, "sampler": sampler, "steps": args.steps, "guidance": guidance,
         "seed": args.seed, "batch_size": args.batch_size, "method": tomesd.canonical_name(args.method),
-        "reduction": _reduction_tag(args), "reduction_options": report.options if report else {},
+        "reduction": run_reduction_tag(args), "reduction_options": report.options if report else {},
         "reduction_seed": reduction_seed, "source": _source_label(args), "n_items": len(items),
         "items_sha": config_fingerprint({"items": [asdict(it) for it in items]}),
     }

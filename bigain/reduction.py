@@ -102,6 +102,15 @@ def apply_reduction(model: Any, args: argparse.Namespace, seed: Optional[int] = 
     return tomesd.apply_patch(model, method=method, seed=seed if reduction_seed is None else reduction_seed, **options)
 
 
+def run_reduction_tag(args: argparse.Namespace) -> str:
+    """Folder name of a CLI run's reducer settings (method, explicit options, reducer seed)."""
+    method = tomesd.canonical_name(args.method)
+    tag = reduction_tag(method, reduction_kwargs(method, vars(args)))
+    if method != "none" and getattr(args, "reduction_seed", None) is not None:
+        tag += f"_rseed{args.reduction_seed}"
+    return tag
+
+
 def reduction_tag(method: str, options: dict[str, Any]) -> str:
     """Short, filesystem-safe name encoding the method and its explicit settings."""
     method = tomesd.canonical_name(method)
