@@ -14,7 +14,8 @@ from torch import Tensor
 from ..options import PlacementOptions, check_positive_int, optional_factor
 from ..registry import register_reducer
 from .base import Plan, ReductionContext
-from .todo import downsample_tokens, kv_plan, level_factor
+from .grid import from_grid, to_grid
+from .todo import downsample_grid, kv_plan, level_factor
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,19 @@ def scheduled_alpha(timesteps: Tensor, alpha_start: float, alpha_end: float) -> 
 
 
 def blended_kv_source(x: Tensor, height: int, width: int, df: int, alpha: Tensor | float) -> Tensor:
-    """alpha * nearest-exact + (1 - alpha) * avg_pool, alpha scalar or per sample (B,)."""
-    nearest = downsample_tokens(x, height, width, df, "nearest-exact")
+    """alpha * nearest-exact + (1 - alpha) * avg_pool, alpha scalar or per sample (B,).
+
+    One grid reshape shared by both poolings, blended in place on the fresh pooled tensors
+    (same operations and values as the out-of-place expression).
+    """
+    grid = to_grid(x, height, width)
+    nearest = downsample_grid(grid, df, "nearest-exact")
     if not isinstance(alpha, Tensor) and alpha == 1.0:
-        return nearest  # exactly ToDo
-    average = downsample_tokens(x, height, width, df, "avg_pool")
+        return from_grid(nearest)  # exactly ToDo
+    average = downsample_grid(grid, df, "avg_pool")
     if isinstance(alpha, Tensor):
-        alpha = alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
-    return alpha * nearest + (1.0 - alpha) * average
+        alpha = alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    return from_grid(nearest.mul_(alpha).add_(average.mul_(1.0 - alpha)))
 
 
 @register_reducer("bigain_td", aliases=("iekvd",))

@@ -36,7 +36,12 @@ class ToDoOptions(PlacementOptions):
 
 def downsample_tokens(x: Tensor, height: int, width: int, df: int, mode: str) -> Tensor:
     """Tokens (B, N, C) on an h x w grid -> (B, (h//df)*(w//df), C) by `mode`."""
-    grid = to_grid(x, height, width)
+    return from_grid(downsample_grid(to_grid(x, height, width), df, mode))
+
+
+def downsample_grid(grid: Tensor, df: int, mode: str) -> Tensor:
+    """(B, C, h, w) -> (B, C, h//df, w//df) by `mode` (a fresh tensor)."""
+    height, width = grid.shape[-2:]
     size = (height // df, width // df)
     if mode == "avg_pool":
         out = F.avg_pool2d(grid, kernel_size=df, stride=df)
@@ -48,7 +53,7 @@ def downsample_tokens(x: Tensor, height: int, width: int, df: int, mode: str) ->
         out = F.interpolate(grid, size=size, mode=mode, align_corners=False)
     else:
         out = F.interpolate(grid, size=size, mode=mode)
-    return from_grid(out)
+    return out
 
 
 def level_factor(df: int, df_level2: Optional[int], level: int) -> int:
