@@ -184,16 +184,21 @@ def preset_cases(name: str) -> list[Case]:
         dit = (Setting("tome", (("ratio", 0.7),)), Setting("bigain_tm", (("ratio", 0.7),)), Setting("todo", (("df", 2),)),
                Setting("bigain_td", (("df", 2), ("alpha", 0.5))), Setting("sito", (("ratio", 0.7),)))
         return [Case("sd2@w0.25", 256, 1, sd), Case("sd2@w0.25", 512, 1, sd), Case("dit-xl-2-256@L4", 256, 2, dit)]
-    if name == "gpu":
+    if name == "cpu-sd2-512":  # the real SD 2 U-Net (865M) at 512 px on one CPU thread, key settings
+        md1 = (("max_downsample", 1),)
+        sd = (Setting("tome", (("ratio", 0.7),) + md1), Setting("bigain_tm", (("ratio", 0.7),) + md1),
+              Setting("todo", (("df", 2),) + md1), Setting("bigain_td", (("df", 2), ("alpha", 0.5)) + md1),
+              Setting("sito", (("ratio", 0.7), ("graph", "blocks")) + md1), Setting("upstream", (("ratio", 0.7),) + md1))
+        return [Case("sd2", 512, 1, sd)]
+    if name == "gpu":  # fp16 on one H100; sized (estimated, not yet run) for <= 8 minutes
         full = dict(ratios=(0.3, 0.5, 0.7), dfs=(2, 4))
-        cases = grid(["sd2"], [512, 768, 1024], [2], max_downsamples=(1, 2), **full)
-        cases += grid(["sd2"], [512, 1024], [1, 16], **full)
+        dit = dict(block_patterns=("published", "all"), **full)
+        cases = grid(["sd2"], [512, 768, 1024], [2], max_downsamples=(1, 2), **full)  # the CFG pair
+        cases += grid(["sd2"], [512], [1, 16], **full)  # single sample; the classifier's mixed-t batch
         cases += grid(["sd15"], [512], [2], **full)
-        cases += grid(["sdxl"], [1024], [2], max_downsamples=(2,), **full)
-        cases += grid(["dit-xl-2-256"], [256], [2, 16], block_patterns=("published", "all"), **full)
-        cases += grid(["dit-xl-2-512"], [512], [2, 16], block_patterns=("published", "all"), **full)
-        cases += grid(["pixart-512"], [512], [2], block_patterns=("published", "all"), **full)
-        cases += grid(["pixart-1024"], [1024], [2], block_patterns=("published", "all"), **full)
+        cases += grid(["sdxl"], [1024], [2], max_downsamples=(2,), **full)  # SDXL has no attention at ds=1
+        cases += grid(["dit-xl-2-256"], [256], [2, 16], **dit) + grid(["dit-xl-2-512"], [512], [2], **dit)
+        cases += grid(["pixart-512"], [512], [2], **dit) + grid(["pixart-1024"], [1024], [2], **dit)
         return cases
     raise ValueError(f"unknown preset {name!r}; choose from {list(PRESETS)}")
 
@@ -204,14 +209,25 @@ PRESETS = {
                  "batch 1, max_downsample 1: ToMe 0.5/0.7, BiGain_TM 0.7, ToDo df 2, BiGain_TD df 2, SiTo 0.7 "
                  "(and graph=blocks), upstream 0.5/0.7; DiT-XL/2-256 with 4 of 28 blocks at 256 px, batch 2 "
                  "(CFG pair), published pattern (blocks 1-3): ratio 0.7 / df 2",
-    "gpu": "issue grid: SD 2 512/768/1024 (CFG pair, max_downsample 1/2; batch 1 and 16 at 512/1024), "
-           "SD 1.5 512, SDXL 1024, DiT-XL/2 256/512 and PixArt-alpha 512/1024 (published and all blocks); "
-           "ratios 0.3/0.5/0.7, df 2/4; run with --dtype float16 --device cuda",
+    "cpu-sd2-512": "the full-width SD 2 base U-Net at 512 px, batch 1, max_downsample 1: ToMe / BiGain_TM / "
+                   "SiTo (graph=blocks) at 0.7, ToDo / BiGain_TD at df 2, upstream ToMe 0.7",
+    "gpu": "issue grid, fp16 on CUDA: SD 2 at 512/768/1024 (CFG pair, max_downsample 1 and 2) and at 512 "
+           "with batch 1 and 16; SD 1.5 512; SDXL 1024 (max_downsample 2); DiT-XL/2 256 (batch 2, 16) and 512; "
+           "PixArt-alpha 512 and 1024 (published and all blocks); ratios 0.3/0.5/0.7, df 2/4, upstream at "
+           "every ToMe setting",
+}
+
+# Flag values a preset implies unless given on the command line.
+PRESET_FLAGS: dict[str, dict[str, Any]] = {
+    "tiny": {"repeats": 1, "warmup": 0, "threads": 1},
+    "cpu-small": {"repeats": 5, "warmup": 1, "threads": 1},
+    "cpu-sd2-512": {"repeats": 3, "warmup": 1, "threads": 1},
+    "gpu": {"device": "cuda", "dtype": "float16", "repeats": 10, "warmup": 3},
 }
 
 DEFAULTS: dict[str, Any] = {
     "preset": None, "models": None, "methods": list(METHODS), "ratios": [0.3, 0.5, 0.7], "dfs": [2, 4],
-    "max_downsample": [1], "blocks": ["published"], "resolutions": None, "batches": [2], "dtype": "float32",
+    "max_downsample": [1], "blocks": ["published"], "resolutions": None, "batches": None, "dtype": "float32",
     "device": "cpu", "repeats": 5, "warmup": 1, "out": "results/speed", "upstream": True, "breakdown": True,
     "flops_batch1": True, "seed": 0, "threads": None,
 }
@@ -628,7 +644,7 @@ def plot(rows: Sequence[dict], path: Path) -> None:
             color = f"C{i % 10}"
             xs = [p[0] for p in pts]
             ax.plot(xs, [p[1] for p in pts], "o-", color=color, label=setting)
-            ax.plot(xs, [p[2] for p in pts], "--", color=color, alpha=0.6)
+            ax.plot(xs, [p[2] for p in pts], "x--", color=color, alpha=0.6)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_title(f"{model}, batch {batch}", fontsize=9)
         ax.set_xlabel("resolution (px)")
@@ -691,13 +707,13 @@ def cases_from_args(args: argparse.Namespace) -> list[Case]:
             cases = [c for c in cases if c.model in args.models]
         if args.resolutions:
             cases = [c for c in cases if c.resolution in args.resolutions]
-        if args.batches != DEFAULTS["batches"]:
+        if args.batches:
             cases = [c for c in cases if c.batch in args.batches]
         return cases
     if not args.models:
         raise SystemExit("give --preset or --models")
     resolutions = args.resolutions or [parse_model(args.models[0]).resolution]
-    return grid(args.models, resolutions, args.batches, **settings_args)
+    return grid(args.models, resolutions, args.batches or [2], **settings_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -714,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", nargs="+", choices=["published", "all"], default=DEFAULTS["blocks"],
                    help="DiT/PixArt block patterns")
     p.add_argument("--resolutions", nargs="+", type=int, default=DEFAULTS["resolutions"])
-    p.add_argument("--batches", nargs="+", type=int, default=DEFAULTS["batches"])
+    p.add_argument("--batches", nargs="+", type=int, default=DEFAULTS["batches"], help="default 2 (the CFG pair)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=DEFAULTS["dtype"])
     p.add_argument("--device", default=DEFAULTS["device"])
     p.add_argument("--repeats", type=int, default=DEFAULTS["repeats"], help="timed rounds (median)")
@@ -733,6 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    for key, value in PRESET_FLAGS.get(args.preset, {}).items():
+        if getattr(args, key) == DEFAULTS[key]:
+            setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = cases_from_args(args)
