@@ -740,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a busy second core stalls every parallel op")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--out", default=DEFAULTS["out"])
+    p.add_argument("--dry-run", action="store_true", help="list the cases and the number of forward calls, run nothing")
     p.add_argument("--no-upstream", dest="upstream", action="store_false", help="skip upstream tomesd")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the instrumented call")
     p.add_argument("--flops-full-batch", dest="flops_batch1", action="store_false",
@@ -755,6 +756,14 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = cases_from_args(args)
+    if args.dry_run:
+        per_setting = args.warmup + args.repeats + 1 + int(args.breakdown)  # + FLOP count + instrumented call
+        runs = sum(len(c.settings) + 1 for c in cases)
+        for c in cases:
+            print(f"{c.model} {c.resolution}px batch {c.batch}: baseline + {len(c.settings)} settings")
+        print(f"{len(cases)} cases, {runs} setting runs, {runs * per_setting} forward calls "
+              f"({per_setting} per setting run) on {args.device} in {args.dtype}")
+        return []
     device = torch.device(args.device)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
