@@ -134,3 +134,71 @@ def test_shrunk_specs_are_named_and_checked():
         get_spec("sd3")
     with pytest.raises(ValueError):
         get_spec("sd2", num_layers=4)
+
+
+# --- the engine's fast paths keep outputs bit-identical (issue 6, "make it fast") -----------
+
+def reference_merge(metric, dst_idx, ratio):
+    """The engine's merge/unmerge before optimisation: element-wise gathers + scatter_reduce(mean)."""
+    import torch.nn.functional as F
+    from tomesd.reducers.grid import complement_indices
+    from tomesd.reducers.matching import merge_count
+
+    def gather(x, index):
+        return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+    batch, n, _ = metric.shape
+    d = dst_idx.shape[1]
+    r = merge_count(n, ratio, d)
+    src_idx = complement_indices(dst_idx, n)
+    unit = F.normalize(metric, dim=-1)
+    best_score, best_dst = (gather(unit, src_idx) @ gather(unit, dst_idx).transpose(1, 2)).max(dim=-1)
+    merged_local = best_score.topk(r, dim=-1).indices
+    kept_idx = src_idx.gather(1, complement_indices(merged_local, src_idx.shape[1]))
+    merged_idx, into = src_idx.gather(1, merged_local), best_dst.gather(1, merged_local)
+    k = kept_idx.shape[1]
+    index_map = torch.empty(batch, n, dtype=torch.long)
+    index_map.scatter_(1, kept_idx, torch.arange(k).expand(batch, -1))
+    index_map.scatter_(1, dst_idx, k + torch.arange(d).expand(batch, -1))
+    index_map.scatter_(1, merged_idx, k + into)
+
+    def merge(x):
+        dst = gather(x, dst_idx).scatter_reduce(1, into.unsqueeze(-1).expand(-1, -1, x.shape[-1]),
+                                                gather(x, merged_idx), reduce="mean", include_self=True)
+        return torch.cat([gather(x, kept_idx), dst], dim=1)
+
+    return merge, lambda z: gather(z, index_map)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fast_merge_and_unmerge_are_bit_identical_to_scatter_reduce(dtype):
+    from tomesd.reducers.grid import block_positions
+    from tomesd.reducers.matching import bipartite_merge_plan
+
+    g = torch.Generator().manual_seed(0)
+    h, w = 12, 10  # ragged-free; destinations at random offsets per block, per sample
+    metric = torch.randn(3, h * w, 16, generator=g).to(dtype)
+    pos = block_positions(h, w, 2, 2, torch.device("cpu"))
+    dst_idx = pos.gather(1, torch.randint(4, (3, pos.shape[0]), generator=g).T).T.contiguous()
+    plan = bipartite_merge_plan(metric, dst_idx, 0.6)
+    merge, unmerge = reference_merge(metric, dst_idx, 0.6)
+    y = metric * 3 - 1
+    assert torch.equal(plan.reduce(y), merge(y))
+    z = plan.reduce(y) * 2 + 1
+    assert torch.equal(plan.restore(z), unmerge(z))
+
+
+def test_sito_blocks_graph_option_matches_full_graph_on_random_tokens():
+    from tomesd.reducers.base import ReductionContext
+    from tomesd.reducers.sito import SiTo, SiToOptions
+
+    x = torch.randn(2, 16 * 16, 32, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for graph in ("full", "blocks"):
+        ctx = ReductionContext(metric=x, height=16, width=16, timesteps=None,
+                               generator=torch.Generator().manual_seed(0))
+        plan = SiTo.plan(ctx, SiToOptions(ratio=0.7, graph=graph))
+        outs.append((plan.reduce(x), plan.restore(plan.reduce(x) * 2)))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    with pytest.raises(ValueError, match="graph"):
+        SiToOptions(graph="sparse")
