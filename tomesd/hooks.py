@@ -119,9 +119,10 @@ class BlockHook:
         if not self.planned:
             metric = self.metric if self.metric is not None else attn_input
             height, width = self.grid(metric.shape[1])
-            # Reducers that never branch on timesteps (`timesteps_on_host = False`) get them where
-            # they live, so planning them never waits for the device.
+            # Reducers that never branch on timesteps (`timesteps_on_host = False`, or a function of
+            # the options returning False) get them where they live: planning never waits for the device.
             on_host = getattr(self.reducer, "timesteps_on_host", True)
+            on_host = on_host(self.options) if callable(on_host) else on_host
             timesteps = self.runtime.host_timesteps() if on_host else self.runtime.timesteps
             ctx = ReductionContext(
                 metric=metric, height=height, width=width, timesteps=timesteps,

@@ -15,7 +15,7 @@ from ..options import PlacementOptions, check_positive_int, optional_factor
 from ..registry import register_reducer
 from .base import Plan, ReductionContext
 from .grid import from_grid, to_grid
-from .todo import downsample_grid, kv_plan, level_factor
+from .todo import check_stop_threshold, downsample_grid, gate_needs_host_timesteps, kv_plan, level_factor
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class IEKVDOptions(PlacementOptions):
     alpha_schedule: bool = False
     alpha_start: float = 0.1
     alpha_end: float = 0.9
-    stop_threshold: float = 0.0
+    stop_threshold: Optional[float] = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -37,8 +37,7 @@ class IEKVDOptions(PlacementOptions):
         for name in ("alpha", "alpha_start", "alpha_end"):
             if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a number")
-        if not 0.0 <= float(self.stop_threshold) <= 1.0:
-            raise ValueError(f"stop_threshold={self.stop_threshold!r} must be in [0, 1]")
+        check_stop_threshold(self.stop_threshold)
 
 
 def scheduled_alpha(timesteps: Tensor, alpha_start: float, alpha_end: float) -> Tensor:
@@ -70,6 +69,7 @@ class IEKVD:
     Options = IEKVDOptions
     plan_kind = "kv"
     default_blocks = "published"
+    timesteps_on_host = staticmethod(gate_needs_host_timesteps)  # the alpha schedule works on the device
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: IEKVDOptions) -> Plan:

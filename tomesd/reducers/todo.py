@@ -18,20 +18,31 @@ DOWNSAMPLE_MODES = ("nearest-exact", "nearest", "avg_pool", "max_pool", "area", 
 @dataclass(frozen=True)
 class ToDoOptions(PlacementOptions):
     """`df` downsample factor (level 1; `df_level2` for level 2, default = df); `mode` pooling;
-    only samples with `t/1000 > stop_threshold` are compressed (per sample)."""
+    only samples with `t/1000 > stop_threshold` are compressed (per sample); `stop_threshold=None`
+    turns the gate off (every sample compressed, timesteps never copied to the host: no sync)."""
 
     df: int = 2
     df_level2: Optional[int] = None
     mode: str = "nearest-exact"
-    stop_threshold: float = 0.0
+    stop_threshold: Optional[float] = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int("df", self.df)
         optional_factor("df_level2", self.df_level2)
         check_choice("mode", self.mode, DOWNSAMPLE_MODES)
-        if not 0.0 <= float(self.stop_threshold) <= 1.0:
-            raise ValueError(f"stop_threshold={self.stop_threshold!r} must be in [0, 1]")
+        check_stop_threshold(self.stop_threshold)
+
+
+def check_stop_threshold(value: Optional[float]) -> None:
+    """None (no timestep gate) or a number in [0, 1]."""
+    if value is not None and not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"stop_threshold={value!r} must be in [0, 1] or None (no gate)")
+
+
+def gate_needs_host_timesteps(opts) -> bool:
+    """The per-sample gate branches in Python on timestep values: only then copy them to the host."""
+    return opts.stop_threshold is not None
 
 
 def downsample_tokens(x: Tensor, height: int, width: int, df: int, mode: str) -> Tensor:
@@ -61,15 +72,15 @@ def level_factor(df: int, df_level2: Optional[int], level: int) -> int:
     return df if level <= 1 or df_level2 is None else df_level2
 
 
-def timestep_gate(timesteps: Optional[Tensor], stop_threshold: float) -> Optional[Tensor]:
+def timestep_gate(timesteps: Optional[Tensor], stop_threshold: Optional[float]) -> Optional[Tensor]:
     """Per-sample bool mask of compressed samples (CPU); None when every sample is compressed."""
-    if timesteps is None:
+    if timesteps is None or stop_threshold is None:
         return None
     active = timesteps.float() / 1000.0 > stop_threshold
     return None if bool(active.all()) else active
 
 
-def kv_plan(ctx: ReductionContext, df: int, stop_threshold: float, source) -> Plan:
+def kv_plan(ctx: ReductionContext, df: int, stop_threshold: Optional[float], source) -> Plan:
     """Common tail of ToDo/BiGain_TD: idle when df == 1, grid too small, or all samples gated off."""
     if df <= 1 or ctx.height // df == 0 or ctx.width // df == 0:
         return None
@@ -86,6 +97,7 @@ class ToDo:
     Options = ToDoOptions
     plan_kind = "kv"
     default_blocks = "published"
+    timesteps_on_host = staticmethod(gate_needs_host_timesteps)
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: ToDoOptions) -> Plan:
