@@ -53,3 +53,18 @@ SHIPPED = Path(benchmark.MODELS["dit"]).exists() and Path(benchmark.MODELS["unet
 def test_main_job_on_shipped_models_reduced(tmp_path):
     rows = benchmark.main(["--out", str(tmp_path), "--methods", "bigain_tm", "bigain_td", *FAST])
     assert len(rows) == 6 and all(r["accuracy"] is not None for r in rows)
+
+
+def test_testbed_tables_script_end_to_end(tmp_path, tiny_models):
+    import os
+    import subprocess
+    import sys
+
+    dit, unet = tiny_models
+    env = {**os.environ, "BENCH": str(tmp_path / "bench"), "OUT": str(tmp_path / "report"), "PYTHON": sys.executable}
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["bash", "scripts/testbed_tables.sh", "--model_dir", f"dit={dit}", "--model_dir", f"unet={unet}",
+                    "--methods", "bigain_td", *FAST], cwd=repo, env=env, check=True, capture_output=True)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "BiGain_TD" in report and "Baseline" in report
+    assert list((tmp_path / "report").glob("*.png"))
