@@ -1,0 +1,141 @@
+"""Report trade-off plots: accuracy vs speed-up, FID vs speed-up, accuracy vs FID (PNGs).
+
+Split out of `eval.report` (which re-exports every public name).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .report_rows import add_derived
+from .report_tags import METHOD_NAMES, METHOD_ORDER, OPTION_SHORT, _option_text, is_baseline, parse_reduction, \
+    reduction_sort_key, short_model
+
+# ----------------------------------------------------------------------------------------------
+# Trade-off plots
+# ----------------------------------------------------------------------------------------------
+
+MARKERS = {"none": "*", "tome": "o", "upstream": "x", "bigain_tm": "s", "todo": "^", "bigain_td": "D", "sito": "v"}
+
+
+def _setting_text(tag: str) -> str:
+    """Short point label: the options of a tag (`r=0.7`), or the method name."""
+    method, options = parse_reduction(tag)
+    parts = [f"{OPTION_SHORT.get(k, k)}={_option_text(v)}" if k else v for k, v in options]
+    return ", ".join(parts) if parts else METHOD_NAMES.get(method, method)
+
+
+def _scatter_panel(ax: Any, points: pd.DataFrame, x: str, y: str, title: str, baseline: str) -> None:
+    """One panel: a marker per method, a label per point, the baseline as a large black-edged star."""
+    import matplotlib.pyplot as plt
+
+    colors = plt.get_cmap("tab10").colors
+    order = sorted(range(len(points)), key=lambda i: reduction_sort_key(points["reduction"].iloc[i]))
+    points = points.iloc[order]
+    methods = points["reduction"].map(lambda t: parse_reduction(t)[0])
+    for method, part in points.groupby(methods, sort=False):  # one thin line through each method's settings
+        if len(part) > 1 and not is_baseline(part["reduction"].iloc[0], baseline):
+            rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+            part = part.sort_values(x)
+            ax.plot(part[x], part[y], color=colors[rank % len(colors)], lw=0.8, alpha=0.6, zorder=1)
+    seen: set[str] = set()
+    for row in points.itertuples(index=False):
+        tag = getattr(row, "reduction")
+        method = parse_reduction(tag)[0]
+        base = is_baseline(tag, baseline)
+        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+        name = "Baseline" if base else METHOD_NAMES.get(method, method)
+        ax.scatter(getattr(row, x), getattr(row, y), marker="*" if base else MARKERS.get(method, "P"),
+                   s=220 if base else 60, color="gold" if base else colors[rank % len(colors)],
+                   edgecolors="black", linewidths=1.2 if base else 0.5, zorder=3 if base else 2,
+                   label=None if name in seen else name)
+        seen.add(name)
+        ax.annotate("baseline" if base else _setting_text(tag), (getattr(row, x), getattr(row, y)),
+                    textcoords="offset points", xytext=(5, 4), fontsize=7)
+    base_rows = points[points["reduction"].map(lambda t: is_baseline(t, baseline))]
+    if not base_rows.empty:
+        ax.axhline(float(base_rows[y].iloc[0]), color="0.5", lw=0.8, ls="--", zorder=1)
+    ax.margins(0.15)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Save a PNG atomically and close the figure."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _panel_figure(panels: list[tuple[str, pd.DataFrame]], x: str, y: str, xlabel: str, ylabel: str,
+                  baseline: str, path: Path) -> Path:
+    """A grid of scatter panels in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False)
+    for ax, (title, points) in zip(axes.flat, panels):
+        _scatter_panel(ax, points, x, y, title, baseline)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _panels(sub: pd.DataFrame, x: str, y: str) -> list[tuple[str, pd.DataFrame]]:
+    """One panel per model x dataset with finite x and y."""
+    sub = sub[pd.to_numeric(sub[x], errors="coerce").notna() & pd.to_numeric(sub[y], errors="coerce").notna()]
+    return [(f"{short_model(model)} / {dataset}", part)
+            for (model, dataset), part in sub.groupby(["model", "dataset"], sort=False)]
+
+
+def tradeoff_plots(df: pd.DataFrame, out_dir: str | Path, baseline: str = "none") -> list[Path]:
+    """accuracy vs speed-up, FID vs speed-up, accuracy vs FID (joined on model + reduction) as PNGs."""
+    if "is_baseline" not in df.columns:
+        df = add_derived(df, baseline)
+    out = Path(out_dir)
+    written = []
+    frame = df.copy()
+    for column in ("accuracy", "fid"):
+        if column not in frame.columns:
+            frame[column] = float("nan")
+    frame["accuracy_pct"] = frame["accuracy"] * 100.0
+    cls, gen = frame[frame["task"] == "classify"], frame[frame["task"] == "generate"]
+    for sub, y, ylabel, name in ((cls, "accuracy_pct", "Top-1 accuracy (%)", "accuracy_vs_speedup.png"),
+                                 (gen, "fid", "FID (lower is better)", "fid_vs_speedup.png")):
+        panels = _panels(sub, "speedup", y)
+        if panels:
+            written.append(_panel_figure(panels, "speedup", y, "Speed-up over baseline (x)", ylabel, baseline,
+                                         out / name))
+    a = cls[cls["accuracy_pct"].notna()][["model", "dataset", "reduction", "accuracy_pct"]]
+    f = gen[gen["fid"].notna()][["model", "dataset", "reduction", "fid"]]
+    joined = a.merge(f, on=["model", "reduction"], suffixes=("_cls", "_gen"))
+    if not joined.empty:
+        panels = [(f"{short_model(m)} / {dc} vs {dg}", part)
+                  for (m, dc, dg), part in joined.groupby(["model", "dataset_cls", "dataset_gen"], sort=False)]
+        written.append(_panel_figure(panels, "fid", "accuracy_pct", "FID (lower is better)", "Top-1 accuracy (%)",
+                                     baseline, out / "accuracy_vs_fid.png"))
+    return written
