@@ -1,0 +1,169 @@
+"""Benchmark cases for `eval.speed`: method settings, models (possibly shrunk), case grids and named presets.
+
+Split out of `eval.speed` (which re-exports every public name).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .model_zoo import ModelSpec, get_spec
+
+METHODS = ("tome", "bigain_tm", "todo", "bigain_td", "sito", "upstream")
+RATIO_METHODS = ("tome", "bigain_tm", "sito", "upstream")
+DF_METHODS = ("todo", "bigain_td")
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings and cases
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    """One method configuration; `method="upstream"` is upstream tomesd's ToMe."""
+
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    @property
+    def engine(self) -> str:
+        return {"none": "baseline", "upstream": "upstream"}.get(self.method, "bigain")
+
+    @property
+    def label(self) -> str:
+        if self.method == "none":
+            return "baseline (SDPA)"
+        short = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md", "blocks": "blocks"}
+        parts = []
+        for key, value in self.options:
+            if key == "max_downsample" and value == 1:
+                continue
+            parts.append(f"{short.get(key, key)}={value}")
+        return " ".join([self.method, *parts])
+
+    def tome_equivalent(self) -> "Setting":
+        """The ToMe setting this upstream setting mirrors (and vice versa)."""
+        return Setting("tome" if self.method == "upstream" else "upstream", self.options)
+
+
+BASELINE = Setting("none")
+
+
+def make_settings(family: str, methods: Sequence[str] = METHODS, ratios: Sequence[float] = (0.3, 0.5, 0.7),
+                  dfs: Sequence[int] = (2, 4), max_downsamples: Sequence[int] = (1,),
+                  block_patterns: Sequence[str] = ("published",), alpha: float = 0.5) -> list[Setting]:
+    """The method x setting grid for one model family (U-Net: max_downsample; DiT/PixArt: blocks)."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    placements: list[tuple[tuple[str, Any], ...]]
+    if family == "unet":
+        placements = [(("max_downsample", md),) for md in max_downsamples]
+    else:
+        placements = [() if p == "published" else (("blocks", p),) for p in block_patterns]
+    settings = []
+    for placement in placements:
+        for method in methods:
+            if method == "upstream" and family != "unet":
+                continue  # upstream tomesd only patches SD U-Nets
+            if method in RATIO_METHODS:
+                settings += [Setting(method, (("ratio", r),) + placement) for r in ratios]
+            else:
+                extra = (("alpha", alpha),) if method == "bigain_td" else ()
+                settings += [Setting(method, (("df", d),) + extra + placement) for d in dfs]
+    return settings
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model (possibly shrunk) at one resolution and batch, with the settings to time."""
+
+    model: str  # "name[@wX][@LN]", e.g. "sd2@w0.25", "dit-xl-2-256@L4"
+    resolution: int
+    batch: int
+    settings: tuple[Setting, ...]
+
+
+def parse_model(name: str) -> ModelSpec:
+    """`sd2`, `sd2@w0.25` (U-Net widths x0.25), `dit-xl-2-256@L4` (4 blocks)."""
+    base, *mods = name.split("@")
+    width = layers = None
+    for mod in mods:
+        if mod.startswith("w"):
+            width = float(mod[1:])
+        elif mod.startswith("L"):
+            layers = int(mod[1:])
+        else:
+            raise ValueError(f"bad model modifier {mod!r} in {name!r}: use @wX (U-Net width) or @LN (layers)")
+    return get_spec(base, num_layers=layers, width=width)
+
+
+def grid(models: Sequence[str], resolutions: Sequence[int], batches: Sequence[int], **setting_args: Any) -> list[Case]:
+    """Every model x resolution x batch with the same setting grid."""
+    cases = []
+    for model in models:
+        family = parse_model(model).family
+        settings = tuple(make_settings(family, **setting_args))
+        cases += [Case(model, res, b, settings) for res in resolutions for b in batches]
+    return cases
+
+
+def preset_cases(name: str) -> list[Case]:
+    """Named benchmark grids (see docs/benchmarks.md for what each one runs)."""
+    if name == "tiny":  # tests: one setting of every method on tiny models
+        one = dict(ratios=(0.5,), dfs=(2,))
+        return grid(["tiny-sd"], [128], [2], **one) + grid(["tiny-dit"], [128], [2], **one)
+    if name == "cpu-small":  # a few minutes per case on 2 shared cores: fewer settings, small sizes
+        md1 = (("max_downsample", 1),)
+        sd = (Setting("tome", (("ratio", 0.5),) + md1), Setting("tome", (("ratio", 0.7),) + md1),
+              Setting("bigain_tm", (("ratio", 0.7),) + md1), Setting("todo", (("df", 2),) + md1),
+              Setting("bigain_td", (("df", 2), ("alpha", 0.5)) + md1), Setting("sito", (("ratio", 0.7),) + md1),
+              Setting("sito", (("ratio", 0.7), ("graph", "blocks")) + md1),
+              Setting("upstream", (("ratio", 0.5),) + md1), Setting("upstream", (("ratio", 0.7),) + md1))
+        dit = (Setting("tome", (("ratio", 0.7),)), Setting("bigain_tm", (("ratio", 0.7),)), Setting("todo", (("df", 2),)),
+               Setting("bigain_td", (("df", 2), ("alpha", 0.5))), Setting("sito", (("ratio", 0.7),)))
+        return [Case("sd2@w0.25", 256, 1, sd), Case("sd2@w0.25", 512, 1, sd), Case("dit-xl-2-256@L4", 256, 2, dit)]
+    if name == "cpu-sd2-512":  # the real SD 2 U-Net (865M) at 512 px on one CPU thread, key settings
+        md1 = (("max_downsample", 1),)
+        sd = (Setting("tome", (("ratio", 0.7),) + md1), Setting("bigain_tm", (("ratio", 0.7),) + md1),
+              Setting("todo", (("df", 2),) + md1), Setting("bigain_td", (("df", 2), ("alpha", 0.5)) + md1),
+              Setting("sito", (("ratio", 0.7), ("graph", "blocks")) + md1), Setting("upstream", (("ratio", 0.7),) + md1))
+        return [Case("sd2", 512, 1, sd)]
+    if name == "gpu":  # fp16 on one H100; sized (estimated, not yet run) for <= 8 minutes
+        full = dict(ratios=(0.3, 0.5, 0.7), dfs=(2, 4))
+        dit = dict(block_patterns=("published", "all"), **full)
+        cases = grid(["sd2"], [512, 768, 1024], [2], max_downsamples=(1, 2), **full)  # the CFG pair
+        cases += grid(["sd2"], [512], [1, 16], **full)  # single sample; the classifier's mixed-t batch
+        cases += grid(["sd15"], [512], [2], **full)
+        cases += grid(["sdxl"], [1024], [2], max_downsamples=(2,), **full)  # SDXL has no attention at ds=1
+        cases += grid(["dit-xl-2-256"], [256], [2, 16], **dit) + grid(["dit-xl-2-512"], [512], [2], **dit)
+        cases += grid(["pixart-512"], [512], [2], **dit) + grid(["pixart-1024"], [1024], [2], **dit)
+        return cases
+    raise ValueError(f"unknown preset {name!r}; choose from {list(PRESETS)}")
+
+
+PRESETS = {
+    "tiny": "tiny SD U-Net and DiT, one setting per method (tests)",
+    "cpu-small": "SD 2 base layout at widths x0.25 (channels 80/160/320/320, head dim 16) at 256 and 512 px, "
+                 "batch 1, max_downsample 1: ToMe 0.5/0.7, BiGain_TM 0.7, ToDo df 2, BiGain_TD df 2, SiTo 0.7 "
+                 "(and graph=blocks), upstream 0.5/0.7; DiT-XL/2-256 with 4 of 28 blocks at 256 px, batch 2 "
+                 "(CFG pair), published pattern (blocks 1-3): ratio 0.7 / df 2",
+    "cpu-sd2-512": "the full-width SD 2 base U-Net at 512 px, batch 1, max_downsample 1: ToMe / BiGain_TM / "
+                   "SiTo (graph=blocks) at 0.7, ToDo / BiGain_TD at df 2, upstream ToMe 0.7",
+    "gpu": "issue grid, fp16 on CUDA: SD 2 at 512/768/1024 (CFG pair, max_downsample 1 and 2) and at 512 "
+           "with batch 1 and 16; SD 1.5 512; SDXL 1024 (max_downsample 2); DiT-XL/2 256 (batch 2, 16) and 512; "
+           "PixArt-alpha 512 and 1024 (published and all blocks); ratios 0.3/0.5/0.7, df 2/4, upstream at "
+           "every ToMe setting",
+}
+
+# Flag values a preset implies unless given on the command line.
+PRESET_FLAGS: dict[str, dict[str, Any]] = {
+    "tiny": {"repeats": 1, "warmup": 0, "threads": 1},
+    "cpu-small": {"repeats": 5, "warmup": 1, "threads": 1},
+    "cpu-sd2-512": {"repeats": 3, "warmup": 1, "threads": 1},
+    "gpu": {"device": "cuda", "dtype": "float16", "repeats": 10, "warmup": 3},
+}
