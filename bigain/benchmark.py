@@ -68,7 +68,7 @@ def run_classification(model_path: Path, method: str, options: dict, out: Path, 
     """Adaptive diffusion classification of the first images of the shipped subset (resumable)."""
     from bigain import classify
 
-    argv = ["--dataset", "fmnist", "--model_path", str(model_path), "--dtype", "fp32", "--device", args.device,
+    argv = ["--dataset", "fmnist", "--split", args.split, "--model_path", str(model_path), "--dtype", "fp32", "--device", args.device,
             "--batch_size", str(args.cls_batch_size), "--n_samples", *map(str, args.n_samples),
             "--to_keep", *map(str, args.to_keep), "--seed", str(args.seed),
             "--run_dir", str(out), "--summary_csv", str(out.parent.parent / "summary.csv")]
@@ -240,16 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="testbed models")
     p.add_argument("--model_dir", action="append", default=[], metavar="NAME=PATH",
                    help="use another model folder for NAME (e.g. dit=/path); tests use tiny models")
-    p.add_argument("--full", action="store_true", help="classify the whole 1,000-image shipped test subset")
+    p.add_argument("--full", action="store_true", help="classify all 1,000 shipped test images; 200 samples, 20 steps")
+    p.add_argument("--split", default="subset", choices=["subset", "test"],
+                   help="fmnist images to classify: the shipped 1,000-image subset, or the full 10,000-image test "
+                        "set (Debian package dataset-fashion-mnist or torchvision download)")
     p.add_argument("--sweep", action="store_true", help="also run the ratio sweep (0.3/0.5 merging, df 4)")
     p.add_argument("--methods", nargs="+", default=None, choices=list(LABELS),
                    help="only these methods (default: all six; the baseline is always included)")
-    p.add_argument("--n_images", type=int, default=100, help="test images classified per setting (default: 100)")
+    p.add_argument("--n_images", type=int, default=50, help="test images classified per setting (default: 50)")
     p.add_argument("--n_samples", type=int, nargs="+", default=[5, 20], help="adaptive protocol timesteps")
     p.add_argument("--to_keep", type=int, nargs="+", default=[5, 1], help="adaptive protocol classes kept")
     p.add_argument("--cls_batch_size", type=int, default=125, help="classifier (class, timestep) batch")
-    p.add_argument("--images_per_class", type=int, default=10, help="generated images per class (0: skip generation)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    p.add_argument("--images_per_class", type=int, default=5, help="generated images per class (0: skip generation)")
+    p.add_argument("--steps", type=int, default=10, help="sampling steps (default: 10)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model kind's)")
     p.add_argument("--gen_batch_size", type=int, default=50, help="images per sampling batch")
     p.add_argument("--timing_batch", type=int, default=50, help="rows of the timed denoiser call")
@@ -268,8 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     args = parse_args_with_config(build_parser(), argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.full:
-        args.n_images = 0  # 0 = every image of the shipped subset
+    if args.full:  # the whole shipped subset, 20 samples per class, 20 steps
+        args.n_images, args.images_per_class, args.steps = 0, 20, 20
     paths = dict(MODELS)
     for item in args.model_dir:
         name, _, path = item.partition("=")
