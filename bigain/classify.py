@@ -238,15 +238,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     proc_idx, n_procs = _shard()
     n_shards, shard = args.n_workers * n_procs, args.worker_idx * n_procs + proc_idx
 
-    from bigain.models import resolve_device, resolve_dtype
+    from bigain.models import resolve_run_device
 
-    if args.cpu_threads:
-        torch.set_num_threads(args.cpu_threads)
-    device = resolve_device(args.device)
-    if n_procs > 1 and args.device == "auto" and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", proc_idx)) % torch.cuda.device_count())
-    dtype = resolve_dtype(args.dtype, device)
-    dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    device, dtype, dtype_name = resolve_run_device(args.device, args.dtype, args.cpu_threads, n_procs, proc_idx)
 
     dataset = build_dataset(args.dataset, root=args.dataset_root, split=split, img_size=args.img_size,
                             interpolation=args.interpolation, data_dir=args.data_dir, prompts_csv=args.prompts_csv)

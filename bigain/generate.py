@@ -365,18 +365,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     proc_idx, n_procs = _shard()
     n_shards, shard = args.n_workers * n_procs, args.worker_idx * n_procs + proc_idx
 
-    from bigain.models import load_model, resolve_device, resolve_dtype
+    from bigain.models import load_model, resolve_run_device
     from bigain.reduction import apply_reduction
 
     import tomesd
 
-    if args.cpu_threads:
-        torch.set_num_threads(args.cpu_threads)
-    device = resolve_device(args.device)
-    if n_procs > 1 and args.device == "auto" and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", proc_idx)))
-    dtype = resolve_dtype(args.dtype, device)
-    dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    device, dtype, dtype_name = resolve_run_device(args.device, args.dtype, args.cpu_threads, n_procs, proc_idx)
     if args.dry_run:
         plan = {"items": len(items), "batches": -(-len(items) // args.batch_size), "shard": f"{shard}/{n_shards}",
                 "first": asdict(items[0]), "model": args.model_path or args.version, "reduction": run_reduction_tag(args)}

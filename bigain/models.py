@@ -81,6 +81,21 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def resolve_run_device(device: str, dtype: str, cpu_threads: int | None = None, n_procs: int = 1,
+                       proc_idx: int = 0) -> tuple[torch.device, torch.dtype, str]:
+    """(device, dtype, dtype name) of one run; under a multi-process launch each process takes its own GPU."""
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    resolved = resolve_device(device)
+    if n_procs > 1 and device == "auto" and resolved.type == "cuda":
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", proc_idx)) % torch.cuda.device_count())
+    torch_dtype = resolve_dtype(dtype, resolved)
+    return resolved, torch_dtype, DTYPE_NAMES[torch_dtype]
+
+
 # ----------------------------------------------------------------------------- the interface
 
 
