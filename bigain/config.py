@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -145,14 +143,10 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write via a temporary file in the same folder and rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    """Write text atomically (temp file in the same folder, then rename)."""
+    from bigain.records import atomic_write_bytes
+
+    return atomic_write_bytes(path, text.encode())
 
 
 def save_effective_config(args: argparse.Namespace, run_dir: str | Path, name: str = "effective_config.yaml") -> Path:

@@ -20,7 +20,6 @@ two agree exactly on uint8 299x299 input.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import sys
@@ -30,9 +29,12 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 import torch_fidelity.feature_extractor_inceptionv3 as _tf_inception
+from safetensors.torch import load_file, save_file
+from torch_fidelity.feature_extractor_inceptionv3 import (
+    URL_INCEPTION_V3,
+    FeatureExtractorInceptionV3,
+)
 
 __all__ = [
     "INCEPTION_EXTRACTOR",
@@ -103,11 +105,9 @@ def fid_helper_torchscript_path() -> Path:
 
 def _file_sha1(path: Path) -> str:
     """SHA-1 of a file's bytes."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from bigain.records import file_digest
+
+    return file_digest(path, "sha1")
 
 
 def _extractor_conv_prefixes() -> list[str]:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,26 @@ import torch_fidelity
 from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
-from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_featuresdict_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_featuresdict_to_metric
-from torch_fidelity.metric_fid import KEY_METRIC_FID
+from torch_fidelity.metric_fid import (
+    KEY_METRIC_FID,
+    fid_featuresdict_to_statistics,
+    fid_statistics_to_metric,
+)
+from torch_fidelity.metric_isc import (
+    KEY_METRIC_ISC_MEAN,
+    KEY_METRIC_ISC_STD,
+    isc_featuresdict_to_metric,
+)
+from torch_fidelity.metric_kid import (
+    KEY_METRIC_KID_MEAN,
+    KEY_METRIC_KID_STD,
+    kid_featuresdict_to_metric,
+)
 from torch_fidelity.utils import get_featuresdict_from_dataset
-from torchvision.transforms import functional as TF
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
+from bigain.records import atomic_write_json
 from eval import extractors as ext
 from eval.inception import (
     INCEPTION_EXTRACTOR,
@@ -439,14 +450,6 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
     return out
 
 
-def atomic_write_json(obj: Any, path: Path) -> None:
-    """Write JSON through a temp file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """CLI options; defaults come from DEFAULTS."""
@@ -491,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     out = Path(args.out) if args.out else Path(args.gen) / "metrics.json"
-    atomic_write_json(res, out)
+    atomic_write_json(out, res)
     print(json.dumps({k: v for k, v in res.items() if k != KEY_REPORT}, indent=2))
     print(f"wrote {out}", file=sys.stderr)
     return res

@@ -9,7 +9,6 @@ ships with the repository (``bigain/assets/testbed/fmnist_test_subset.npz``).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 from typing import Optional, Tuple
@@ -129,11 +128,10 @@ def load_test_subset(path: Optional[str] = None, as_uint8: bool = False):
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of a shipped file (for checksums.json)."""
+    from bigain.records import file_digest
+
+    return file_digest(path, "sha256")
 
 
 def write_checksums(assets_dir: str = ASSETS_DIR, out: Optional[str] = None) -> dict:

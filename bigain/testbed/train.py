@@ -33,21 +33,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bigain.records import atomic_write_json
+
 from . import architectures as A
 from .data import CLASS_NAMES, load_fashion_mnist, load_test_subset
 
-
 # ----------------------------------------------------------------------------- helpers
-
-def atomic_write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: str, metadata=None) -> None:
     from safetensors.torch import save_file
