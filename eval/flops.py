@@ -11,13 +11,14 @@ scatters, sorts and top-k count 0 (they are memory-bound, and PyTorch does not c
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["FlopReport", "count_flops", "attention_layer_flops", "sdpa_custom_mapping"]
+__all__ = ["FlopReport", "FlopSpans", "count_flops", "attention_layer_flops", "sdpa_custom_mapping"]
 
 
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -72,3 +73,25 @@ def attention_layer_flops(num_queries: int, num_keys: int, channels: int, batch:
     projections = 2 * 2 * num_queries * channels * channels + 2 * 2 * num_keys * kv_channels * channels
     attention = 2 * 2 * num_queries * num_keys * channels
     return batch * (projections + attention)
+
+
+class FlopSpans:
+    """`Spans`-compatible collector that counts FLOPs instead of time: (block, phase) -> FLOPs.
+
+    Used with `eval.speed_timing.timed_reducers` to count the reducers' own work (scoring,
+    matching), i.e. the FLOP floor of their overhead. Nested spans each count their own ops.
+    """
+
+    def __init__(self) -> None:
+        self.block: str = ""
+        self.counts: dict[tuple[str, str], int] = {}
+
+    @contextlib.contextmanager
+    def span(self, phase: str, block: Optional[str] = None) -> Iterator[None]:
+        key = (block if block is not None else self.block, phase)
+        counter = FlopCounterMode(display=False, custom_mapping=sdpa_custom_mapping())
+        try:
+            with counter:
+                yield
+        finally:
+            self.counts[key] = self.counts.get(key, 0) + int(counter.get_total_flops())

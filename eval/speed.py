@@ -41,8 +41,8 @@ import torch
 from .speed_cases import BASELINE, DF_METHODS, METHODS, PRESET_FLAGS, PRESETS, RATIO_METHODS, Case, Setting, grid, \
     make_settings, parse_model, preset_cases  # noqa: F401
 from .speed_timing import PHASE_FUNCTIONS, PHASES, Spans, TimedProcessor, attention_backend, benchmark_case, \
-    load_upstream_module, median, patched, reduced_blocks, run_benchmark, sync, timed_attn1, timed_call, \
-    timed_reducers, token_summary  # noqa: F401
+    count_reducer_flops, load_upstream_module, median, patched, reduced_blocks, run_benchmark, sync, timed_attn1, \
+    timed_call, timed_reducers, token_summary  # noqa: F401
 
 __all__ = ["DEFAULTS", "PRESETS", "Setting", "Case", "make_settings", "benchmark_case", "run_benchmark",
            "markdown_table", "COLUMNS", "main"]
@@ -54,7 +54,8 @@ COLUMNS = [
     "model", "model_note", "family", "resolution", "latent", "batch", "dtype", "device", "attention", "engine",
     "method", "setting", "options", "blocks", "tokens", "reduced_tokens", "latency_ms", "baseline_ms",
     "speedup", "flops_g", "baseline_flops_g", "ideal_speedup", "measured_over_ideal", "attn_share",
-    "attn_base_ms", "attn_patched_ms", "overhead_ms", "overhead_share", "plan_ms", "score_ms", "match_ms",
+    "attn_base_ms", "attn_patched_ms", "overhead_ms", "overhead_share", "overhead_flops_g", "overhead_flop_share",
+    "plan_ms", "score_ms", "match_ms",
     "reduce_ms", "restore_ms", "kv_ms", "peak_mem_mb", "upstream_speedup", "repeats",
 ]
 BLOCK_COLUMNS = ["model", "resolution", "batch", "setting", "block", "tokens", "attn_base_ms", "attn_patched_ms",
@@ -82,10 +83,12 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 def markdown_table(rows: Sequence[dict]) -> str:
     """The headline table (one line per setting; upstream rows also feed the `upstream x` column)."""
     header = ["model", "px", "batch", "setting", "ms", "speed-up", "FLOP-ideal", "meas/ideal", "upstream x",
-              "GFLOPs", "attn share", "overhead", "overhead/attn", "peak MB"]
+              "GFLOPs", "attn share", "overhead", "overhead/attn", "its FLOPs/attn", "peak MB"]
     lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Speed-ups are vs the unpatched SDPA baseline in the same process "
              "(median of per-round ratios); attn share = baseline time in the attn1 layers the setting reduces; "
-             "overhead = reducer planning + gather/scatter (ms, and as a share of those layers' baseline time).",
+             "overhead = reducer planning + gather/scatter (ms, and as a share of those layers' baseline time); "
+             "its FLOPs/attn = the reducer's own FLOPs (matching, graph, Laplacian) as a share of those layers' "
+             "FLOPs, the floor under overhead/attn.",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append("| " + " | ".join([
@@ -95,6 +98,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
             _fmt(r["flops_g"], ".1f"), _fmt(100 * r["attn_share"], ".0f") + "%" if not math.isnan(r["attn_share"]) else "n/a",
             _fmt(r["overhead_ms"], ".1f"),
             _fmt(100 * r["overhead_share"], ".1f") + "%" if not math.isnan(r["overhead_share"]) else "n/a",
+            _fmt(100 * r["overhead_flop_share"], ".1f") + "%" if not math.isnan(r["overhead_flop_share"]) else "n/a",
             _fmt(r["peak_mem_mb"], ".0f"),
         ]) + " |")
     return "\n".join(lines)

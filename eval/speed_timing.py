@@ -18,7 +18,7 @@ import tomesd
 from tomesd.backbones import find_backbone
 from tomesd.reducers.base import KVPlan, TokenPlan
 
-from .flops import count_flops
+from .flops import FlopSpans, count_flops
 from .model_zoo import ModelSpec, build_model, make_inputs
 from .speed_cases import BASELINE, Case, Setting, parse_model
 
@@ -161,6 +161,18 @@ def timed_reducers(spans: Spans) -> Iterator[None]:
             setattr(owner, name, value)
 
 
+def count_reducer_flops(model: torch.nn.Module, setting: Setting, args: tuple, kwargs: dict, seed: int) -> int:
+    """FLOPs of the reducers' own work (plan, reduce/restore, K/V source) in one patched call.
+
+    Read against the reduced layers' FLOPs this is the overhead's floor: the matching's S x D
+    similarities, SiTo's graph, the Laplacian; gathers and sorts count 0.
+    """
+    spans = FlopSpans()
+    with torch.no_grad(), patched(model, setting, seed, None), timed_reducers(spans):
+        model(*args, **kwargs)
+    return sum(v for (_, phase), v in spans.counts.items() if phase in ("plan", "reduce", "restore", "kv"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Patching
 # ----------------------------------------------------------------------------------------------
@@ -267,10 +279,13 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
         # FLOPs (linear in the batch: counted at batch 1 and scaled, unless disabled).
         flop_batch = 1 if flops_batch1 else case.batch
         fargs, fkwargs = make_inputs(spec, flop_batch, case.resolution, dtype=dtype, device=device, seed=seed)
-        flops = {}
+        flops, reducer_flops = {}, {}
+        attn_flops = count_flops(model, fargs, fkwargs).by_module  # baseline attn1 FLOPs per block
         for s in settings:
             with patched(model, s, seed, upstream):
                 flops[s] = count_flops(model, fargs, fkwargs).total * case.batch // flop_batch
+            if s.engine == "bigain":
+                reducer_flops[s] = count_reducer_flops(model, s, fargs, fkwargs, seed) * case.batch / flop_batch
         # One instrumented call per setting: attn1 time per block, reducer phases.
         phase_ms: dict[Setting, dict[tuple[str, str], float]] = {}
         if breakdown:
@@ -297,6 +312,8 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
         overhead = (by_phase["plan"] + by_phase["reduce"] + by_phase["restore"] + by_phase["kv"]
                     if s.engine == "bigain" and ph else float("nan"))
         base_total = base_phase.get(("", "total"), float("nan"))
+        attn_base_flops = sum(attn_flops.get(f"{b}.attn1", 0) for b in blocks[s]) * case.batch / flop_batch
+        own_flops = reducer_flops.get(s, float("nan"))
         row = {
             "model": spec.name, "model_note": spec.note or spec.description, "family": spec.family,
             "resolution": case.resolution, "latent": latent, "batch": case.batch, "dtype": str(dtype).replace("torch.", ""),
@@ -307,6 +324,8 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
             "ideal_speedup": flops[BASELINE] / flops[s], "attn_share": attn_base / base_total if ph else float("nan"),
             "attn_base_ms": attn_base if ph else float("nan"), "attn_patched_ms": attn_patched,
             "overhead_ms": overhead, "overhead_share": overhead / attn_base if attn_base else float("nan"),
+            "overhead_flops_g": own_flops / 1e9,
+            "overhead_flop_share": own_flops / attn_base_flops if attn_base_flops else float("nan"),
             **{f"{p}_ms": by_phase.get(p, float("nan")) if s.engine == "bigain" else float("nan") for p in PHASES},
             "peak_mem_mb": peak.get(s, float("nan")), "upstream_speedup": float("nan"), "repeats": repeats,
         }

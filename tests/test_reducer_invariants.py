@@ -169,6 +169,15 @@ def test_laplacian_matches_hand_stencil_and_affine_is_zero():
     assert torch.allclose(score[1:-1, 1:-1], torch.zeros(h - 2, w - 2), atol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_laplacian_scores_do_not_depend_on_the_batch(norm):
+    """A sample's scores are bit-identical alone and in a batch (the conv's layout once differed at batch 1)."""
+    x = rand(3, 32, 32, c=64, seed=7)
+    batched = laplacian_scores(x, 32, 32, norm)
+    for i in range(3):
+        assert torch.equal(laplacian_scores(x[i:i + 1], 32, 32, norm)[0], batched[i])
+
+
 def test_lgtm_destination_is_block_argmin():
     scores = torch.tensor([[5.0, 1.0, 3.0, 3.0, 2.0, 9.0, 0.5, 3.0, 1.0, 1.0, 7.0, 7.0, 4.0, 4.0, 4.0, 4.0]])
     dst = block_argmin_destinations(scores, 4, 4, 2, 2)

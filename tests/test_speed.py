@@ -56,13 +56,15 @@ def test_benchmark_covers_every_method_with_all_columns(run):
             assert row["ideal_speedup"] > 1.0 and row["blocks"] > 0 and 0 < row["attn_share"] < 1
         if row["engine"] == "bigain":
             assert row["overhead_ms"] >= row["plan_ms"] >= 0
+            assert row["overhead_flop_share"] >= 0 and row["overhead_flops_g"] >= 0
     with open(out / "speed.csv") as fh:
         assert next(csv.reader(fh)) == speed.COLUMNS
     for name in ("speed.md", "blocks.csv", "blocks.md", "speed.png", "meta.json"):
         assert (out / name).stat().st_size > 0
     table = (out / "speed.md").read_text()
     assert "random weights" in table
-    for header in ("speed-up", "FLOP-ideal", "meas/ideal", "upstream x", "attn share", "overhead/attn"):
+    for header in ("speed-up", "FLOP-ideal", "meas/ideal", "upstream x", "attn share", "overhead/attn",
+                   "its FLOPs/attn"):
         assert header in table
 
 
@@ -107,6 +109,27 @@ def test_attn1_in_model_matches_hand_count_plain_merged_and_downsampled(tiny_sd)
     with tomesd.patched(model, method="todo", df=2):
         down = count_flops(model, args, kwargs).by_module[ATTN1]
     assert down == attention_layer_flops(n, n // 4, c, batch=batch)
+
+
+def test_reducer_own_flops_match_hand_count(tiny_sd):
+    """The 'its FLOPs/attn' floor: ToMe = the S x D matching scores, BiGain_TM adds its 3x3 Laplacian."""
+    spec, model = tiny_sd
+    batch, side = 2, 16
+    args, kwargs = make_inputs(spec, batch=batch, resolution=8 * side)
+    n, c = side * side, spec.config["block_out_channels"][0]
+    dst = n // 4
+    blocks = len(tomesd.apply_patch(model, method="tome", ratio=0.5).blocks)
+    tomesd.remove_patch(model)
+    assert blocks > 0
+    matching = batch * 2 * (n - dst) * dst * c
+    laplacian = batch * 2 * n * c * 9  # depthwise 3x3 conv, counted like any conv
+    tome = speed.Setting("tome", (("ratio", 0.5),))
+    lgtm = speed.Setting("bigain_tm", (("ratio", 0.5),))
+    todo = speed.Setting("todo", (("df", 2),))
+    assert speed.count_reducer_flops(model, tome, args, kwargs, seed=0) == blocks * matching
+    assert speed.count_reducer_flops(model, lgtm, args, kwargs, seed=0) == blocks * (matching + laplacian)
+    assert speed.count_reducer_flops(model, todo, args, kwargs, seed=0) == 0  # pooling is not counted
+    assert tomesd.get_patch(model) is None  # the count leaves the model unpatched
 
 
 def test_settings_grid_and_labels():

@@ -41,12 +41,17 @@ class LGTMOptions(TokenPlacementOptions):
 
 def laplacian_scores(metric: Tensor, height: int, width: int, norm: str = "l1") -> Tensor:
     """Per-token Laplacian magnitude (B, N): 3x3 kernel per channel, zero padding, float32."""
-    grid = to_grid(metric.float(), height, width)
+    # Channels-last in and out at every batch size: the (B, N, C) tokens already are, the conv
+    # keeps that layout (at batch 1 it otherwise fell back to NCHW: 10 ms instead of 0.7 ms at
+    # 64x64x320 on CPU), and the channel sum below always runs over contiguous memory, so a
+    # sample's scores no longer depend on the batch it is in.
+    grid = to_grid(metric.float(), height, width).contiguous(memory_format=torch.channels_last)
     channels = grid.shape[1]
     kernel = grid.new_zeros(3, 3)  # [[0, 1, 0], [1, -4, 1], [0, 1, 0]] by fills: no host-to-device copy
     kernel[1, :], kernel[:, 1] = 1.0, 1.0
     kernel[1, 1] = -4.0
-    response = F.conv2d(grid, kernel.expand(channels, 1, 3, 3), padding=1, groups=channels)
+    weight = kernel.expand(channels, 1, 3, 3).contiguous(memory_format=torch.channels_last)
+    response = F.conv2d(grid, weight, padding=1, groups=channels)
     # In place on our own temporary: a fresh (B, C, h, w) buffer per call costs page faults on CPU
     # (abs: 19 ms -> 2 ms at 64x64x320); same values as the out-of-place ops.
     score = response.abs_().sum(1) if norm == "l1" else response.square_().sum(1).sqrt_()
