@@ -7,7 +7,7 @@ from tomesd.reducers.base import ReductionContext
 from tomesd.reducers.grid import block_positions
 from tomesd.reducers.iekvd import IEKVD, IEKVDOptions, blended_kv_source
 from tomesd.reducers.lgtm import LGTM, LGTMOptions, block_argmin_destinations, laplacian_scores
-from tomesd.reducers.matching import bipartite_merge_plan
+from tomesd.reducers.matching import bipartite_merge_plan, row_max
 from tomesd.reducers.sito import SiTo, SiToOptions
 from tomesd.reducers.todo import ToDo, ToDoOptions, downsample_tokens
 from tomesd.reducers.tome import ToMe, ToMeOptions, merged_token_count
@@ -153,6 +153,23 @@ def test_lgtm_per_sample_and_no_randomness():
     for i in range(3):
         alone = LGTM.plan(ctx(x[i:i + 1], 6, 6), LGTMOptions(ratio=0.5))
         assert torch.allclose(plan.reduce(x)[i], alone.reduce(x[i:i + 1])[0])
+
+
+@pytest.mark.parametrize("width", [64, 512, 1024, 1216])
+def test_row_max_equals_torch_max_with_ties_nan_and_signed_zeros(width):
+    """The chunked CPU row max returns torch.max's values and first-occurrence indices exactly."""
+    gen = torch.Generator().manual_seed(width)
+    scores = torch.randint(0, 3, (2, 300, width), generator=gen).float()  # many ties
+    scores[0, :5, width // 3] = float("nan")
+    scores[1, 7] = 0.0
+    scores[1, 7, 1::3] = -0.0
+    scores[1, 8] = torch.randn(width, generator=gen)
+    value, index = row_max(scores)
+    expected_value, expected_index = scores.max(-1)
+    assert torch.equal(index, expected_index)
+    assert torch.equal(value.isnan(), expected_value.isnan())
+    assert torch.equal(value.nan_to_num(), expected_value.nan_to_num())
+    assert torch.equal(value.signbit(), expected_value.signbit())
 
 
 # --- 9, 10: Laplacian -------------------------------------------------------------------
