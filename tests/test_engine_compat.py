@@ -41,6 +41,29 @@ def test_patched_model_under_torch_compile_matches_eager(method, options):
     assert torch.allclose(out, eager, atol=1e-4), (out - eager).abs().max()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method,options", [
+    ("tome", {"ratio": 0.5, "use_rand": False}), ("bigain_tm", {"ratio": 0.5}),
+    ("sito", {"ratio": 0.5, "noise_alpha": 0.0}), ("todo", {"stop_threshold": None}),
+    ("bigain_td", {"alpha": 0.5, "stop_threshold": None}),
+])
+def test_patched_forward_compiles_as_one_graph(method, options):
+    """No graph break (hence no host sync or data-dependent shape) in a patched forward: what CUDA graphs need.
+
+    Not covered: draws from a `torch.Generator` (ToMe's random destinations, SiTo's noise), which
+    dynamo cannot trace, and ToDo/BiGain_TD's default timestep gate (Python control flow on values).
+    """
+    torch._dynamo.reset()
+    model = tiny_dit()
+    x = dit_inputs(batch=2)
+    tomesd.apply_patch(model, method=method, **options)
+    with torch.no_grad():
+        eager = model(**x).sample
+        out = torch.compile(model, fullgraph=True)(**x).sample
+    tomesd.remove_patch(model)
+    assert torch.allclose(out, eager, atol=1e-4), (out - eager).abs().max()
+
+
 def test_context_manager_restores_on_error():
     model = tiny_sd_unet()
     with pytest.raises(RuntimeError, match="boom"):
