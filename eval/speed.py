@@ -10,7 +10,7 @@ rotated order), so slow drifts of a shared machine hit all settings alike. Per r
   and measured / ideal;
 * attention share: the part of the baseline's time spent in the attn1 layers the setting reduces;
 * reducer overhead: planning (scoring, matching, index building) plus reduce / restore
-  (gather / scatter) or the K/V downsample, from one instrumented call, as a share of the
+  (gather / scatter) or the K/V downsample, from the median of 3 instrumented calls, as a share of the
   baseline time of the layers they reduce; the same per block goes to `blocks.csv`;
 * peak memory: CUDA `max_memory_allocated` above the resting level (n/a on CPU);
 * upstream tomesd 0.1.3 (when unpacked, see `eval.upstream`) at every ToMe setting, as its own
@@ -40,9 +40,9 @@ import torch
 
 from .speed_cases import BASELINE, DF_METHODS, METHODS, PRESET_FLAGS, PRESETS, RATIO_METHODS, Case, Setting, grid, \
     make_settings, parse_model, preset_cases  # noqa: F401
-from .speed_timing import PHASE_FUNCTIONS, PHASES, Spans, TimedProcessor, attention_backend, benchmark_case, \
-    count_reducer_flops, load_upstream_module, median, patched, reduced_blocks, run_benchmark, sync, timed_attn1, \
-    timed_call, timed_reducers, token_summary  # noqa: F401
+from .speed_timing import BREAKDOWN_CALLS, PHASE_FUNCTIONS, PHASES, Spans, TimedProcessor, attention_backend, \
+    benchmark_case, count_reducer_flops, load_upstream_module, median, patched, reduced_blocks, run_benchmark, sync, \
+    timed_attn1, timed_call, timed_reducers, token_summary  # noqa: F401
 
 __all__ = ["DEFAULTS", "PRESETS", "Setting", "Case", "make_settings", "benchmark_case", "run_benchmark",
            "markdown_table", "COLUMNS", "main"]
@@ -108,7 +108,7 @@ def block_markdown(block_rows: Sequence[dict]) -> str:
     """Per-block reducer overhead (ms) with the block's baseline attn1 time."""
     header = ["model", "px", "batch", "setting", "block", "attn base", "attn patched", "plan", "score", "match",
               "reduce", "restore", "kv", "overhead/attn"]
-    lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Milliseconds from one instrumented call; plan includes score and match.",
+    lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Milliseconds, median of 3 instrumented calls; plan includes score and match.",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in block_rows:
         lines.append("| " + " | ".join([
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULTS["out"])
     p.add_argument("--dry-run", action="store_true", help="list the cases and the number of forward calls, run nothing")
     p.add_argument("--no-upstream", dest="upstream", action="store_false", help="skip upstream tomesd")
-    p.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the instrumented call")
+    p.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the instrumented calls (overhead breakdown)")
     p.add_argument("--flops-full-batch", dest="flops_batch1", action="store_false",
                    help="count FLOPs at the full batch (default: batch 1, scaled; FLOPs are linear in batch)")
     return p
@@ -258,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     cases = cases_from_args(args)
     if args.dry_run:
-        per_setting = args.warmup + args.repeats + 1 + int(args.breakdown)  # + FLOP count + instrumented call
+        per_setting = args.warmup + args.repeats + 2 + BREAKDOWN_CALLS * int(args.breakdown)  # + 2 FLOP counts
         runs = sum(len(c.settings) + 1 for c in cases)
         for c in cases:
             print(f"{c.model} {c.resolution}px batch {c.batch}: baseline + {len(c.settings)} settings")

@@ -23,6 +23,7 @@ from .model_zoo import ModelSpec, build_model, make_inputs
 from .speed_cases import BASELINE, Case, Setting, parse_model
 
 PHASES = ("plan", "score", "match", "reduce", "restore", "kv")
+BREAKDOWN_CALLS = 3  # instrumented calls per setting; the breakdown is their per-phase median
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,8 +244,8 @@ def attention_backend(device: torch.device) -> str:
 
 def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype: torch.dtype,
                    device: torch.device, repeats: int, warmup: int, seed: int = 0, upstream: Optional[Any] = None,
-                   breakdown: bool = True, flops_batch1: bool = True, log: Callable[[str], None] = print
-                   ) -> tuple[list[dict], list[dict]]:
+                   breakdown: bool = True, flops_batch1: bool = True, log: Callable[[str], None] = print,
+                   breakdown_calls: int = BREAKDOWN_CALLS) -> tuple[list[dict], list[dict]]:
     """Rows (one per setting, baseline first) and per-block overhead rows for one case."""
     args, kwargs = make_inputs(spec, case.batch, case.resolution, dtype=dtype, device=device, seed=seed)
     settings = [BASELINE] + [s for s in case.settings if s.method != "upstream" or upstream is not None]
@@ -286,17 +287,22 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
                 flops[s] = count_flops(model, fargs, fkwargs).total * case.batch // flop_batch
             if s.engine == "bigain":
                 reducer_flops[s] = count_reducer_flops(model, s, fargs, fkwargs, seed) * case.batch / flop_batch
-        # One instrumented call per setting: attn1 time per block, reducer phases.
+        # Instrumented calls (interleaved like the timing rounds): attn1 time per block and reducer
+        # phases, each the median over the calls so one noisy call does not set the overhead share.
         phase_ms: dict[Setting, dict[tuple[str, str], float]] = {}
         if breakdown:
-            for s in settings:
-                spans = Spans(device)
-                with patched(model, s, seed, upstream), timed_attn1(model, spans):
-                    with (timed_reducers(spans) if s.engine == "bigain" else contextlib.nullcontext()):
-                        t_total = timed_call(model, args, kwargs, device)
-                totals = spans.totals_ms()
-                totals[("", "total")] = t_total
-                phase_ms[s] = totals
+            samples: dict[Setting, list[dict[tuple[str, str], float]]] = {s: [] for s in settings}
+            for _ in range(breakdown_calls):
+                for s in settings:
+                    spans = Spans(device)
+                    with patched(model, s, seed, upstream), timed_attn1(model, spans):
+                        with (timed_reducers(spans) if s.engine == "bigain" else contextlib.nullcontext()):
+                            t_total = timed_call(model, args, kwargs, device)
+                    totals = spans.totals_ms()
+                    totals[("", "total")] = t_total
+                    samples[s].append(totals)
+            phase_ms = {s: {k: median([c.get(k, 0.0) for c in calls]) for k in calls[0]}
+                        for s, calls in samples.items()}
 
     rows, block_rows = [], []
     base_ms = median(times[BASELINE])
