@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch_fidelity
 from PIL import Image
@@ -43,11 +40,19 @@ from torch_fidelity.metric_kid import (
     kid_featuresdict_to_metric,
 )
 from torch_fidelity.utils import get_featuresdict_from_dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from bigain.records import atomic_write_json
 from eval import extractors as ext
+from eval.references import (  # noqa: F401  (re-exported: eval.metrics is their documented home too)
+    IMAGE_EXTS,
+    REFERENCES,
+    ImageSource,
+    Reference,
+    list_images,
+    register_reference,
+    resize_center_crop,
+    resolve_reference,
+)
 from eval.inception import (
     INCEPTION_EXTRACTOR,
     IS_UNAVAILABLE_MESSAGE,
@@ -78,7 +83,6 @@ KEY_CLIP_SCORE = "clip_score"
 KEY_REPORT = "report"
 
 METRICS = ("fid", "kid", "is", "domain_fid", "class_consistency", "clip")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 DEFAULTS: dict[str, Any] = {
     "metrics": ("fid", "kid", "is"),
@@ -99,153 +103,6 @@ DEFAULTS: dict[str, Any] = {
     "rng_seed": 2020,
     "verbose": False,
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# Image sources
-# ----------------------------------------------------------------------------------------------
-def list_images(root: str | Path) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted)."""
-    root = Path(root)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
-
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Short side to ``size`` (bicubic, antialiased), then center crop to ``size`` x ``size``."""
-    if img.size != (size, size):
-        img = TF.resize(img, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        img = TF.center_crop(img, [size, size])
-    return img
-
-
-class ImageSource(Dataset):
-    """uint8 (3, S, S) tensors from image files or from a callable returning PIL images."""
-
-    def __init__(self, items: Sequence[Any], size: int, load: Callable[[Any], Image.Image] | None = None):
-        self.items, self.size, self.load = list(items), size, load or Image.open
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        with self.load(self.items[i]) as img:
-            img = resize_center_crop(img.convert("RGB"), self.size)
-            return TF.pil_to_tensor(img)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Real images to compare against: a dataset, a stable identity for caching, and a description."""
-
-    source_items: list[Any]
-    load: Callable[[Any], Image.Image] | None
-    identity: str
-    description: str
-
-
-REFERENCES: dict[str, Callable[[str | None], Reference]] = {}
-
-
-def register_reference(name: str) -> Callable[[Callable[[str | None], Reference]], Callable[[str | None], Reference]]:
-    """Decorator registering a named reference set ``fn(dataset_root) -> Reference``; duplicates raise."""
-
-    def deco(fn: Callable[[str | None], Reference]) -> Callable[[str | None], Reference]:
-        if name in REFERENCES:
-            raise ValueError(f"reference {name!r} is already registered")
-        REFERENCES[name] = fn
-        return fn
-
-    return deco
-
-
-class _ArrayImage:
-    """Picklable loader: index into a uint8 (N, H, W[, C]) array -> PIL image."""
-
-    def __init__(self, array: np.ndarray):
-        self.array = array
-
-    def __call__(self, i: int) -> Image.Image:
-        return Image.fromarray(self.array[i])
-
-
-@register_reference("fmnist-test")
-def _fmnist_test(dataset_root: str | None) -> Reference:
-    """The testbed's 1,000-image Fashion-MNIST test subset, zero-padded 28 -> 32 like the models' data."""
-    from bigain.testbed.data import SUBSET_PATH
-
-    with np.load(SUBSET_PATH) as d:
-        imgs = np.pad(d["images"], ((0, 0), (2, 2), (2, 2)))
-    h = hashlib.sha1(imgs.tobytes()).hexdigest()[:16]
-    return Reference(list(range(len(imgs))), _ArrayImage(imgs), f"fmnist-test:{h}",
-                     "Fashion-MNIST test subset (1,000 images, bigain/assets/testbed), padded to 32x32")
-
-
-class _DatasetImage:
-    """Loader: index into a ``bigain.datasets`` EvalDataset -> PIL image (tensors in [-1, 1] converted)."""
-
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
-
-    def __call__(self, i: int) -> Image.Image:
-        img = self.dataset.get_image(i)
-        if isinstance(img, torch.Tensor):
-            arr = ((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            arr = arr.permute(1, 2, 0).numpy()
-            img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-        return img
-
-
-def dataset_reference(name: str, dataset_root: str | None, split: str | None = None) -> Reference:
-    """Real images of a protocol dataset (``bigain.datasets``: its evaluation split under DATASET_ROOT)."""
-    from bigain.datasets import build_dataset
-
-    ds = build_dataset(name, root=dataset_root, split=split, names_from_metadata=True)
-    first = getattr(ds, "metadata_classnames", [])[:3]
-    ident = f"dataset:{name}:{ds.split}:{dataset_root or os.environ.get('DATASET_ROOT', '')}:{len(ds)}:{first}"
-    return Reference(list(range(len(ds))), _DatasetImage(ds), ident,
-                     f"dataset {name} ({ds.split} split, {len(ds)} images, bigain.datasets)")
-
-
-def _register_datasets() -> None:
-    """Every ``bigain.datasets`` name (except user folders) as a reference set."""
-    try:
-        from bigain.datasets import DATASETS
-    except ImportError:  # eval used without bigain
-        return
-    for name in DATASETS:
-        if name != "folder" and name not in REFERENCES:
-            register_reference(name)(lambda root, _n=name: dataset_reference(_n, root))
-
-
-_register_datasets()
-
-
-def _folder_reference(folder: Path, description: str | None = None) -> Reference:
-    """A folder of real images; identity covers names, sizes and mtimes."""
-    files = list_images(folder)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) under {folder}")
-    h = hashlib.sha1()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return Reference(files, None, f"dir:{folder.resolve()}:{h.hexdigest()[:16]}",
-                     description or f"folder {folder.resolve()}")
-
-
-def resolve_reference(reference: str | Path, dataset_root: str | None = None) -> Reference:
-    """A folder path or a registered reference name -> Reference; anything else is a clear error."""
-    if str(reference) in REFERENCES:
-        return REFERENCES[str(reference)](dataset_root)
-    if ":" in str(reference) and str(reference).split(":", 1)[0] in REFERENCES:
-        name, split = str(reference).split(":", 1)  # "pets:trainval"
-        return dataset_reference(name, dataset_root, split)
-    path = Path(reference)
-    if path.is_dir():
-        return _folder_reference(path)
-    raise ValueError(
-        f"reference {str(reference)!r} is neither a folder nor a known reference set {sorted(REFERENCES)}"
-    )
 
 
 # ----------------------------------------------------------------------------------------------
