@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -31,6 +31,7 @@ import torch
 
 from bigain.reduction import run_reduction_tag
 from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, config_fingerprint
+from bigain.generation_items import Item, build_items
 from bigain.samplers import CallStats, Schedule, guided_eps_fn, initial_noise, make_schedule, SAMPLERS
 
 __all__ = ["Item", "build_parser", "validate_args", "build_items", "main", "DEFAULT_STEPS", "DEFAULTS_BY_KIND"]
@@ -39,103 +40,6 @@ LOG = logging.getLogger("bigain.generate")
 DEFAULT_STEPS = 50
 # kind -> (sampler, guidance) of the published setup
 DEFAULTS_BY_KIND = {"sd": ("euler", 7.5), "dit": ("ddim", 4.0)}
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image to generate: its index in the run, prompt and/or class id."""
-
-    index: int
-    prompt: Optional[str]
-    label: Optional[int]
-    class_name: Optional[str] = None
-
-
-# ----------------------------------------------------------------------------- items
-
-
-def _coco_first_captions(root: Path) -> list[tuple[int, str]]:
-    """(image id, first caption) of every COCO-2017 val image, sorted by image id."""
-    path = root / "coco" / "annotations" / "captions_val2017.json"
-    if not path.is_file():
-        from bigain.datasets import DatasetLayoutError
-
-        raise DatasetLayoutError(f"dataset 'coco2017': {path} not found (generation uses the first caption "
-                                 "of each val2017 image)")
-    data = json.loads(path.read_text())
-    first: dict[int, tuple[int, str]] = {}
-    for ann in data["annotations"]:
-        cur = first.get(ann["image_id"])
-        if cur is None or ann["id"] < cur[0]:
-            first[ann["image_id"]] = (ann["id"], ann["caption"].strip())
-    return [(img_id, first[img_id][1]) for img_id in sorted(first)]
-
-
-def _read_prompts_file(path: Path) -> list[tuple[str, Optional[int]]]:
-    """Prompts from a .txt (one per line) or a .csv with a ``prompt`` column (optional ``classidx``/``label``)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--prompts_file {path} not found")
-    if path.suffix.lower() == ".csv":
-        import csv
-
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if "prompt" not in (reader.fieldnames or []):
-                raise ValueError(f"{path}: a prompt CSV needs a 'prompt' column")
-            out = []
-            for r in reader:
-                lab = r.get("classidx") or r.get("label")
-                out.append((r["prompt"], int(lab) if lab not in (None, "") else None))
-    else:
-        out = [(line.strip(), None) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not out:
-        raise ValueError(f"--prompts_file {path} holds no prompts")
-    return out
-
-
-def _class_table(args: argparse.Namespace) -> Any:
-    """The prompt CSV used for class prompts (``--prompts_csv`` or the dataset's), or None."""
-    from bigain.datasets import load_prompts
-
-    if args.prompts_csv:
-        return load_prompts(args.prompts_csv)
-    if args.dataset and args.dataset not in ("coco2017", "folder"):
-        return load_prompts(args.dataset)
-    return None
-
-
-def build_items(args: argparse.Namespace) -> list[Item]:
-    """Every item of the run, in index order (labels only; no image is decoded)."""
-    from bigain.datasets import build_dataset, subset_indices
-
-    table = _class_table(args)
-    by_id = {i: (p, n) for p, n, i in zip(table.prompts, table.classnames, table.classidx)} if table else {}
-
-    def labelled(label: int) -> tuple[Optional[str], Optional[str]]:
-        return by_id.get(int(label), (None, None))
-
-    if args.prompts_file:
-        pairs = _read_prompts_file(Path(args.prompts_file))
-        items = [Item(i, p, lab, labelled(lab)[1] if lab is not None else None) for i, (p, lab) in enumerate(pairs)]
-    elif args.classes is not None:
-        items = []
-        for c in args.classes:
-            prompt, name = labelled(c)
-            items += [Item(0, prompt, int(c), name)] * args.images_per_class
-        items = [Item(i, it.prompt, it.label, it.class_name) for i, it in enumerate(items)]
-    elif args.dataset == "coco2017":
-        root = Path(args.dataset_root or os.environ.get("DATASET_ROOT", ""))
-        items = [Item(i, cap, None, None) for i, (_, cap) in enumerate(_coco_first_captions(root))]
-    else:
-        ds = build_dataset(args.dataset, root=args.dataset_root, split=args.split, data_dir=args.data_dir,
-                           prompts_csv=args.prompts_csv)
-        items = []
-        for i, lab in enumerate(ds.labels):
-            lab = lab[0] if isinstance(lab, (list, tuple)) else lab
-            prompt, name = labelled(lab)
-            items.append(Item(i, prompt, int(lab), name))
-    keep = subset_indices(len(items), args.max_images)
-    return [Item(j, items[i].prompt, items[i].label, items[i].class_name) for j, i in enumerate(keep)]
 
 
 # ----------------------------------------------------------------------------- CLI
