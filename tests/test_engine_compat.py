@@ -64,6 +64,46 @@ def test_patched_forward_compiles_as_one_graph(method, options):
     assert torch.allclose(out, eager, atol=1e-4), (out - eager).abs().max()
 
 
+def set_ff_chunking(model, chunk_size, dim):
+    blocks = [m for m in model.modules() if hasattr(m, "set_chunk_feed_forward")]
+    for block in blocks:
+        block.set_chunk_feed_forward(chunk_size, dim)
+    return blocks
+
+
+@pytest.mark.parametrize("chunk_size,dim", [(16, 1), (1, 0)])
+def test_merge_mlp_with_chunked_feed_forward(chunk_size, dim):
+    """diffusers' feed-forward chunking calls ff per slice; merged, the ff runs once on the merged tokens."""
+    model = tiny_sd_unet()
+    x = unet_inputs(batch=2)
+    options = dict(ratio=0.5, merge_mlp=True, use_rand=False)
+    with torch.no_grad():
+        with tomesd.patched(model, **options):
+            unchunked = model(**x).sample
+        blocks = set_ff_chunking(model, chunk_size, dim)
+        plain_chunked = model(**x).sample
+        with tomesd.patched(model, **options):
+            chunked = model(**x).sample
+            assert all(b._chunk_size == chunk_size for b in blocks)  # restored after every forward
+        after = model(**x).sample
+    assert torch.equal(chunked, unchunked)
+    assert not torch.allclose(chunked, plain_chunked)
+    assert torch.equal(after, plain_chunked) and all(b._chunk_size == chunk_size for b in blocks)
+
+
+def test_chunk_setting_survives_a_failed_patched_forward():
+    model = tiny_sd_unet()
+    blocks = set_ff_chunking(model, 16, 1)
+    tomesd.apply_patch(model, ratio=0.5, merge_mlp=True)
+    x = unet_inputs(batch=2)
+    x["encoder_hidden_states"] = x["encoder_hidden_states"][:, :, :3]  # wrong width: attn2 raises
+    with pytest.raises(RuntimeError), torch.no_grad():
+        model(**x)
+    assert all(b._chunk_size == 16 for b in blocks)
+    tomesd.remove_patch(model)
+    assert all(b._chunk_size == 16 for b in blocks)
+
+
 def test_context_manager_restores_on_error():
     model = tiny_sd_unet()
     with pytest.raises(RuntimeError, match="boom"):

@@ -177,3 +177,31 @@ def install_mlp_hooks(ff: nn.Module, hook: BlockHook) -> list[Any]:
         return plan.restore(output) if isinstance(plan, TokenPlan) else None
 
     return [ff.register_forward_pre_hook(before), ff.register_forward_hook(after)]
+
+
+class FeedForwardChunking:
+    """Runs a block's feed-forward unchunked while its tokens are merged, restoring the setting after.
+
+    diffusers' `set_chunk_feed_forward` / `enable_forward_chunking` calls `ff` once per slice, so
+    a per-call token plan would see slices; with `merge_mlp` the feed-forward instead runs once on
+    the merged tokens (at most (1 - ratio) of them). Also a removable handle: `remove()` puts the
+    user's chunk size back even if a forward raised.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block, self.saved = block, None
+        self.handles = [block.register_forward_pre_hook(self.suspend),
+                        block.register_forward_hook(self.resume, always_call=True)]
+
+    def suspend(self, module: nn.Module, args: tuple) -> None:
+        if getattr(module, "_chunk_size", None) is not None:
+            self.saved, module._chunk_size = module._chunk_size, None
+
+    def resume(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.saved is not None:
+            module._chunk_size, self.saved = self.saved, None
+
+    def remove(self) -> None:
+        self.resume(self.block, (), None)
+        for handle in self.handles:
+            handle.remove()

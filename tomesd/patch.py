@@ -10,7 +10,8 @@ from torch import nn
 
 from . import reducers  # noqa: F401  (registers the built-in methods)
 from .backbones import Backbone, BlockSite, find_backbone, resolve_denoiser, select_sites
-from .hooks import BlockHook, ReducingAttnProcessor, RuntimeState, install_mlp_hooks, make_capture_hook
+from .hooks import BlockHook, FeedForwardChunking, ReducingAttnProcessor, RuntimeState, install_mlp_hooks, \
+    make_capture_hook
 from .options import as_dict, build_options
 from .registry import canonical_name, get_reducer
 
@@ -99,6 +100,8 @@ def install_block(site: BlockSite, backbone: Backbone, reducer: type, options: A
         wrap_attention(block.attn2, hook, False, handle)
     if token_plan and getattr(options, "merge_mlp", False) and getattr(block, "ff", None) is not None:
         handle.handles += install_mlp_hooks(block.ff, hook)
+        if hasattr(block, "_chunk_size"):
+            handle.handles.append(FeedForwardChunking(block))
 
 
 def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome", *, seed: Optional[int] = None,
