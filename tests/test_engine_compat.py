@@ -104,6 +104,24 @@ def test_chunk_setting_survives_a_failed_patched_forward():
     assert all(b._chunk_size == 16 for b in blocks)
 
 
+def test_processor_set_after_patching_is_wrapped_and_restored_on_remove():
+    """Like `enable_xformers_memory_efficient_attention()` after `apply_patch`: still reduced, and kept on remove."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    model = tiny_sd_unet()
+    x = unet_inputs(batch=2)
+    with torch.no_grad():
+        tomesd.apply_patch(model, ratio=0.5, use_rand=False)
+        patched_sdpa = model(**x).sample
+        model.set_attn_processor(AttnProcessor())  # the math (non-SDPA) processor, set while patched
+        patched_math = model(**x).sample
+        tomesd.remove_patch(model)
+        plain_math = model(**x).sample
+    assert all(type(p) is AttnProcessor for p in model.attn_processors.values())
+    assert torch.allclose(patched_math, patched_sdpa, atol=1e-5)  # still merged, now through AttnProcessor
+    assert not torch.allclose(patched_math, plain_math, atol=1e-4)
+
+
 def test_context_manager_restores_on_error():
     model = tiny_sd_unet()
     with pytest.raises(RuntimeError, match="boom"):

@@ -80,11 +80,32 @@ def summarize_levels(backbone: Backbone, sites: list[BlockSite], reducer: type, 
     return summary
 
 
+def wraps_reducer(processor: Any, hook: BlockHook) -> bool:
+    """Whether `processor` is this hook's reducing wrapper, or wraps it (via `.inner`, e.g. a timer)."""
+    while processor is not None:
+        if isinstance(processor, ReducingAttnProcessor) and processor.hook is hook:
+            return True
+        processor = getattr(processor, "inner", None)
+    return False
+
+
 def wrap_attention(attn: nn.Module, hook: BlockHook, self_attention: bool, handle: PatchHandle) -> None:
-    """Swap `attn`'s processor for a reducing wrapper around it; remember the original."""
-    original = attn.processor
-    handle.processors.append((attn, original))
-    attn.set_processor(ReducingAttnProcessor(original, hook, self_attention))
+    """Swap `attn`'s processor for a reducing wrapper around it; remember the original.
+
+    A processor set after patching (`set_attn_processor`, `enable_xformers_memory_efficient_attention`)
+    is wrapped again before the next call, and is the one `remove_patch` restores.
+    """
+    slot = len(handle.processors)
+    handle.processors.append((attn, attn.processor))
+    attn.set_processor(ReducingAttnProcessor(attn.processor, hook, self_attention))
+
+    def rewrap(module: nn.Module, args: tuple) -> None:
+        current = module.processor
+        if not wraps_reducer(current, hook):
+            handle.processors[slot] = (module, current)
+            module.set_processor(ReducingAttnProcessor(current, hook, self_attention))
+
+    handle.handles.append(attn.register_forward_pre_hook(rewrap))
 
 
 def install_block(site: BlockSite, backbone: Backbone, reducer: type, options: Any, handle: PatchHandle) -> None:
