@@ -16,13 +16,7 @@ FAST = ["--n_samples", "2", "4", "--to_keep", "3", "1", "--dtype", "fp32", "--de
         "--cpu_threads", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CPU is shared: one intra-op thread is much faster than two contended ones."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

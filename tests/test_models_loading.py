@@ -12,12 +12,7 @@ from tiny_pipelines import build_tiny_dit, build_tiny_pixel_dit, build_tiny_pixe
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check_common(m: LoadedModel, n: int = 3) -> None:

@@ -14,13 +14,7 @@ from eval.upstream import load_upstream
 ATTN1 = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops on a busy 2-core machine stall waiting for the second thread; time them on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
