@@ -223,4 +223,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bigain.cli import run_cli
+
+    run_cli(main)
