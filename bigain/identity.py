@@ -70,7 +70,8 @@ def _file_digests(files: list[Path]) -> dict[Path, str]:
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(cache_path) + ".lock", timeout=60):
-                atomic_write_json(cache_path, {**_load_cache(cache_path), **fresh})
+                merged = {**_load_cache(cache_path), **fresh}  # entries of deleted files are dropped
+                atomic_write_json(cache_path, {k: v for k, v in merged.items() if os.path.exists(k.rsplit("|", 2)[0])})
         except OSError:  # a read-only cache only costs re-hashing next time
             pass
     return out

@@ -66,12 +66,15 @@ def test_classify_same_folder_name_new_weights_is_recomputed(tmp_path, cache):
     model = tmp_path / "m" / "dit-fmnist"
     build_tiny_pixel_dit(model, seed=0)
     argv = CLS_FAST + ["--model_path", str(model), "--run_dir", str(tmp_path / "run"), "--output_dir", str(tmp_path)]
+    from bigain.records import load_record, record_path
+
     first = C.main(argv)
-    assert first["images_computed"] == 2
-    assert C.main(argv)["images_computed"] == 0  # same weights: reused
+    assert C.main(argv)["fingerprint"] == first["fingerprint"]
     build_tiny_pixel_dit(model, seed=1)  # same folder and name, other weights
     again = C.main(argv)
-    assert again["images_computed"] == 2 and again["fingerprint"] != first["fingerprint"]
+    assert again["fingerprint"] != first["fingerprint"]
+    assert all(load_record(record_path(tmp_path / "run", i), again["fingerprint"]) for i in (0, 1))
+    assert again["images_computed"] == 2 and C.main(argv)["images_computed"] == 0
 
 
 def test_generate_same_folder_name_new_weights_is_regenerated(tmp_path, cache):
@@ -193,3 +196,15 @@ def test_a_run_cleans_stale_temp_files(tmp_path, cache):
     G.main(GEN_FAST + ["--model_path", str(model), "--run_dir", str(tmp_path / "run"),
                        "--summary_csv", str(tmp_path / "s.csv")])
     assert not old.exists() and fresh.exists()
+
+
+def test_sweep_cell_reruns_when_its_model_weights_change(tmp_path, cache):
+    from bigain import sweep
+
+    model = build_tiny_pixel_dit(tmp_path / "m" / "dit", seed=0)
+    run = sweep.PlannedRun("generate", "dit", "classes", "none", {"model_path": str(model), "method": "none"},
+                           tmp_path / "runs" / "generate" / "dit" / "classes" / "none")
+    sweep.execute(run, tmp_path / "summary.csv", runner=lambda task, argv: None)
+    assert run.is_done()
+    build_tiny_pixel_dit(model, seed=1)  # same path, new weights
+    assert not run.is_done()
