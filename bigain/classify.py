@@ -1,4 +1,4 @@
-"""Zero-shot classification with a diffusion model (Li et al., ICCV 2023), adaptive protocol of protocol.md §1.
+"""Zero-shot classification with a diffusion model (Li et al., ICCV 2023), adaptive protocol of docs/protocol.md §1.
 
 For an image x0 and every candidate class c the classifier estimates E_t,eps ||eps - eps_theta(x_t, t, c)||
 on a fixed timestep grid with noise shared by all classes (a paired comparison), eliminating
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu_threads", type=positive_int, default=None,
                    help="torch intra-op CPU threads (default: torch's choice; 1 on busy shared machines)")
 
-    g = p.add_argument_group("adaptive protocol (protocol.md §1)")
+    g = p.add_argument_group("adaptive protocol (docs/protocol.md §1)")
     g.add_argument("--n_samples", type=positive_int, nargs="+", default=[5, 20],
                    help="timesteps scored by the end of each stage, increasing (default: 5 20)")
     g.add_argument("--allow_stages_without_new_timesteps", action="store_true",
@@ -321,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "classes": table.to_dict(), "git_commit": _git_commit(), "torch": torch.__version__,
             "attention": "torch SDPA (diffusers AttnProcessor2_0)", "tf32": bool(args.tf32)})
 
-    clean_stale_tmp(run_dir / "records")
+    for folder in (run_dir, run_dir / "records"):  # temp files of killed writers
+        clean_stale_tmp(folder)
     todo, done_correct = _scan_shard(run_dir, mine, fingerprint, args.force_recalc)
     LOG.info("run dir %s: %d images in this shard (%d/%d), %d to compute, %d classes, %d calls/image",
              run_dir, len(mine), shard, n_shards, len(todo), len(table), calls_expected)

@@ -1,4 +1,4 @@
-"""Generation under token compression (protocol.md §2): SD text-to-image and DiT class-conditional.
+"""Generation under token compression (docs/protocol.md §2): SD text-to-image and DiT class-conditional.
 
     python -m bigain.generate --version 2-0 --dataset imagenet --method bigain_tm --ratio 0.7
     python -m bigain.generate --version dit-512 --dataset imagenet100 --method todo --df 2
@@ -317,7 +317,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "items_sha": config_fingerprint({"items": [asdict(it) for it in items]}),
     }
     fingerprint = config_fingerprint(settings)
-    clean_stale_tmp(images_dir)
+    for folder in (run_dir, images_dir):  # temp files of killed writers
+        clean_stale_tmp(folder)
     atomic_write_json(run_dir / "config.json", {**settings, "fingerprint": fingerprint, "attention": attention,
                                                 "model_source": model.source,
                                                 "patch": report.to_dict() if report else None})

@@ -1,4 +1,4 @@
-"""Speed, FLOPs and memory of token reduction against the unpatched SDPA baseline (protocol §3).
+"""Speed, FLOPs and memory of token reduction against the unpatched SDPA baseline (docs/protocol.md §3).
 
 For each model x resolution x batch ("case") the baseline and every method setting are timed in
 the same process, interleaved round by round (each round times one call of every setting in a

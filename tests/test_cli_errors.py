@@ -99,6 +99,7 @@ BAD = [
     ("eval.metrics", ["--gen", "{dir}", "--kid_subsets", "-1"], "--kid_subsets"),
     ("eval.metrics", ["--gen", "{dir}", "--out", "{dir}"], "--out"),
     ("bigain.make_prompts", ["--folder", "{dir}"], "no class sub-folders"),
+    ("bigain.make_prompts", ["--out_dir", "{file}"], "--out_dir"),
     ("bigain.demo", ["--seed", "-1"], "--seed"),
 ]
 

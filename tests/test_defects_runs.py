@@ -175,6 +175,7 @@ def test_classify_has_no_private_flop_counter():
     ({"method": "bigain_td", "alpha": float("inf")}, "alpha"),
     ({"method": "sito", "ratio": 0.5, "noise_alpha": float("-inf")}, "noise_alpha"),
     ({"method": "todo", "stop_threshold": float("nan")}, "stop_threshold"),
+    ({"method": "tome", "merge_mlp": 1}, "merge_mlp"),
 ])
 def test_apply_patch_rejects_nonfinite_empty_and_bad_seed(kwargs, match):
     from tiny_models import tiny_dit

@@ -64,9 +64,12 @@ def build_options(cls: type, method: str, values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for method {method!r}; allowed: {allowed}")
+    defaults = {f.name: f.default for f in fields(cls)}
     for name, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name}={value!r} must be a finite number (method {method!r})")
+        if isinstance(defaults[name], bool) and not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be True or False (method {method!r})")
     return cls(**values)
 
 
