@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from bigain.cli import check_output_dir, nonneg_float, nonneg_int, positive_int, run_cli
 from bigain.config import add_config_arg, atomic_write_text, parse_args_with_config
 
 TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
@@ -65,37 +66,60 @@ def method_flags(method: str, options: dict[str, Any]) -> list[str]:
 
 
 def run_classification(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
-    """Adaptive diffusion classification of the first images of the shipped subset (resumable)."""
+    """Adaptive diffusion classification of the first images of the shipped subset (resumable: records carry the
+    run's fingerprint, so changed settings or weights are recomputed)."""
     from bigain import classify
 
     argv = ["--dataset", "fmnist", "--split", args.split, "--model_path", str(model_path), "--dtype", "fp32", "--device", args.device,
             "--batch_size", str(args.cls_batch_size), "--n_samples", *map(str, args.n_samples),
             "--to_keep", *map(str, args.to_keep), "--seed", str(args.seed),
             "--run_dir", str(out), "--summary_csv", str(out.parent.parent / "summary.csv")]
-    if args.n_images:
+    if args.allow_stages_without_new_timesteps:
+        argv.append("--allow_stages_without_new_timesteps")
+    if args.n_images is not None:
         argv += ["--max_images", str(args.n_images)]
     return classify.main(argv + method_flags(method, options))
 
 
+METRIC_SETTINGS = {"reference": "fmnist-test", "metrics": ["domain_fid", "class_consistency"],
+                   "domain_extractor": "fmnist-reference"}
+
+
+def generation_run_dir(out: Path, args: argparse.Namespace) -> Path:
+    """Folder of a setting's sample set, one per item count (a smaller rerun never scores a bigger run's leftovers)."""
+    return out / f"n{10 * args.images_per_class}"
+
+
+def metrics_key(generation_fingerprint: str, n_images: int) -> dict[str, Any]:
+    """What cached metrics must match to be reused: the images' generation fingerprint and the metric settings."""
+    return {"generation_fingerprint": generation_fingerprint, "n_images": n_images, **METRIC_SETTINGS}
+
+
 def run_generation(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
-    """A fixed, class-balanced sample set (`--images_per_class` per class), then its metrics (cached)."""
+    """A fixed, class-balanced sample set (`--images_per_class` per class), then its metrics, cached under the
+    generation run's fingerprint and the metric settings (any change recomputes them)."""
     from bigain import generate
     from eval.metrics import compute_metrics
 
+    run_dir = generation_run_dir(out, args)
     argv = ["--model_path", str(model_path), "--classes", *map(str, range(10)),
             "--images_per_class", str(args.images_per_class), "--steps", str(args.steps), "--dtype", "fp32",
             "--device", args.device, "--batch_size", str(args.gen_batch_size), "--seed", str(args.seed),
-            "--run_dir", str(out), "--summary_csv", str(out.parent.parent / "summary.csv"), "--no_progress"]
+            "--run_dir", str(run_dir), "--summary_csv", str(out.parent.parent / "summary.csv"), "--no_progress"]
     if args.guidance is not None:
         argv += ["--guidance", str(args.guidance)]
     row = generate.main(argv + method_flags(method, options))
-    metrics_file = out / "metrics.json"
-    expected = 10 * args.images_per_class
-    cached = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    if cached.get("n_images") != expected:
-        scores = compute_metrics(out / "images", "fmnist-test", metrics=("domain_fid", "class_consistency"),
-                                 domain_extractor="fmnist-reference", device=args.metrics_device)
-        cached = {"n_images": expected, **{k: v for k, v in scores.items() if k != "report"},
+    metrics_file = run_dir / "metrics.json"
+    key = metrics_key(row["fingerprint"], 10 * args.images_per_class)
+    try:
+        cached = json.loads(metrics_file.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if cached.get("cache_key") != key:
+        scores = compute_metrics(run_dir / "images", METRIC_SETTINGS["reference"],
+                                 metrics=tuple(METRIC_SETTINGS["metrics"]),
+                                 domain_extractor=METRIC_SETTINGS["domain_extractor"], device=args.metrics_device)
+        cached = {"cache_key": key, "n_images": key["n_images"], **{k: v for k, v in scores.items() if k != "report"},
                   "report": scores.get("report")}
         atomic_write_text(metrics_file, json.dumps(cached, indent=2, default=str))
     return {**row, **cached}
@@ -247,20 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true", help="also run the ratio sweep (0.3/0.5 merging, df 4)")
     p.add_argument("--methods", nargs="+", default=None, choices=list(LABELS),
                    help="only these methods (default: all six; the baseline is always included)")
-    p.add_argument("--n_images", type=int, default=50, help="test images classified per setting (default: 50)")
-    p.add_argument("--n_samples", type=int, nargs="+", default=[5, 20], help="adaptive protocol timesteps")
-    p.add_argument("--to_keep", type=int, nargs="+", default=[5, 1], help="adaptive protocol classes kept")
-    p.add_argument("--cls_batch_size", type=int, default=125, help="classifier (class, timestep) batch")
-    p.add_argument("--images_per_class", type=int, default=5, help="generated images per class (0: skip generation)")
-    p.add_argument("--steps", type=int, default=10, help="sampling steps (default: 10)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model kind's)")
-    p.add_argument("--gen_batch_size", type=int, default=50, help="images per sampling batch")
-    p.add_argument("--timing_batch", type=int, default=50, help="rows of the timed denoiser call")
-    p.add_argument("--timing_repeats", type=int, default=7, help="timed rounds (median), after one warm-up")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_images", type=positive_int, default=50, help="test images classified per setting (default: 50; --full: all)")
+    p.add_argument("--n_samples", type=positive_int, nargs="+", default=[5, 20], help="adaptive protocol timesteps")
+    p.add_argument("--allow_stages_without_new_timesteps", action="store_true",
+                   help="passed to bigain.classify: accept --n_samples whose later stages add no timestep")
+    p.add_argument("--to_keep", type=positive_int, nargs="+", default=[5, 1], help="adaptive protocol classes kept")
+    p.add_argument("--cls_batch_size", type=positive_int, default=125, help="classifier (class, timestep) batch")
+    p.add_argument("--images_per_class", type=nonneg_int, default=5, help="generated images per class (0: skip generation)")
+    p.add_argument("--steps", type=positive_int, default=10, help="sampling steps (default: 10)")
+    p.add_argument("--guidance", type=nonneg_float, default=None, help="CFG scale (default: the model kind's)")
+    p.add_argument("--gen_batch_size", type=positive_int, default=50, help="images per sampling batch")
+    p.add_argument("--timing_batch", type=positive_int, default=50, help="rows of the timed denoiser call")
+    p.add_argument("--timing_repeats", type=positive_int, default=7, help="timed rounds (median), after one warm-up")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--metrics_device", default="cpu", help="device of the metric feature extractor")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's choice; use 1 on a busy shared machine)")
     p.add_argument("--out", default="outputs/benchmark", help="output folder")
     add_config_arg(p)
@@ -272,7 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.full:  # the whole shipped subset, 20 samples per class, 20 steps
-        args.n_images, args.images_per_class, args.steps = 0, 20, 20
+        args.n_images, args.images_per_class, args.steps = None, 20, 20
     paths = dict(MODELS)
     for item in args.model_dir:
         name, _, path = item.partition("=")
@@ -282,6 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     missing = [str(paths[m]) for m in args.models if not paths[m].exists()]
     if missing:
         raise FileNotFoundError(f"testbed model folder(s) missing: {missing} (train them with python -m bigain.testbed.train)")
+    check_output_dir(args.out, "--out")
     settings = PAPER_SETTINGS + (SWEEP_SETTINGS if args.sweep else [])
     if args.methods:
         settings = [s for s in settings if s[0] == "none" or s[0] in args.methods]
@@ -300,4 +327,4 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

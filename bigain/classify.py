@@ -1,4 +1,4 @@
-"""Zero-shot classification with a diffusion model (Li et al., ICCV 2023), adaptive protocol of protocol.md §1.
+"""Zero-shot classification with a diffusion model (Li et al., ICCV 2023), adaptive protocol of docs/protocol.md §1.
 
 For an image x0 and every candidate class c the classifier estimates E_t,eps ||eps - eps_theta(x_t, t, c)||
 on a fixed timestep grid with noise shared by all classes (a paired comparison), eliminating
@@ -31,13 +31,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from bigain.cli import check_output_dir, check_output_file, nonneg_int, positive_int, run_cli
 from bigain.classifier import LOSSES, ClassifyResult, RunContext, Schedule, classify_dataset_image, \
     classify_image, classify_many, image_seed, make_context, make_noise, per_sample_error
 from bigain.datasets import DATASETS, INTERPOLATIONS, build_dataset, check_dataset_args, load_prompts, \
     subset_indices
 from bigain.reduction import run_reduction_tag
-from bigain.records import append_csv_row, atomic_write_json, config_fingerprint, load_record, \
-    merge_records, record_path, save_record
+from bigain.identity import model_identity
+from bigain.records import append_csv_row, atomic_write_json, clean_stale_tmp, config_fingerprint, load_record, \
+    merge_records, record_path, save_record, try_lock
 
 __all__ = ["LOSSES", "Schedule", "ClassifyResult", "RunContext", "classify_image", "classify_dataset_image",
            "classify_many", "make_context", "image_seed", "make_noise", "per_sample_error", "build_parser", "validate_args", "main"]
@@ -68,13 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_dir", default=None, help="--dataset folder: folder with one sub-folder per class")
     g.add_argument("--prompts_csv", default=None,
                    help="prompt CSV (prompt,classname,classidx) replacing the shipped one")
-    g.add_argument("--img_size", type=int, default=None,
+    g.add_argument("--img_size", type=positive_int, default=None,
                    help="resize short side + center-crop to this (default: the model's native size, SD 2: 512)")
     g.add_argument("--interpolation", default="bicubic", choices=INTERPOLATIONS, help="resize filter")
-    g.add_argument("--max_images", type=int, default=None,
+    g.add_argument("--max_images", type=positive_int, default=None,
                    help="evaluate only this many images, spread evenly over the dataset, or the first N for "
                         "the class-interleaved fmnist subset (default: all)")
-    g.add_argument("--loader_workers", type=int, default=0, help="DataLoader worker processes for decoding")
+    g.add_argument("--loader_workers", type=nonneg_int, default=0, help="DataLoader worker processes for decoding")
 
     g = p.add_argument_group("model")
     g.add_argument("--version", default="2-0",
@@ -85,18 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights/activations dtype (auto: fp16 on GPU, fp32 on CPU)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (auto: GPU when present)")
     g.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on Ampere+ GPUs (recorded)")
-    g.add_argument("--cpu_threads", type=int, default=None,
+    g.add_argument("--cpu_threads", type=positive_int, default=None,
                    help="torch intra-op CPU threads (default: torch's choice; 1 on busy shared machines)")
 
-    g = p.add_argument_group("adaptive protocol (protocol.md §1)")
-    g.add_argument("--n_samples", type=int, nargs="+", default=[5, 20],
-                   help="timesteps scored by the end of each stage (default: 5 20)")
-    g.add_argument("--to_keep", type=int, nargs="+", default=[5, 1],
+    g = p.add_argument_group("adaptive protocol (docs/protocol.md §1)")
+    g.add_argument("--n_samples", type=positive_int, nargs="+", default=[5, 20],
+                   help="timesteps scored by the end of each stage, increasing (default: 5 20)")
+    g.add_argument("--allow_stages_without_new_timesteps", action="store_true",
+                   help="accept --n_samples whose later stages add no timestep (they only eliminate classes)")
+    g.add_argument("--to_keep", type=positive_int, nargs="+", default=[5, 1],
                    help="classes kept after each stage; the last must be 1 (default: 5 1)")
-    g.add_argument("--n_trials", type=int, default=1, help="noises per timestep (default: 1)")
+    g.add_argument("--n_trials", type=positive_int, default=1, help="noises per timestep (default: 1)")
     g.add_argument("--loss", default="l2", choices=LOSSES, help="error between eps and prediction (default: l2)")
-    g.add_argument("--batch_size", type=int, default=32, help="(class, timestep) samples per forward (default: 32)")
-    g.add_argument("--seed", type=int, default=0, help="noise seed; each image uses (seed, image index)")
+    g.add_argument("--batch_size", type=positive_int, default=32, help="(class, timestep) samples per forward (default: 32)")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="noise seed; each image uses (seed, image index)")
     _add_reduction_args(p)
 
     g = p.add_argument_group("outputs, resumption, sharding")
@@ -104,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run_dir", default=None, help="explicit run folder (default: derived from every setting)")
     g.add_argument("--summary_csv", default=None, help="summary CSV (default: <output_dir>/summary.csv)")
     g.add_argument("--force_recalc", action="store_true", help="recompute images that already have records")
-    g.add_argument("--n_workers", type=int, default=1, help="number of independent jobs sharing the dataset")
-    g.add_argument("--worker_idx", type=int, default=0, help="this job's index in [0, n_workers)")
+    g.add_argument("--n_workers", type=positive_int, default=1, help="number of independent jobs sharing the dataset")
+    g.add_argument("--worker_idx", type=nonneg_int, default=0, help="this job's index in [0, n_workers)")
     g.add_argument("--merge_only", action="store_true",
                    help="only merge the run's existing records (all shards) into accuracy and a summary row")
     g.add_argument("--no_flops", action="store_true", help="skip the FLOPs-per-call measurement")
@@ -131,6 +135,14 @@ def validate_args(args: argparse.Namespace) -> tuple[Any, Schedule, str]:
         table = load_prompts(args.dataset)
     schedule = Schedule(tuple(args.n_samples), tuple(args.to_keep), 1000, args.n_trials)
     schedule.validate(len(table))
+    empty = [s for s, new in enumerate(schedule.stage_slots()) if s > 0 and not new]
+    if empty and not args.allow_stages_without_new_timesteps:
+        raise ValueError(f"--n_samples {list(args.n_samples)}: stage(s) {empty} add no new timestep (each stage must "
+                         "score more timesteps than the last, e.g. 5 20); pass --allow_stages_without_new_timesteps "
+                         "to eliminate classes on the earlier stages' errors alone")
+    check_output_dir(args.output_dir, "--output_dir")
+    check_output_dir(args.run_dir, "--run_dir")
+    check_output_file(args.summary_csv, "--summary_csv")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1; got {args.batch_size}")
     if args.n_workers < 1 or not 0 <= args.worker_idx < args.n_workers:
@@ -159,10 +171,18 @@ def _run_dir(args: argparse.Namespace, split: str, img_size: int | str, dtype: s
     return Path(args.output_dir) / f"{args.dataset}_{split}" / _model_label(args) / run_reduction_tag(args) / settings
 
 
-def _file_sha(path: str | Path) -> str:
-    """sha256 of a file (short), '' when absent."""
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
+def _model_identity(model: Any, args: argparse.Namespace, run_dir: Path) -> dict:
+    """Identity of the weights (bigain.identity); a merge without the model loaded takes it from --model_path or
+    the run's config.json."""
+    if model is not None:
+        return model_identity(model.source)
+    if args.model_path:
+        return model_identity(args.model_path)
+    try:
+        return json.loads((run_dir / "config.json").read_text())["result_config"]["model_identity"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"--merge_only without --model_path needs {run_dir / 'config.json'} with the model's "
+                         "identity, or drop --img_size so the model is loaded") from err
 
 
 def _shard() -> tuple[int, int]:
@@ -205,14 +225,8 @@ def count_flops_per_call(model: Any, latent_shape: Sequence[int], cond: dict[str
     rows = [i % next(iter(cond.values())).shape[0] for i in range(n)]
     x = torch.zeros((n, *latent_shape), device=model.device)
     batch_cond = model.select(cond, rows)
-    try:
-        from eval.flops import count_flops
-    except ImportError:  # eval/ not installed: PyTorch's counter alone (misses the CPU SDPA kernel)
-        from torch.utils.flop_counter import FlopCounterMode
+    from eval.flops import count_flops
 
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model.predict_eps(x, t, batch_cond)
-        return counter.get_total_flops() / n
     return count_flops(model, (x, t, batch_cond)).total / n
 
 
@@ -279,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "interpolation": args.interpolation, "model": _model_label(args), "dtype": dtype_name,
         "n_samples": list(args.n_samples), "to_keep": list(args.to_keep), "n_trials": args.n_trials,
         "loss": args.loss, "seed": args.seed, "batch_size": args.batch_size, "reduction": run_reduction_tag(args),
+        "model_identity": _model_identity(model, args, run_dir),
     }
     fingerprint = config_fingerprint(result_config)
 
@@ -306,20 +321,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "classes": table.to_dict(), "git_commit": _git_commit(), "torch": torch.__version__,
             "attention": "torch SDPA (diffusers AttnProcessor2_0)", "tf32": bool(args.tf32)})
 
+    for folder in (run_dir, run_dir / "records"):  # temp files of killed writers
+        clean_stale_tmp(folder)
     todo, done_correct = _scan_shard(run_dir, mine, fingerprint, args.force_recalc)
     LOG.info("run dir %s: %d images in this shard (%d/%d), %d to compute, %d classes, %d calls/image",
              run_dir, len(mine), shard, n_shards, len(todo), len(table), calls_expected)
     ctx = RunContext(model=model, cond=cond, classidx=np.asarray(table.classidx, dtype=np.int64), schedule=schedule,
                      seed=args.seed, reduction_seed=args.reduction_seed, batch_size=args.batch_size, loss=args.loss,
                      patched=report is not None, fingerprint=fingerprint)
-    _run_images(ctx, dataset, todo, len(mine), done_correct, run_dir, args.loader_workers,
-                desc=f"classify {args.dataset}")
+    computed = _run_images(ctx, dataset, todo, len(mine), done_correct, run_dir, args.loader_workers,
+                desc=f"classify {args.dataset}", force=args.force_recalc)
 
     _barrier(n_procs)
     if proc_idx != 0:
         return {}
     return _finish(args, run_dir, indices, fingerprint, result_config, wall_start, shard, n_shards,
-                   flops=flops, report=report)
+                   flops=flops, report=report, computed=computed)
 
 
 def _warn_if_foreign_classes(model: Any, table: Any) -> None:
@@ -363,26 +380,39 @@ def _scan_shard(run_dir: Path, mine: Sequence[int], fingerprint: str, force: boo
 
 
 def _run_images(ctx: RunContext, dataset: Any, todo: list[int], shard_size: int, done_correct: int, run_dir: Path,
-                loader_workers: int = 0, desc: str = "classify") -> None:
-    """Classify `todo` images, writing one record each; progress bar with running accuracy over the shard."""
+                loader_workers: int = 0, desc: str = "classify", force: bool = False) -> int:
+    """Classify `todo` images, writing one record each; progress bar with running accuracy over the shard.
+
+    Each image is computed under a per-image lock: an image another live process holds is skipped, and
+    one finished while waiting is not recomputed. Returns the number of images computed here.
+    """
     from tqdm.auto import tqdm
 
     correct, seen = done_correct, shard_size - len(todo)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=None, shuffle=False,
                                          num_workers=loader_workers)
     bar = tqdm(total=shard_size, initial=seen, desc=desc, unit="img", dynamic_ncols=True)
+    computed = 0
     for index, (image, label) in zip(todo, loader):
-        rec = classify_dataset_image(ctx, index, image, label)
-        save_record(record_path(run_dir, index), rec)
+        with try_lock(run_dir / ".locks" / f"{index:08d}.lock") as held_here:
+            rec = None if (not held_here or force) else load_record(record_path(run_dir, index), ctx.fingerprint)
+            if not held_here:  # another process is computing it
+                bar.update(1)
+                continue
+            if rec is None:
+                rec = classify_dataset_image(ctx, index, image, label)
+                save_record(record_path(run_dir, index), rec)
+                computed += 1
         seen += 1
         correct += int(rec.correct)
         bar.update(1)
         bar.set_postfix(acc=f"{correct / seen:.3f}", s_img=f"{rec.wall_time_s:.2f}")
     bar.close()
+    return computed
 
 
 def _finish(args: argparse.Namespace, run_dir: Path, indices: list[int], fingerprint: str, result_config: dict,
-            wall_start: float, shard: int, n_shards: int, flops: float | None, report: Any) -> dict:
+            wall_start: float, shard: int, n_shards: int, flops: float | None, report: Any, computed: int = 0) -> dict:
     """Merge every shard's records, log accuracy, append the summary row."""
     merged = merge_records(run_dir, indices, fingerprint)
     wall = time.perf_counter() - wall_start
@@ -399,7 +429,7 @@ def _finish(args: argparse.Namespace, run_dir: Path, indices: list[int], fingerp
         "images_per_s": round(merged.images / merged.image_wall_time_s, 4) if merged.image_wall_time_s else "",
         "wall_time_s": round(wall, 3), "flops_per_call": f"{flops:.4g}" if flops else "",
         "shard": f"{shard}/{n_shards}", "merge_only": bool(args.merge_only), "run_dir": str(run_dir),
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint, "images_computed": computed,
     }
     summary = Path(args.summary_csv) if args.summary_csv else Path(args.output_dir) / "summary.csv"
     append_csv_row(summary, row)
@@ -414,4 +444,4 @@ def _finish(args: argparse.Namespace, run_dir: Path, indices: list[int], fingerp
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -31,11 +32,25 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file whose top level is a mapping (safe loader; empty file = {})."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ValueError(f"config {path}: file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {path}: {yaml_error_text(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"config {path}: cannot be read ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of option: value, got {type(data).__name__}")
+        raise ValueError(f"config {path}: a config must be a mapping of option: value, got {type(data).__name__}")
     return data
+
+
+def yaml_error_text(err: Exception) -> str:
+    """'line L: problem (context)' of a YAML parser error, without the parser's '<unicode string>' name."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
 def describe(action: argparse.Action) -> str:
@@ -43,7 +58,9 @@ def describe(action: argparse.Action) -> str:
     if action.nargs == 0:
         return "true or false"
     kind = getattr(action.type, "__name__", "string") if action.type not in (None, str) else "string"
-    text = {"parse_bool": "true or false", "lower": "string"}.get(kind, kind)
+    text = {"parse_bool": "true or false", "lower": "string", "positive_int": "int >= 1",
+            "nonneg_int": "int >= 0", "finite_float": "float (finite)", "nonneg_float": "float >= 0 (finite)",
+            "positive_float": "float > 0 (finite)", "fraction": "float in [0, 1)"}.get(kind, kind)
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
         text = f"a list of {text}"
     if action.choices:
@@ -54,12 +71,17 @@ def describe(action: argparse.Action) -> str:
 def coerce_scalar(action: argparse.Action, value: Any) -> Any:
     """One value converted as the option's `type` would, strictly (no bool for int, no int for str)."""
     kind = action.type
+    base = getattr(kind, "base", None)  # a checked type of bigain.cli (positive_int, finite_float, ...)
+    if base is int or base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (base is int and not isinstance(value, int)):
+            raise TypeError
+        return kind(value)
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError
         return value
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise TypeError
         return float(value)
     if getattr(kind, "__name__", "") == "parse_bool":

@@ -12,6 +12,7 @@ import torch
 from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DConditionModel
 
 import tomesd
+from bigain.cli import nonneg_int, run_cli
 
 DEMO_METHODS = {
     "tome": {"ratio": 0.7},
@@ -59,8 +60,9 @@ def relative_change(out: torch.Tensor, base: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m bigain.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=nonneg_int, default=0)
     args = parser.parse_args(argv)
     print("Random-weight models built from configs (a code-path demo, not a quality measurement).\n")
     for name, (model, inputs, placement) in demo_models(args.seed).items():
@@ -77,4 +79,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,4 +1,4 @@
-"""Generation under token compression (protocol.md §2): SD text-to-image and DiT class-conditional.
+"""Generation under token compression (docs/protocol.md §2): SD text-to-image and DiT class-conditional.
 
     python -m bigain.generate --version 2-0 --dataset imagenet --method bigain_tm --ratio 0.7
     python -m bigain.generate --version dit-512 --dataset imagenet100 --method todo --df 2
@@ -17,10 +17,11 @@ invocation goes to the summary CSV.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import math
 import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,8 +30,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from bigain.cli import check_output_dir, check_output_file, finite_float, nonneg_int, positive_int, run_cli
+from bigain.identity import model_identity
 from bigain.reduction import run_reduction_tag
-from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, config_fingerprint
+from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, clean_stale_tmp, \
+    config_fingerprint, try_lock
 from bigain.generation_items import Item, build_items
 from bigain.samplers import CallStats, Schedule, guided_eps_fn, initial_noise, make_schedule, SAMPLERS
 
@@ -56,14 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=None,
                    help="one image per evaluation item: class prompt / class of its label, first COCO caption")
     g.add_argument("--prompts_file", default=None, help=".txt (one prompt per line) or .csv with a prompt column")
-    g.add_argument("--classes", type=int, nargs="+", default=None, help="class ids (class-conditional models)")
-    g.add_argument("--images_per_class", type=int, default=1, help="with --classes (default: 1)")
+    g.add_argument("--classes", type=nonneg_int, nargs="+", default=None, help="class ids (class-conditional models)")
+    g.add_argument("--images_per_class", type=positive_int, default=1, help="with --classes (default: 1)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset_root", default=None, help="root of the datasets (default: $DATASET_ROOT)")
     g.add_argument("--split", default=None, help="split whose items are generated (default: the eval split)")
     g.add_argument("--data_dir", default=None, help="--dataset folder: folder with one sub-folder per class")
     g.add_argument("--prompts_csv", default=None, help="prompt CSV (prompt,classname,classidx) for class prompts")
-    g.add_argument("--max_images", type=int, default=None, help="only this many items, spread evenly")
+    g.add_argument("--max_images", type=positive_int, default=None, help="only this many items, spread evenly")
     g.add_argument("--real_dir", default=None, help="real-image folder the run will be scored against (checked)")
 
     g = p.add_argument_group("model")
@@ -73,22 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on Ampere+ GPUs (recorded)")
-    g.add_argument("--cpu_threads", type=int, default=None, help="torch intra-op CPU threads")
+    g.add_argument("--cpu_threads", type=positive_int, default=None, help="torch intra-op CPU threads")
 
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", default=None, choices=sorted(SAMPLERS), help="default: euler (SD), ddim (DiT)")
     g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default: {DEFAULT_STEPS})")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (SD 7.5, DiT 4.0)")
-    g.add_argument("--batch_size", type=int, default=4, help="images per batch (default: 4)")
-    g.add_argument("--seed", type=int, default=0, help="batch b uses seed + b")
+    g.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance (SD 7.5, DiT 4.0)")
+    g.add_argument("--batch_size", type=positive_int, default=4, help="images per batch (default: 4)")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="batch b uses seed + b")
     add_reduction_args(p)
 
     g = p.add_argument_group("outputs, resumption, sharding")
     g.add_argument("--output_dir", default="results/generation", help="base folder of runs")
     g.add_argument("--run_dir", default=None, help="explicit run folder (default: derived from every setting)")
     g.add_argument("--summary_csv", default=None, help="summary CSV (default: <output_dir>/summary.csv)")
-    g.add_argument("--n_workers", type=int, default=1, help="independent jobs sharing the batches")
-    g.add_argument("--worker_idx", type=int, default=0, help="this job's index in [0, n_workers)")
+    g.add_argument("--n_workers", type=positive_int, default=1, help="independent jobs sharing the batches")
+    g.add_argument("--worker_idx", type=nonneg_int, default=0, help="this job's index in [0, n_workers)")
     g.add_argument("--no_flops", action="store_true", help="skip the FLOPs measurement")
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
     g.add_argument("--dry_run", "--dry-run", action="store_true", help="validate, print the plan, exit")
@@ -109,8 +113,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"choose exactly one of --dataset, --prompts_file, --classes (got {sources or 'none'})")
     if args.dataset is not None:
         check_dataset_args(args.dataset, args.dataset_root, args.data_dir, args.split)
-    if args.guidance is not None and args.guidance < 0:
-        raise ValueError(f"--guidance must be >= 0; got {args.guidance}")
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise ValueError(f"--guidance must be a finite number >= 0; got {args.guidance}")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1; got {args.steps}")
     if args.batch_size < 1:
@@ -128,6 +132,9 @@ def validate_args(args: argparse.Namespace) -> None:
         if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
             raise FileNotFoundError(f"--model_path {folder} is not a readable folder (a diffusers or testbed "
                                     "model folder: model_index.json or unet/ or transformer/, plus scheduler/)")
+    check_output_dir(args.output_dir, "--output_dir")
+    check_output_dir(args.run_dir, "--run_dir")
+    check_output_file(args.summary_csv, "--summary_csv")
     validate_reduction(args)  # unknown, foreign or out-of-range reducer options, before model work
 
 
@@ -225,25 +232,27 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def count_flops(model: Any, schedule: Schedule, guidance: float, item: Item) -> float:
-    """Denoiser FLOPs to generate one image (every step, guidance rows included; no text encoder or VAE)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Denoiser FLOPs to generate one image (every step, guidance rows included; no text encoder or VAE), counted
+    by `eval.flops.count_flops` (CPU SDPA included)."""
+    from eval.flops import count_flops as count
 
     cond, uncond = _conditions(model, [item], guidance)
     x = initial_noise((1, model.in_channels, model.sample_size, model.sample_size), schedule,
                       torch.Generator().manual_seed(0), model.device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        SAMPLERS[schedule.name](guided_eps_fn(model, cond, uncond, guidance), x, schedule)
-    return float(counter.get_total_flops())
+    sample = SAMPLERS[schedule.name]
+    return float(count(lambda: sample(guided_eps_fn(model, cond, uncond, guidance), x, schedule)).total)
 
 
 def _finished(images_dir: Path, index: int, fingerprint: str) -> bool:
-    """An image is finished when its PNG exists and its record (written last) carries the run's fingerprint."""
+    """An image is finished when its record (written last) carries the run's fingerprint and its PNG has the
+    size and sha256 the record stores (a truncated or replaced PNG is regenerated)."""
     rec, png = images_dir / f"{index:06d}.json", images_dir / f"{index:06d}.png"
-    if not (rec.is_file() and png.is_file()):
-        return False
     try:
-        return json.loads(rec.read_text()).get("fingerprint") == fingerprint
-    except (OSError, ValueError):
+        meta = json.loads(rec.read_text())
+        if meta.get("fingerprint") != fingerprint or png.stat().st_size != meta.get("png_bytes"):
+            return False
+        return hashlib.sha256(png.read_bytes()).hexdigest() == meta.get("png_sha256")
+    except (OSError, ValueError, AttributeError):
         return False
 
 
@@ -300,7 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     images_dir = run_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     settings = {
-        "model": model.name, "model_source": model.source, "kind": model.kind, "dtype": dtype_name,
+        "model": model.name, "model_identity": model_identity(model.source), "kind": model.kind, "dtype": dtype_name,
         "image_size": model.image_size, "sampler": sampler, "steps": args.steps, "guidance": guidance,
         "seed": args.seed, "batch_size": args.batch_size, "method": tomesd.canonical_name(args.method),
         "reduction": run_reduction_tag(args), "reduction_options": report.options if report else {},
@@ -308,7 +317,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "items_sha": config_fingerprint({"items": [asdict(it) for it in items]}),
     }
     fingerprint = config_fingerprint(settings)
+    for folder in (run_dir, images_dir):  # temp files of killed writers
+        clean_stale_tmp(folder)
     atomic_write_json(run_dir / "config.json", {**settings, "fingerprint": fingerprint, "attention": attention,
+                                                "model_source": model.source,
                                                 "patch": report.to_dict() if report else None})
     from bigain.config import save_effective_config
 
@@ -326,23 +338,31 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     from tqdm import tqdm
 
-    stats, written = CallStats(), 0
+    stats, written, sampled, held = CallStats(), 0, 0, 0
     for b in tqdm(todo, desc=f"generate {shard}/{n_shards}", unit="batch", disable=args.no_progress):
-        tomesd.reseed(model.denoiser, reduction_seed + b)
-        images = to_uint8(sample_batch(model, batches[b], schedule, guidance, args.seed + b, stats))
-        for row, (it, img) in enumerate(zip(batches[b], images)):
-            if _finished(images_dir, it.index, fingerprint):
-                continue  # finished by an earlier, interrupted run: never rewritten
-            atomic_write_bytes(images_dir / f"{it.index:06d}.png", png_bytes(img))
-            record = {**asdict(it), "file": f"{it.index:06d}.png", "batch_index": b, "row": row,
-                      "seed": args.seed + b, "reduction_seed": reduction_seed + b, "fingerprint": fingerprint,
-                      **{k: settings[k] for k in ("model", "sampler", "steps", "guidance", "method", "reduction",
-                                                   "reduction_options", "image_size", "dtype")}}
-            atomic_write_json(images_dir / f"{it.index:06d}.json", record)
-            written += 1
+        with try_lock(run_dir / ".locks" / f"batch{b:06d}.lock") as held_here:
+            if not held_here:  # another live process is sampling this batch
+                held += len(batches[b])
+                continue
+            if all(_finished(images_dir, it.index, fingerprint) for it in batches[b]):
+                continue  # finished by another process since the scan
+            tomesd.reseed(model.denoiser, reduction_seed + b)
+            images = to_uint8(sample_batch(model, batches[b], schedule, guidance, args.seed + b, stats))
+            sampled += len(batches[b])  # a partly finished batch is sampled whole
+            for row, (it, img) in enumerate(zip(batches[b], images)):
+                if _finished(images_dir, it.index, fingerprint):
+                    continue  # finished by an earlier, interrupted run: never rewritten
+                data = png_bytes(img)
+                atomic_write_bytes(images_dir / f"{it.index:06d}.png", data)
+                record = {**asdict(it), "file": f"{it.index:06d}.png", "batch_index": b, "row": row,
+                          "seed": args.seed + b, "reduction_seed": reduction_seed + b, "fingerprint": fingerprint,
+                          "png_bytes": len(data), "png_sha256": hashlib.sha256(data).hexdigest(),
+                          **{k: settings[k] for k in ("model", "sampler", "steps", "guidance", "method", "reduction",
+                                                       "reduction_options", "image_size", "dtype")}}
+                atomic_write_json(images_dir / f"{it.index:06d}.json", record)
+                written += 1
 
     wall = time.perf_counter() - wall_start
-    sampled = sum(len(batches[b]) for b in todo)  # a partly finished batch is sampled whole
     calls_per_image = schedule.steps
     row = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(run_dir), "model": model.name,
@@ -353,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "images_skipped": sum(len(batches[b]) for b in mine) - sum(len(batches[b]) for b in todo),
         "calls": stats.calls, "calls_per_image": calls_per_image, "rows_per_call_per_image": 2 if guidance != 1.0 else 1,
         "model_time_s": round(stats.seconds, 4), "wall_time_s": round(wall, 3),
-        "images_sampled": sampled,
+        "images_sampled": sampled, "images_held_elsewhere": held, "fingerprint": fingerprint,
         "model_time_per_image_s": round(stats.seconds / sampled, 5) if sampled else "",
         "wall_time_per_image_s": round(wall / sampled, 5) if sampled else "",
         "flops_per_image": f"{flops_per_image:.4g}" if flops_per_image else "",
@@ -366,15 +386,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     return row
 
 
-def _cli() -> None:
-    """Entry point with clean errors for bad input."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 if __name__ == "__main__":
-    _cli()
+    run_cli(main)

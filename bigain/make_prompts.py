@@ -202,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--folder", help="write <folder>/prompts.csv for a class-per-sub-folder dataset and exit")
     p.add_argument("--template", default="a photo of a {}.", help="template for --folder ({} = class name)")
     args = p.parse_args(argv)
+    from bigain.cli import check_output_dir
 
+    check_output_dir(args.folder or args.out_dir, "--folder" if args.folder else "--out_dir")
     if args.folder:
         folder = Path(args.folder)
         names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -223,4 +225,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bigain.cli import run_cli
+
+    run_cli(main)

@@ -7,6 +7,7 @@ recomputed. No pickles: arrays plus a JSON string.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -16,7 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,11 +27,13 @@ __all__ = [
     "append_csv_row",
     "atomic_write_bytes",
     "atomic_write_json",
+    "clean_stale_tmp",
     "config_fingerprint",
     "load_record",
     "merge_records",
     "record_path",
     "save_record",
+    "try_lock",
 ]
 
 RECORD_VERSION = 1
@@ -78,25 +81,73 @@ def config_fingerprint(config: dict) -> str:
 
 
 def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
-    """Append one row (header written when the file is new; columns are the union, in first-seen order)."""
+    """Append one row (header written when the file is new; columns are the union, in first-seen order).
+
+    Safe for concurrent writers: the whole read-modify-write holds `<csv>.lock`; a file whose last
+    line lacks its newline (a killed writer) gets one first, so the new row never glues onto it.
+    """
+    from filelock import FileLock
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file() and path.stat().st_size > 0:
+    with FileLock(str(path) + ".lock", timeout=600):
+        if not (path.is_file() and path.stat().st_size > 0):
+            _write_csv(path, list(row), [row])
+            return path
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
         if set(row) - set(header):  # new columns: rewrite the file with the wider header
             with open(path, newline="", encoding="utf-8") as f:
                 old = list(csv.DictReader(f))
             header = header + [k for k in row if k not in header]
-            rows = old + [row]
-            _write_csv(path, header, rows)
+            _write_csv(path, header, old + [row])
             return path
         line = _csv_line(header, row)
-        with open(path, "a", encoding="utf-8", newline="") as f:  # one short O_APPEND write per row
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) not in (b"\n", b"\r"):
+                line = "\n" + line
+        with open(path, "a", encoding="utf-8", newline="") as f:
             f.write(line)
-        return path
-    _write_csv(path, list(row), [row])
+            f.flush()
+            os.fsync(f.fileno())
     return path
+
+
+def clean_stale_tmp(folder: str | Path, max_age_s: float = 3600.0) -> int:
+    """Delete `atomic_write_bytes` temp files (`.<name>.*.tmp`) older than `max_age_s` left by killed runs; returns the count."""
+    import time
+
+    folder, removed, now = Path(folder), 0, time.time()
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > max_age_s:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process cleaned it first
+            pass
+    return removed
+
+
+@contextlib.contextmanager
+def try_lock(path: str | Path) -> Iterator[bool]:
+    """Non-blocking exclusive lock on `path` (a lock file): yields True when this process holds it, False when another does."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def _csv_line(header: Sequence[str], row: dict[str, Any]) -> str:

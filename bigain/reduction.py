@@ -9,27 +9,28 @@ import argparse
 from typing import Any, Optional
 
 import tomesd
+from bigain.cli import finite_float, nonneg_int, positive_int
 
 # flag -> (type, help). `None`-typed entries are booleans given as true/false.
 REDUCTION_FLAGS: dict[str, tuple[Any, str]] = {
-    "ratio": (float, "fraction of tokens merged (tome, bigain_tm) or pruned (sito), in [0, 1)"),
-    "df": (int, "K/V downsample factor (todo, bigain_td), >= 1"),
-    "df_level2": (int, "K/V downsample factor at U-Net level 2 (default: df)"),
-    "alpha": (float, "bigain_td blend: 1 = nearest (ToDo), 0 = avg pool, >1 extrapolates"),
+    "ratio": (finite_float, "fraction of tokens merged (tome, bigain_tm) or pruned (sito), in [0, 1)"),
+    "df": (positive_int, "K/V downsample factor (todo, bigain_td), >= 1"),
+    "df_level2": (positive_int, "K/V downsample factor at U-Net level 2 (default: df)"),
+    "alpha": (finite_float, "bigain_td blend: 1 = nearest (ToDo), 0 = avg pool, >1 extrapolates"),
     "alpha_schedule": (None, "bigain_td: alpha follows the timestep (alpha_start at t=999 -> alpha_end at t=0)"),
-    "alpha_start": (float, "bigain_td schedule: alpha at t=999"),
-    "alpha_end": (float, "bigain_td schedule: alpha at t=0"),
+    "alpha_start": (finite_float, "bigain_td schedule: alpha at t=999"),
+    "alpha_end": (finite_float, "bigain_td schedule: alpha at t=0"),
     "mode": (str, "todo downsampling: nearest-exact, nearest, avg_pool, max_pool, area, bilinear, bicubic"),
-    "stop_threshold": (float, "todo/bigain_td: compress only samples with t/1000 > this"),
-    "max_downsample": (int, "U-Nets: reduce blocks at downsample level <= this (1: finest level only)"),
+    "stop_threshold": (finite_float, "todo/bigain_td: compress only samples with t/1000 > this"),
+    "max_downsample": (positive_int, "U-Nets: reduce blocks at downsample level <= this (1: finest level only)"),
     "blocks": (str, "DiT/PixArt: 'all' or comma-separated block indices (default: the method's pattern)"),
-    "sx": (int, "block stride along width"),
-    "sy": (int, "block stride along height"),
+    "sx": (positive_int, "block stride along width"),
+    "sy": (positive_int, "block stride along height"),
     "use_rand": (None, "tome: random destination inside each block"),
     "laplacian_norm": (str, "bigain_tm: channel aggregation of the Laplacian, l1 or l2"),
     "strip_layout": (None, "bigain_tm: reproduce the published code's 1 x sx*sy strip view"),
-    "noise_alpha": (float, "sito: weight of the seeded score noise"),
-    "sim_beta": (float, "sito: weight of the similarity-graph degree"),
+    "noise_alpha": (finite_float, "sito: weight of the seeded score noise"),
+    "sim_beta": (finite_float, "sito: weight of the similarity-graph degree"),
     "merge_attn": (None, "token methods: reduce self-attention"),
     "merge_crossattn": (None, "token methods: also reduce cross-attention"),
     "merge_mlp": (None, "token methods: also reduce the feed-forward"),
@@ -53,9 +54,12 @@ def parse_blocks(text: Any) -> Any:
     if text.strip().lower() == "all":
         return "all"
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        blocks = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
         raise ValueError(f"blocks={text!r}: expected 'all' or comma-separated integers") from err
+    if not blocks:
+        raise ValueError(f"blocks={text!r} names no block: expected 'all' or comma-separated integers")
+    return blocks
 
 
 def add_reduction_args(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +67,7 @@ def add_reduction_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("token reduction (tomesd.apply_patch)")
     group.add_argument("--method", default="none", type=str.lower,
                        choices=tomesd.list_methods(include_aliases=True), help="token reducer (default: none)")
-    group.add_argument("--reduction_seed", type=int, default=None,
+    group.add_argument("--reduction_seed", type=nonneg_int, default=None,
                        help="seed of the reducer's own generator (default: the run's --seed)")
     for name, (kind, text) in REDUCTION_FLAGS.items():
         group.add_argument(f"--{name}", type=parse_bool if kind is None else kind, default=None, help=text)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from bigain.cli import check_output_dir, nonneg_int, positive_int, run_cli
 from bigain.config import atomic_write_text, option_actions, read_yaml_mapping, validate_config
 from bigain.reduction import reduction_kwargs, reduction_tag
 
@@ -51,7 +52,9 @@ class PlannedRun:
 
     @property
     def options_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.options, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of the options and of the content of the files they name (model folder weights, prompt files)."""
+        inputs = {"options": self.options, "inputs": input_identities(self.options)}
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def is_done(self) -> bool:
         marker = self.run_dir / DONE_MARKER
@@ -59,6 +62,27 @@ class PlannedRun:
             return json.loads(marker.read_text()).get("options_hash") == self.options_hash
         except (OSError, ValueError):
             return False
+
+
+PATH_OPTIONS = ("model_path", "prompts_csv", "prompts_file", "config")
+
+
+def input_identities(options: dict[str, Any]) -> dict[str, Any]:
+    """Content identity of the local inputs a run's options name: a model folder's weights (bigain.identity), a
+    file's sha256; so a sweep cell whose model or prompts changed since it finished is run again."""
+    from bigain.identity import model_identity
+    from bigain.records import file_digest
+
+    out: dict[str, Any] = {}
+    for key in PATH_OPTIONS:
+        values = options.get(key)
+        for value in values if isinstance(values, list) else [values]:
+            path = Path(str(value)).expanduser() if value is not None else None
+            if path is not None and path.is_dir():
+                out[f"{key}:{value}"] = model_identity(path) if key == "model_path" else str(path)
+            elif path is not None and path.is_file():
+                out[f"{key}:{value}"] = file_digest(path)
+    return out
 
 
 def load_part(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
@@ -174,12 +198,13 @@ def print_plan(runs: Sequence[PlannedRun], mine: Sequence[int]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bigain.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="sweep YAML file")
     parser.add_argument("--plan", "--dry-run", dest="plan", action="store_true", help="print the runs; run nothing")
     parser.add_argument("--output_dir", default=None, help="override the sweep's output_dir")
-    parser.add_argument("--n_workers", type=int, default=1, help="number of workers sharing the sweep")
-    parser.add_argument("--worker_idx", type=int, default=0, help="this worker's index in [0, n_workers)")
+    parser.add_argument("--n_workers", type=positive_int, default=1, help="number of workers sharing the sweep")
+    parser.add_argument("--worker_idx", type=nonneg_int, default=0, help="this worker's index in [0, n_workers)")
     parser.add_argument("--keep_going", action="store_true", help="continue after a failed run")
     return parser
 
@@ -189,7 +214,11 @@ def main(argv: Optional[Sequence[str]] = None, runner: Optional[Callable[[str, l
     args = build_parser().parse_args(argv)
     if not 0 <= args.worker_idx < args.n_workers:
         raise ValueError(f"--worker_idx must be in [0, {args.n_workers}), got {args.worker_idx}")
+    check_output_dir(args.output_dir, "--output_dir")
     runs = plan_sweep(args.sweep, args.output_dir)
+    if not args.plan:
+        for base in {r.run_dir.parents[3] for r in runs}:
+            check_output_dir(base, "sweep output_dir")
     mine = [i for i in range(len(runs)) if i % args.n_workers == args.worker_idx]
     if args.plan:
         print_plan(runs, mine)
@@ -212,4 +241,4 @@ def main(argv: Optional[Sequence[str]] = None, runner: Optional[Callable[[str, l
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

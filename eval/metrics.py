@@ -310,14 +310,16 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
 
 def build_parser() -> argparse.ArgumentParser:
     """CLI options; defaults come from DEFAULTS."""
+    from bigain.cli import positive_int
+
     p = argparse.ArgumentParser(prog="python -m eval.metrics", description=__doc__.split("\n\n")[0])
     p.add_argument("--gen", required=True, help="folder of generated images (+ <stem>.json records)")
     p.add_argument("--ref", default=None,
                    help=f"folder of real images, or one of {sorted(REFERENCES)} (optionally NAME:SPLIT)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(DEFAULTS["metrics"]))
     p.add_argument("--out", default=None, help="JSON output (default: <gen>/metrics.json)")
-    p.add_argument("--resize", type=int, default=DEFAULTS["resize"], help="common size (default: generated size)")
-    p.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--resize", type=positive_int, default=DEFAULTS["resize"], help="common size (default: generated size)")
+    p.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--device", default=DEFAULTS["device"])
     p.add_argument("--inception_weights", default=None,
                    help="torch-fidelity Inception weights (.pth or .safetensors); default: hub cache, download, "
@@ -326,9 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain_extractor", default=None, choices=ext.list_domain_extractors())
     p.add_argument("--clip_model", default=None, help="local folder or hub id of a CLIP model")
     p.add_argument("--dataset_root", default=None, help="DATASET_ROOT for named references")
-    p.add_argument("--max_reference", type=int, default=None, help="use N reference images, evenly spread")
-    p.add_argument("--kid_subset_size", type=int, default=DEFAULTS["kid_subset_size"])
-    p.add_argument("--kid_subsets", type=int, default=DEFAULTS["kid_subsets"])
+    p.add_argument("--max_reference", type=positive_int, default=None, help="use N reference images, evenly spread")
+    p.add_argument("--kid_subset_size", type=positive_int, default=DEFAULTS["kid_subset_size"])
+    p.add_argument("--kid_subsets", type=positive_int, default=DEFAULTS["kid_subsets"])
     p.add_argument("--cache_root", default=None, help="reference feature cache (default: $BIGAIN_CACHE/fid_stats)")
     p.add_argument("--no_cache", action="store_true")
     p.add_argument("--verbose", action="store_true")
@@ -343,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from bigain.config import parse_args_with_config
 
     args = parse_args_with_config(build_parser(), argv)
+    from bigain.cli import check_output_file
+
+    check_output_file(args.out, "--out")
     opts = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
     opts["use_cache"] = not args.no_cache
     try:
@@ -358,4 +363,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from bigain.cli import run_cli
+
+    run_cli(main)

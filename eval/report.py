@@ -68,6 +68,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     from bigain.config import parse_args_with_config
 
     args = parse_args_with_config(build_parser(), argv)
+    from bigain.cli import check_output_dir
+
+    check_output_dir(args.out, "--out")
     try:
         df = collect_rows(args.runs, baseline=args.baseline)
         written = write_tables(df, args.out, args.metric, args.columns, args.formats, args.task, args.baseline)
@@ -86,4 +89,6 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    from bigain.cli import run_cli
+
+    run_cli(main)

@@ -1,4 +1,4 @@
-"""Speed, FLOPs and memory of token reduction against the unpatched SDPA baseline (protocol §3).
+"""Speed, FLOPs and memory of token reduction against the unpatched SDPA baseline (docs/protocol.md §3).
 
 For each model x resolution x batch ("case") the baseline and every method setting are timed in
 the same process, interleaved round by round (each round times one call of every setting in a
@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+
+from bigain.cli import check_output_dir, fraction, nonneg_int, positive_int, run_cli
 
 from .speed_cases import BASELINE, DF_METHODS, METHODS, PRESET_FLAGS, PRESETS, RATIO_METHODS, Case, Setting, grid, \
     make_settings, parse_model, preset_cases  # noqa: F401
@@ -212,7 +214,7 @@ def cases_from_args(args: argparse.Namespace) -> list[Case]:
             cases = [c for c in cases if c.batch in args.batches]
         return cases
     if not args.models:
-        raise SystemExit("give --preset or --models")
+        raise ValueError("give --preset or --models")
     resolutions = args.resolutions or [parse_model(args.models[0]).resolution]
     return grid(args.models, resolutions, args.batches or [2], **settings_args)
 
@@ -225,21 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=DEFAULTS["models"],
                    help="model_zoo names, optionally shrunk: sd2@w0.25 (U-Net widths), dit-xl-2-256@L4 (blocks)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=DEFAULTS["methods"])
-    p.add_argument("--ratios", nargs="+", type=float, default=DEFAULTS["ratios"])
-    p.add_argument("--dfs", nargs="+", type=int, default=DEFAULTS["dfs"])
-    p.add_argument("--max-downsample", nargs="+", type=int, default=DEFAULTS["max_downsample"])
+    p.add_argument("--ratios", nargs="+", type=fraction, default=DEFAULTS["ratios"])
+    p.add_argument("--dfs", nargs="+", type=positive_int, default=DEFAULTS["dfs"])
+    p.add_argument("--max-downsample", nargs="+", type=positive_int, default=DEFAULTS["max_downsample"])
     p.add_argument("--blocks", nargs="+", choices=["published", "all"], default=DEFAULTS["blocks"],
                    help="DiT/PixArt block patterns")
-    p.add_argument("--resolutions", nargs="+", type=int, default=DEFAULTS["resolutions"])
-    p.add_argument("--batches", nargs="+", type=int, default=DEFAULTS["batches"], help="default 2 (the CFG pair)")
+    p.add_argument("--resolutions", nargs="+", type=positive_int, default=DEFAULTS["resolutions"])
+    p.add_argument("--batches", nargs="+", type=positive_int, default=DEFAULTS["batches"], help="default 2 (the CFG pair)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=DEFAULTS["dtype"])
     p.add_argument("--device", default=DEFAULTS["device"])
-    p.add_argument("--repeats", type=int, default=DEFAULTS["repeats"], help="timed rounds (median)")
-    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="warm-up calls per setting")
-    p.add_argument("--threads", type=int, default=DEFAULTS["threads"],
+    p.add_argument("--repeats", type=positive_int, default=DEFAULTS["repeats"], help="timed rounds (median)")
+    p.add_argument("--warmup", type=nonneg_int, default=DEFAULTS["warmup"], help="warm-up calls per setting")
+    p.add_argument("--threads", type=positive_int, default=DEFAULTS["threads"],
                    help="torch CPU threads (default: torch's choice); 1 on a shared machine, where waiting "
                         "for a busy second core stalls every parallel op")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"])
     p.add_argument("--out", default=DEFAULTS["out"])
     p.add_argument("--dry-run", action="store_true", help="list the cases and the number of forward calls, run nothing")
     p.add_argument("--no-upstream", dest="upstream", action="store_false", help="skip upstream tomesd")
@@ -257,6 +259,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = cases_from_args(args)
+    if not cases:
+        raise ValueError("no case left: the --models / --resolutions / --batches filters exclude every preset case")
+    if not args.dry_run:
+        check_output_dir(args.out, "--out")
     if args.dry_run:
         per_setting = args.warmup + args.repeats + 2 + BREAKDOWN_CALLS * int(args.breakdown)  # + 2 FLOP counts
         runs = sum(len(c.settings) + 1 for c in cases)
@@ -283,4 +289,4 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

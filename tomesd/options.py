@@ -1,6 +1,7 @@
 """Validated, frozen option dataclasses: the knobs every reducer shares, and their checks."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Sequence, Union
 
@@ -41,6 +42,8 @@ class PlacementOptions:
             check_choice("blocks", self.blocks, ["all"])
         elif self.blocks is not None:
             blocks = tuple(self.blocks)
+            if not blocks:
+                raise ValueError("blocks=[] selects no block; give None (the method's pattern), 'all' or block indices")
             if not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
                 raise ValueError(f"blocks={self.blocks!r} must be None, 'all' or a list of integers")
             object.__setattr__(self, "blocks", blocks)
@@ -61,6 +64,12 @@ def build_options(cls: type, method: str, values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for method {method!r}; allowed: {allowed}")
+    defaults = {f.name: f.default for f in fields(cls)}
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} must be a finite number (method {method!r})")
+        if isinstance(defaults[name], bool) and not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be True or False (method {method!r})")
     return cls(**values)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -141,6 +142,8 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
     """
     name = canonical_name(method)
     reducer = get_reducer(name)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"seed={seed!r} must be None or an integer")
     if ratio is not None:
         if "ratio" not in [f for f in reducer.Options.__dataclass_fields__]:
             raise ValueError(f"method {name!r} takes no ratio; its options are {list(reducer.Options.__dataclass_fields__)}")
@@ -152,6 +155,8 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
     if reducer.plan_kind == "none":
         return PatchReport(name, {}, type(denoiser).__name__, backbone.family, [], {})
     sites = select_sites(backbone, opts.max_downsample, opts.blocks, reducer.default_blocks)
+    if not sites:
+        raise ValueError(f"method {name!r} would patch no block of {type(denoiser).__name__} (options {as_dict(opts)})")
     report = PatchReport(
         name, as_dict(opts), type(denoiser).__name__, backbone.family, [s.name for s in sites],
         summarize_levels(backbone, sites, reducer, opts),
