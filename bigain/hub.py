@@ -20,6 +20,7 @@ __all__ = [
     "download_snapshot",
     "hub_cache_dir",
     "hub_offline",
+    "missing_components",
     "select_repo_files",
     "weight_format",
 ]
@@ -66,6 +67,16 @@ def weight_format(folder: str | Path, component: str) -> str | None:
         return None
     names = [f"{component}/{p.name}" for p in comp_dir.iterdir()]
     return next((fmt for fmt in FORMATS if _weight_files(names, component, fmt)), None)
+
+
+def missing_components(folder: str | Path) -> list[str]:
+    """Weight-bearing components model_index.json lists whose config or weights are absent (a partial download)."""
+    import json
+
+    index_file = Path(folder) / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    return [c for c in WEIGHT_COMPONENTS if isinstance(index.get(c), list) and index[c][0] is not None
+            and (not (Path(folder) / c / "config.json").is_file() or weight_format(folder, c) is None)]
 
 
 def select_repo_files(repo_files: Iterable[str]) -> list[str]:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .hub import CachedSnapshot, cached_snapshot, download_snapshot, hub_cache_dir, hub_offline, weight_format
+from .hub import (CachedSnapshot, cached_snapshot, download_snapshot, hub_cache_dir, hub_offline,
+                  missing_components, weight_format)
 from .loaded_model import LoadedModel
 
 __all__ = [
@@ -287,14 +288,18 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
 
 
 def _find_snapshot(name: str, hub_ids: list[str], tried: list[str]) -> CachedSnapshot:
-    """A cached snapshot under any of `hub_ids`, else a download of the first one unless offline."""
-    cache = hub_cache_dir()
+    """A complete cached snapshot under any of `hub_ids`, else a download of the first one unless offline."""
+    cache, partial = hub_cache_dir(), None
     for hub_id in hub_ids:
-        tried.append(f"HF cache {cache} (repo {hub_id})")
         found = cached_snapshot(hub_id)
-        if found is not None:
+        missing = missing_components(found.folder) if found else []
+        tried.append(f"HF cache {cache} (repo {hub_id})" + (f": partial, lacks {', '.join(missing)}" if missing else ""))
+        if found is not None and not missing:
             return found
+        partial = partial or found
     if hub_offline():
+        if partial is not None:  # loading it names what is missing
+            return partial
         tried.append("the Hugging Face hub: skipped, HF_HUB_OFFLINE is set")
         raise ModelNotFoundError(_missing_message(name, tried, None, hub_ids[0]))
     tried.append(f"the Hugging Face hub (https://huggingface.co/{hub_ids[0]})")

@@ -210,3 +210,26 @@ def test_check_image_size(tmp_path, tiny_sd):
         check_image_size(sd, 42)
     with pytest.raises(ValueError, match="multiple"):
         check_image_size(sd, 0)
+
+
+def test_partial_cache_copy_is_completed_online_and_named_offline(tmp_path, monkeypatch):
+    """A cached snapshot without its weights (an interrupted download): online it is fetched, offline named."""
+    import shutil
+
+    import huggingface_hub
+
+    src = build_tiny_dit(tmp_path / "src", num_classes=10)
+    cache = tmp_path / "hub"
+    snap = install_in_hf_cache(src, cache, "facebook/DiT-XL-2-512")
+    shutil.rmtree(snap / "transformer")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match=r"partial, lacks transformer(.|\n)*incomplete"):
+        load_model("dit-512", dtype="fp32", device="cpu")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    files = [str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()]
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns=None, cache_dir=None, **kw:
+                        str(install_in_hf_cache(src, cache_dir, repo_id, revision="f" * 40)))
+    m = load_model("dit-512", dtype="fp32", device="cpu")
+    assert m.revision == "f" * 40 and m.hub_id == "facebook/DiT-XL-2-512"
