@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["FLAT_IMAGENET_VAL_HINT", "TORCHVISION_LAYOUTS", "bad_image_files", "class_folder_problem",
+__all__ = ["FLAT_IMAGENET_VAL_HINT", "TORCHVISION_LAYOUTS", "bad_image_files", "class_folder_problem", "coco_problem",
            "imagenet_wnids", "torchvision_layout_problem", "without_download_hint"]
 
 WNIDS_FILE = Path(__file__).resolve().parent / "prompts" / "imagenet_wnids.txt"
@@ -94,6 +94,21 @@ def torchvision_layout_problem(name: str, root: Path, split: str) -> str | None:
     if root.name == Path(sub).parts[0]:
         return f"DATASET_ROOT {root} looks like the {sub} folder itself; set DATASET_ROOT to its parent"
     return f"missing under {base}: {', '.join(missing)}"
+
+
+def coco_problem(root: Path) -> str | None:
+    """What is wrong with $DATASET_ROOT/coco/{annotations/instances_val2017.json, images/val2017/} (the zips unpack
+    as annotations/ and val2017/, so the usual mistakes are a missing coco/ folder or val2017/ outside images/)."""
+    ann, images = Path("annotations") / "instances_val2017.json", Path("images") / "val2017"
+    base = root / "coco"
+    problems = []
+    if not (base / ann).is_file():
+        where = next((p for p in (root / ann, root / "coco" / "instances_val2017.json") if p.is_file()), None)
+        problems.append(f"{base / ann} not found" + (f" (found {where}: move it there)" if where else ""))
+    if not (base / images).is_dir():
+        where = next((p for p in (base / "val2017", root / "val2017", root / images) if p.is_dir()), None)
+        problems.append(f"{base / images}/ not found" + (f" (found {where}/: move it there)" if where else ""))
+    return "; ".join(problems) or None
 
 
 def without_download_hint(message: str) -> str:

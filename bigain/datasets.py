@@ -23,6 +23,7 @@ from .dataset_layouts import (
     TORCHVISION_LAYOUTS,
     bad_image_files,
     class_folder_problem,
+    coco_problem,
     imagenet_wnids,
     torchvision_layout_problem,
     without_download_hint,
@@ -302,8 +303,9 @@ def _coco(root: Path) -> tuple[list[Path], list[list[int]], list[str]]:
     """COCO-2017 val: image paths, sorted multi-labels (0..79 in category-id order), category names."""
     ann = root / "coco" / "annotations" / "instances_val2017.json"
     img_dir = root / "coco" / "images" / "val2017"
-    if not ann.is_file() or not img_dir.is_dir():
-        raise _layout_error("coco2017", f"missing {ann if not ann.is_file() else img_dir}")
+    problem = coco_problem(root)
+    if problem:
+        raise _layout_error("coco2017", problem)
     data = json.loads(ann.read_text())
     cats = sorted(data["categories"], key=lambda c: c["id"])
     cat_to_idx = {c["id"]: i for i, c in enumerate(cats)}

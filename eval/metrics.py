@@ -320,7 +320,10 @@ def check_metrics(reference: str | Path | None, gen_files: Sequence[Path] | None
 
 def build_parser() -> argparse.ArgumentParser:
     """CLI options; defaults come from DEFAULTS."""
-    p = argparse.ArgumentParser(prog="python -m eval.metrics", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m eval.metrics", description=__doc__.split("\n\n")[0],
+                                epilog="exit status: 0 every requested metric computed; 3 some skipped for missing "
+                                       "prerequisites (listed with reasons under \"skipped\" in the JSON, the "
+                                       "others written); 2 bad input, nothing computed")
     p.add_argument("--gen", required=True, help="folder of generated images (+ <stem>.json records)")
     p.add_argument("--ref", default=None,
                    help=f"folder of real images, or one of {sorted(REFERENCES)} (optionally NAME:SPLIT)")

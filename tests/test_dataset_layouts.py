@@ -108,3 +108,14 @@ def test_prompt_csv_with_non_integer_classidx_names_file_and_line(tmp_path):
     path.write_text("prompt,classname,classidx\na cat,cat,0\na dog,dog,one\n")
     with pytest.raises(DatasetLayoutError, match=rf"{path}, line 3: classidx 'one' is not an integer"):
         load_prompts(path)
+
+
+def test_coco_unpacked_as_distributed_says_where_to_move_it(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text("{}")
+    (tmp_path / "coco" / "val2017").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError) as err:
+        build_dataset("coco2017", root=str(tmp_path))
+    text = str(err.value)
+    assert f"found {tmp_path / 'annotations' / 'instances_val2017.json'}: move it there" in text
+    assert f"found {tmp_path / 'coco' / 'val2017'}/: move it there" in text
