@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 __all__ = [
-    "WEIGHT_COMPONENTS",
+    "WEIGHT_STEMS",
     "CachedSnapshot",
     "cached_snapshot",
     "download_snapshot",
@@ -25,15 +25,13 @@ __all__ = [
     "weight_format",
 ]
 
-# component folder -> weight-file stem per format (diffusers models / transformers models)
-WEIGHT_COMPONENTS: dict[str, dict[str, str]] = {
-    "unet": {"safetensors": "diffusion_pytorch_model", "bin": "diffusion_pytorch_model"},
-    "vae": {"safetensors": "diffusion_pytorch_model", "bin": "diffusion_pytorch_model"},
-    "transformer": {"safetensors": "diffusion_pytorch_model", "bin": "diffusion_pytorch_model"},
-    "text_encoder": {"safetensors": "model", "bin": "pytorch_model"},
-}
-FORMATS = ("safetensors", "bin")  # order of preference
-CONFIG_PATTERNS = ("model_index.json", "scheduler/*", "tokenizer/*", "*/config.json")
+# weight-file stems per format: diffusers models, transformers models
+WEIGHT_STEMS: dict[str, tuple[str, ...]] = {"safetensors": ("diffusion_pytorch_model", "model"),
+                                            "bin": ("diffusion_pytorch_model", "pytorch_model")}
+FORMATS = tuple(WEIGHT_STEMS)  # order of preference
+SKIPPED_COMPONENTS = ("safety_checker",)  # never used by the runners (about 1.2 GB in SD 1.x repos)
+CONFIG_PATTERNS = ("model_index.json", "scheduler/*", "tokenizer*/*", "*/config.json")
+NO_WEIGHTS = ("Tokenizer", "TokenizerFast", "Scheduler", "Processor", "FeatureExtractor")  # class-name endings
 
 
 def hub_cache_dir() -> str:
@@ -55,9 +53,11 @@ def hub_offline() -> bool:
 
 def _weight_files(files: Iterable[str], component: str, fmt: str) -> list[str]:
     """`files` that are the component's weights in one format: single file, shards, shard index."""
-    stem = f"{component}/{WEIGHT_COMPONENTS[component][fmt]}"
-    return [f for f in files if f in (f"{stem}.{fmt}", f"{stem}.{fmt}.index.json")
-            or fnmatch.fnmatchcase(f, f"{stem}-*-of-*.{fmt}")]
+    out = []
+    for stem in (f"{component}/{name}" for name in WEIGHT_STEMS[fmt]):
+        out += [f for f in files if f in (f"{stem}.{fmt}", f"{stem}.{fmt}.index.json")
+                or fnmatch.fnmatchcase(f, f"{stem}-*-of-*.{fmt}")]
+    return out
 
 
 def weight_format(folder: str | Path, component: str) -> str | None:
@@ -75,19 +75,21 @@ def missing_components(folder: str | Path) -> list[str]:
 
     index_file = Path(folder) / "model_index.json"
     index = json.loads(index_file.read_text()) if index_file.is_file() else {}
-    return [c for c in WEIGHT_COMPONENTS if isinstance(index.get(c), list) and index[c][0] is not None
-            and (not (Path(folder) / c / "config.json").is_file() or weight_format(folder, c) is None)]
+    wanted = [c for c, v in index.items() if isinstance(v, list) and len(v) == 2 and v[1]
+              and not str(v[1]).endswith(NO_WEIGHTS) and c not in SKIPPED_COMPONENTS]
+    return [c for c in wanted if not (Path(folder) / c / "config.json").is_file() or weight_format(folder, c) is None]
 
 
 def select_repo_files(repo_files: Iterable[str]) -> list[str]:
-    """Files a runner needs from a repo listing: configs, tokenizer, one full-precision weight set per component.
+    """Files a runner needs from a repo listing: configs, tokenizers, one full-precision weight set per component.
 
     Safetensors when the component has them, ``.bin`` otherwise; fp16 / non-EMA / ``.ckpt`` copies and
-    unused components (safety checker) are left out.
+    the safety checker are left out.
     """
     files = list(repo_files)
-    keep = [f for f in files if any(fnmatch.fnmatchcase(f, p) for p in CONFIG_PATTERNS)]
-    for component in WEIGHT_COMPONENTS:
+    keep = [f for f in files if any(fnmatch.fnmatchcase(f, p) for p in CONFIG_PATTERNS)
+            and f.split("/")[0] not in SKIPPED_COMPONENTS]
+    for component in sorted({f.split("/")[0] for f in files if "/" in f} - set(SKIPPED_COMPONENTS)):
         for fmt in FORMATS:
             found = _weight_files(files, component, fmt)
             if found:

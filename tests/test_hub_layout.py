@@ -77,6 +77,15 @@ def test_select_repo_files_takes_bin_when_a_repo_has_no_safetensors():
     assert select_repo_files(sharded) == sorted(sharded)
 
 
+def test_select_repo_files_covers_every_component_folder_and_skips_the_safety_checker():
+    listing = ["model_index.json", "sd3_medium.safetensors", "tokenizer_3/spiece.model", "text_encoder_3/config.json",
+               "text_encoder_3/model-00001-of-00002.safetensors", "text_encoder_3/model-00002-of-00002.safetensors",
+               "text_encoder_3/model.safetensors.index.json", "text_encoder_3/model.fp16-00001-of-00002.safetensors",
+               "safety_checker/config.json", "safety_checker/model.safetensors", "safety_checker/pytorch_model.bin"]
+    assert select_repo_files(listing) == sorted(["model_index.json", "tokenizer_3/spiece.model",
+                                                 "text_encoder_3/config.json", *listing[4:7]])
+
+
 # ----------------------------------------------------------------------------- SD 2 under its ids
 
 
