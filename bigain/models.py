@@ -168,9 +168,9 @@ def _missing_message(name: str, tried: list[str], err: Exception | None, hub_id:
         "(then copy the HF cache, ~/.cache/huggingface/hub, or set HF_HOME / HF_HUB_CACHE)",
         f"  * known versions: {', '.join(MODEL_VERSIONS)}",
     ]
-    if any(h.startswith("stabilityai/stable-diffusion-2") for h in FORMER_HUB_IDS.get(name, ())):
-        lines.append(f"  (Stability AI withdrew {FORMER_HUB_IDS[name][0]} from the hub in November 2025; "
-                     f"{MODEL_VERSIONS[name]} mirrors the same weights, and a cached copy under either id is used)")
+    for former in FORMER_HUB_IDS.get(name, ()):
+        lines.append(f"  ({former} is no longer on the hub; {MODEL_VERSIONS[name]} holds the same weights, "
+                     f"and a cached copy under either id is used)")
     return "\n".join(lines)
 
 

@@ -119,7 +119,7 @@ def test_missing_sd2_names_the_mirror_and_the_hf_command(offline_cache):
         load_model("2-0", device="cpu")
     text = str(err.value)
     assert f"`hf download {SD2_MIRROR}`" in text and "huggingface-cli" not in text
-    assert f"repo {SD2_MIRROR}" in text and f"repo {SD2_FORMER}" in text and "withdrew" in text
+    assert f"repo {SD2_MIRROR}" in text and f"repo {SD2_FORMER}" in text and f"{SD2_FORMER} is no longer on the hub" in text
     with pytest.raises(ModelNotFoundError, match="`hf download facebook/DiT-XL-2-256`"):
         load_model("dit-256", device="cpu")
 
