@@ -12,11 +12,22 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from .dataset_layouts import (
+    TORCHVISION_LAYOUTS,
+    bad_image_files,
+    class_folder_problem,
+    coco_problem,
+    imagenet_wnids,
+    torchvision_layout_problem,
+    without_download_hint,
+)
 
 __all__ = [
     "DATASETS",
@@ -50,8 +61,10 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "imagenet": DatasetInfo("$DATASET_ROOT/imagenet/val/<wnid>/*.JPEG (1000 class folders)", "val", ("val",)),
-    "imagenet100": DatasetInfo("$DATASET_ROOT/imagenet-100/val/<wnid>/*.JPEG (100 class folders)", "val", ("val",)),
+    "imagenet": DatasetInfo("$DATASET_ROOT/imagenet/val/<wnid>/*.JPEG (the 1000 ImageNet class folders named by "
+                            "WordNet id, e.g. n01440764/)", "val", ("val",)),
+    "imagenet100": DatasetInfo("$DATASET_ROOT/imagenet-100/val/<wnid>/*.JPEG (the 100 ImageNet-100 class folders "
+                               "named by WordNet id, e.g. n01558993/)", "val", ("val",)),
     "pets": DatasetInfo("$DATASET_ROOT/oxford-iiit-pet/{images/,annotations/test.txt} (torchvision OxfordIIITPet)",
                         "test", ("test", "trainval")),
     "coco2017": DatasetInfo("$DATASET_ROOT/coco/annotations/instances_val2017.json and "
@@ -68,8 +81,8 @@ DATASETS: dict[str, DatasetInfo] = {
                           "from /usr/share/datasets/fashion-mnist/t10k-*.gz (Debian dataset-fashion-mnist)",
                           "subset", ("subset", "test"), needs_root=False),
     "folder": DatasetInfo("--data_dir DIR with one sub-folder of images per class and DIR/prompts.csv "
-                          "(prompt,classname,classidx; classname = sub-folder name)", "all", ("all",),
-                          needs_root=False),
+                          "(prompt,classname,classidx; classname = sub-folder name); every file with an image "
+                          "extension must be an image", "all", ("all",), needs_root=False),
 }
 
 
@@ -106,7 +119,14 @@ def load_prompts(name_or_path: str | Path) -> ClassTable:
         if missing:
             raise DatasetLayoutError(f"{path}: missing column(s) {sorted(missing)}; "
                                      f"expected header prompt,classname,classidx")
-        rows = sorted(((r["prompt"], r["classname"], int(r["classidx"])) for r in reader), key=lambda r: r[2])
+        rows = []
+        for r in reader:
+            try:
+                rows.append((r["prompt"], r["classname"], int(r["classidx"])))
+            except (TypeError, ValueError):
+                raise DatasetLayoutError(f"{path}, line {reader.line_num}: classidx {r['classidx']!r} is not an "
+                                         f"integer (columns: prompt,classname,classidx)") from None
+        rows.sort(key=lambda r: r[2])
     if not rows:
         raise DatasetLayoutError(f"{path}: no rows")
     ids = [r[2] for r in rows]
@@ -203,19 +223,37 @@ def _layout_error(name: str, detail: str) -> DatasetLayoutError:
     return DatasetLayoutError(f"dataset {name!r}: {detail}; expected layout: {DATASETS[name].layout}")
 
 
-def _image_folder(folder: Path, name: str, n_classes: int | None) -> tuple[list[str], list[tuple[str, int]]]:
-    """(sorted class folder names, [(file, folder index)]) of a class-per-sub-folder tree."""
+def _image_folder(folder: Path, name: str, expected: Sequence[str] | None = None,
+                  check_images: bool = False, skip_bad_images: bool = False) -> tuple[list[str], list[tuple[str, int]]]:
+    """(sorted class folder names, [(file, folder index)]) of a class-per-sub-folder tree.
+
+    `expected`: the exact class folder names the published layout has. `check_images`: open every
+    file now, so a non-image is named here (and left out with `skip_bad_images`) instead of crashing the run.
+    """
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-    if not folder.is_dir():
-        raise _layout_error(name, f"{folder} does not exist")
+    problem = class_folder_problem(folder, expected) if expected is not None else None
+    if problem is None and not folder.is_dir():
+        problem = f"{folder} does not exist"
+    if problem:
+        raise _layout_error(name, problem)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if n_classes is not None and len(classes) != n_classes:
-        raise _layout_error(name, f"{folder} has {len(classes)} class folders, expected {n_classes}")
     if not classes:
         raise _layout_error(name, f"{folder} has no class sub-folders")
     samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS,
                            allow_empty=True)
+    if check_images:
+        bad = bad_image_files(p for p, _ in samples)
+        if bad and not skip_bad_images:
+            listing = "\n".join(f"  {p}: {why}" for p, why in bad[:20]) + (f"\n  ... {len(bad) - 20} more"
+                                                                            if len(bad) > 20 else "")
+            raise _layout_error(name, f"{len(bad)} file(s) under {folder} are not readable images:\n{listing}\n"
+                                      f"remove them, or leave them out with --skip_bad_images")
+        if bad:
+            skipped = {p for p, _ in bad}
+            samples = [s for s in samples if s[0] not in skipped]
+            print(f"dataset {name!r}: left out {len(bad)} unreadable file(s) (--skip_bad_images): "
+                  f"{', '.join(p for p, _ in bad[:5])}{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
     if not samples:
         raise _layout_error(name, f"{folder} holds no images")
     return classes, samples
@@ -242,10 +280,15 @@ def _torchvision(name: str, root: Path, split: str):
         "stl10": lambda: tvd.STL10(str(root), split=split, download=False),
         "mnist": lambda: tvd.MNIST(str(root), train=split == "train", download=False),
     }
+    problem = torchvision_layout_problem(name, root, split)
+    if problem:
+        raise _layout_error(name, problem)
     try:
         return builders[name]()
-    except (RuntimeError, FileNotFoundError, OSError) as err:
-        raise _layout_error(name, f"not found under {root} ({err})") from err
+    except (RuntimeError, FileNotFoundError, OSError) as err:  # present but rejected (e.g. checksum mismatch)
+        folder = root / TORCHVISION_LAYOUTS[name][0]
+        raise _layout_error(name, f"torchvision could not read {folder} ({without_download_hint(str(err))}); "
+                                  f"the files may be corrupted or from another release") from err
 
 
 def _tv_labels(ds: Any) -> list[int]:
@@ -260,8 +303,9 @@ def _coco(root: Path) -> tuple[list[Path], list[list[int]], list[str]]:
     """COCO-2017 val: image paths, sorted multi-labels (0..79 in category-id order), category names."""
     ann = root / "coco" / "annotations" / "instances_val2017.json"
     img_dir = root / "coco" / "images" / "val2017"
-    if not ann.is_file() or not img_dir.is_dir():
-        raise _layout_error("coco2017", f"missing {ann if not ann.is_file() else img_dir}")
+    problem = coco_problem(root)
+    if problem:
+        raise _layout_error("coco2017", problem)
     data = json.loads(ann.read_text())
     cats = sorted(data["categories"], key=lambda c: c["id"])
     cat_to_idx = {c["id"]: i for i, c in enumerate(cats)}
@@ -288,6 +332,24 @@ def _fmnist(split: str) -> tuple[torch.Tensor, list[int]]:
     return torch.from_numpy(images), [int(v) for v in labels]
 
 
+def _imagenet(name: str, root_dir: Path, split: str, table: ClassTable, transform: Callable,
+              names_from_metadata: bool) -> EvalDataset:
+    """ImageNet / ImageNet-100 val: wnid folders checked against the published class list; labels = ImageNet ids."""
+    from .make_prompts import IMAGENET100_IDS
+
+    wnids = imagenet_wnids()
+    expected = list(wnids) if name == "imagenet" else [wnids[i] for i in IMAGENET100_IDS]
+    sub = "imagenet" if name == "imagenet" else "imagenet-100"
+    classes, samples = _image_folder(root_dir / sub / "val", name, expected)
+    ids = [wnids.index(c) for c in classes]
+    if not names_from_metadata and sorted(table.classidx) != sorted(ids):
+        raise DatasetLayoutError(f"dataset {name!r}: the prompt CSV's classidx values are not the ImageNet ids of "
+                                 f"the {len(ids)} class folders (e.g. {classes[0]} = {ids[0]})")
+    labels = [ids[t] for _, t in samples]
+    return EvalDataset(name, split, table, lambda i: _pil_loader(samples[i][0]), labels, transform,
+                       metadata_classnames=classes)
+
+
 def _check_csv_matches(name: str, table: ClassTable, n_classes: int) -> None:
     """The prompt CSV must describe exactly the dataset's classes."""
     if len(table) != n_classes:
@@ -312,14 +374,19 @@ def check_dataset_args(name: str, root: str | None = None, data_dir: str | None 
 
 def build_dataset(name: str, root: str | os.PathLike | None = None, split: str | None = None,
                   img_size: int | None = None, interpolation: str = "bicubic", data_dir: str | None = None,
-                  prompts_csv: str | None = None, names_from_metadata: bool = False) -> EvalDataset:
-    """Build an evaluation dataset; `prompts_csv` overrides the shipped CSV (labels must use its classidx)."""
+                  prompts_csv: str | None = None, names_from_metadata: bool = False,
+                  skip_bad_images: bool = False) -> EvalDataset:
+    """Build an evaluation dataset; `prompts_csv` overrides the shipped CSV (labels must use its classidx).
+
+    A `folder` dataset's files are all opened first: unreadable ones are an error naming them, or are
+    left out with `skip_bad_images` (the CLI's --skip_bad_images).
+    """
     split = check_dataset_args(name, str(root) if root else None, data_dir, split)
     transform = make_transform(img_size, interpolation)
     if name == "folder":
         folder = Path(data_dir)
         csv_path = Path(prompts_csv) if prompts_csv else folder / "prompts.csv"
-        classes, samples = _image_folder(folder, name, None)
+        classes, samples = _image_folder(folder, name, check_images=True, skip_bad_images=skip_bad_images)
         if not csv_path.is_file():
             raise _layout_error(name, f"{csv_path} not found (write one with "
                                       f"`python -m bigain.make_prompts --folder {folder}`)")
@@ -340,15 +407,7 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str |
                            prefix_subsets=split == "subset")
     root_dir = _root_dir(root, name)
     if name in ("imagenet", "imagenet100"):
-        sub = "imagenet" if name == "imagenet" else "imagenet-100"
-        classes, samples = _image_folder(root_dir / sub / "val", name, 1000 if name == "imagenet" else 100)
-        if not names_from_metadata:
-            _check_csv_matches(name, table, len(classes))
-        # ImageNet ids are the sorted wnids; ImageNet-100 folders map onto the CSV's ImageNet ids in order
-        ids = list(table.classidx) if table.classidx else list(range(len(classes)))
-        labels = [ids[t] for _, t in samples]
-        return EvalDataset(name, split, table, lambda i: _pil_loader(samples[i][0]), labels, transform,
-                           metadata_classnames=classes)
+        return _imagenet(name, root_dir, split, table, transform, names_from_metadata)
     if name == "coco2017":
         paths, labels, cat_names = _coco(root_dir)
         if not names_from_metadata:

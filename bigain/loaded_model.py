@@ -37,6 +37,8 @@ class LoadedModel:
     null_class: int | None = None  # label of the unconditional class (DiT: num_classes)
     class_names: list[str] | None = None
     meta: dict = field(default_factory=dict)  # testbed.json / model_index.json contents
+    hub_id: str | None = None  # hub repo the weights came from (None: a local folder)
+    revision: str | None = None  # its snapshot (commit hash) in the HF cache
 
     # -- geometry -------------------------------------------------------------------------
     @property
@@ -189,7 +191,8 @@ class LoadedModel:
 
     def describe(self) -> dict:
         """Small JSON-able description for configs and logs."""
-        return {"kind": self.kind, "name": self.name, "source": self.source, "dtype": str(self.dtype).split(".")[-1],
+        return {"kind": self.kind, "name": self.name, "source": self.source, "hub_id": self.hub_id,
+                "revision": self.revision, "dtype": str(self.dtype).split(".")[-1],
                 "device": str(self.device), "in_channels": self.in_channels, "sample_size": self.sample_size,
                 "image_size": self.image_size, "conditioning": self.conditioning, "num_classes": self.num_classes,
                 "denoiser": type(self.denoiser).__name__, "prediction_type": self.prediction_type}

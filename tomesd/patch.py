@@ -39,16 +39,18 @@ class PatchReport:
     blocks: list[str]
     levels: dict[int, LevelSummary]
     kept_label: str = "tokens kept"
+    latent_size: Optional[tuple[int, int]] = None  # (H, W) the token counts refer to
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method, "options": self.options, "model": self.model, "family": self.family,
-            "blocks": self.blocks, "kept_label": self.kept_label,
+            "blocks": self.blocks, "kept_label": self.kept_label, "latent_size": self.latent_size,
             "levels": {str(k): vars(v) for k, v in self.levels.items()},
         }
 
     def __str__(self) -> str:
-        lines = [f"{self.method} on {self.model} ({len(self.blocks)} blocks) options={self.options}"]
+        at = f" at latent {self.latent_size[0]}x{self.latent_size[1]}" if self.latent_size else ""
+        lines = [f"{self.method} on {self.model} ({len(self.blocks)} blocks{at}) options={self.options}"]
         for level, s in sorted(self.levels.items()):
             where = f"level ds={level}" if self.family == "unet" else "token grid"
             tokens = "?" if s.tokens is None else f"{s.kept}/{s.tokens} {self.kept_label}"
@@ -66,15 +68,17 @@ class PatchHandle:
     handles: list[Any] = field(default_factory=list)
 
 
-def summarize_levels(backbone: Backbone, sites: list[BlockSite], reducer: type, options: Any) -> dict[int, LevelSummary]:
-    """Blocks per level and tokens kept at the config's default latent size (when known)."""
+def summarize_levels(backbone: Backbone, sites: list[BlockSite], reducer: type, options: Any,
+                     size: Optional[tuple[int, int]] = None) -> dict[int, LevelSummary]:
+    """Blocks per level and tokens kept at latent `size` (default: the config's latent size, when known)."""
+    size = size or backbone.reference_size
     summary: dict[int, LevelSummary] = {}
     for site in sites:
         tokens = kept = None
-        if backbone.reference_size is not None:
+        if size is not None:
             stride = site.level * backbone.patch_size
-            height = math.ceil(backbone.reference_size[0] / stride)
-            width = math.ceil(backbone.reference_size[1] / stride)
+            height = math.ceil(size[0] / stride)
+            width = math.ceil(size[1] / stride)
             tokens, kept = height * width, reducer.kept_tokens(height, width, options, level=site.level)
         entry = summary.setdefault(site.level, LevelSummary(0, tokens, kept))
         entry.blocks += 1
@@ -127,7 +131,7 @@ def install_block(site: BlockSite, backbone: Backbone, reducer: type, options: A
 
 
 def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome", *, seed: Optional[int] = None,
-                **options: Any) -> PatchReport:
+                latent_size: Optional[int | tuple[int, int]] = None, **options: Any) -> PatchReport:
     """Install a token reducer in a diffusers U-Net / DiT / PixArt model or pipeline.
 
     Important args:
@@ -135,6 +139,7 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
         ratio:  fraction of tokens merged (ToMe, BiGain_TM) or pruned (SiTo); 0.3-0.7 is typical.
         df / alpha: K/V downsample factor (ToDo, BiGain_TD) and the BiGain_TD blend.
         seed:   seeds the patch's own generator (random ToMe destinations, SiTo noise).
+        latent_size: the run's latent side (or (H, W)) for the report's token counts; default: the config's.
     Args to tinker with: max_downsample, sx, sy, use_rand, merge_attn, merge_crossattn, merge_mlp,
         blocks (DiT/PixArt), laplacian_norm, strip_layout, df_level2, mode, stop_threshold,
         alpha_schedule/alpha_start/alpha_end, noise_alpha, sim_beta.
@@ -157,10 +162,12 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
     sites = select_sites(backbone, opts.max_downsample, opts.blocks, reducer.default_blocks)
     if not sites:
         raise ValueError(f"method {name!r} would patch no block of {type(denoiser).__name__} (options {as_dict(opts)})")
+    size = (latent_size, latent_size) if isinstance(latent_size, int) else latent_size
+    size = tuple(size) if size is not None else backbone.reference_size
     report = PatchReport(
         name, as_dict(opts), type(denoiser).__name__, backbone.family, [s.name for s in sites],
-        summarize_levels(backbone, sites, reducer, opts),
-        "K/V tokens" if reducer.plan_kind == "kv" else "tokens kept",
+        summarize_levels(backbone, sites, reducer, opts, size),
+        "K/V tokens" if reducer.plan_kind == "kv" else "tokens kept", size,
     )
     handle = PatchHandle(RuntimeState(seed=seed), report)
     handle.handles.append(denoiser.register_forward_pre_hook(
