@@ -118,7 +118,8 @@ def run_generation(model_path: Path, method: str, options: dict, out: Path, args
     if cached.get("cache_key") != key:
         scores = compute_metrics(run_dir / "images", METRIC_SETTINGS["reference"],
                                  metrics=tuple(METRIC_SETTINGS["metrics"]),
-                                 domain_extractor=METRIC_SETTINGS["domain_extractor"], device=args.metrics_device)
+                                 domain_extractor=METRIC_SETTINGS["domain_extractor"], device=args.metrics_device,
+                                 skip_unavailable=False)  # never cache a result missing a metric
         cached = {"cache_key": key, "n_images": key["n_images"], **{k: v for k, v in scores.items() if k != "report"},
                   "report": scores.get("report")}
         atomic_write_text(metrics_file, json.dumps(cached, indent=2, default=str))

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset_root", default=None, help="root of the datasets (default: $DATASET_ROOT)")
     g.add_argument("--split", default=None, help="evaluated split (default: the dataset's test/val split)")
     g.add_argument("--data_dir", default=None, help="--dataset folder: folder with one sub-folder per class")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="--dataset folder: leave out files that do not decode as images (default: error naming them)")
     g.add_argument("--prompts_csv", default=None,
                    help="prompt CSV (prompt,classname,classidx) replacing the shipped one")
     g.add_argument("--img_size", type=positive_int, default=None,
@@ -257,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device, dtype, dtype_name = resolve_run_device(args.device, args.dtype, args.cpu_threads, n_procs, proc_idx)
 
     dataset = build_dataset(args.dataset, root=args.dataset_root, split=split, img_size=args.img_size,
-                            interpolation=args.interpolation, data_dir=args.data_dir, prompts_csv=args.prompts_csv)
+                            interpolation=args.interpolation, data_dir=args.data_dir, prompts_csv=args.prompts_csv,
+                            skip_bad_images=args.skip_bad_images)
     indices = subset_indices(len(dataset), args.max_images, prefix=dataset.prefix_subsets)
     mine = indices[shard::n_shards]
     calls_expected = schedule.calls_per_image(len(table))
@@ -274,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(json.dumps(plan, indent=2))
         return plan
 
-    from bigain.models import load_model
+    from bigain.models import check_image_size, load_model
     from bigain.reduction import apply_reduction
 
     model = None
@@ -284,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     img_size = args.img_size or model.image_size
+    latent_side = check_image_size(model, img_size) if model is not None else None
     dataset.transform = _transform_for(img_size, args.interpolation)
     run_dir = _run_dir(args, split, img_size, dtype_name)
     _setup_logging(run_dir, "" if n_shards == 1 else f".{shard}of{n_shards}")
@@ -294,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "n_samples": list(args.n_samples), "to_keep": list(args.to_keep), "n_trials": args.n_trials,
         "loss": args.loss, "seed": args.seed, "batch_size": args.batch_size, "reduction": run_reduction_tag(args),
         "model_identity": _model_identity(model, args, run_dir),
+        **({"skip_bad_images": True} if args.skip_bad_images else {}),  # changes the image list
     }
     fingerprint = config_fingerprint(result_config)
 
@@ -301,12 +306,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return _finish(args, run_dir, indices, fingerprint, result_config, wall_start, shard, n_shards,
                        flops=None, report=None)
 
-    report = apply_reduction(model.denoiser, args, seed=args.seed)
+    report = apply_reduction(model.denoiser, args, seed=args.seed, latent_size=latent_side)
     LOG.info("model %s (%s) on %s, %s; %s", model.name, model.source, device, dtype_name,
              str(report) if report is not None else "no token reduction")
     _warn_if_foreign_classes(model, table)
     cond = model.condition(prompts=list(table.prompts), class_ids=list(table.classidx))
-    latent_shape = (model.in_channels, img_size // model.vae_scale_factor, img_size // model.vae_scale_factor)
+    latent_shape = (model.in_channels, latent_side, latent_side)
     flops = None
     if not args.no_flops:
         flops = count_flops_per_call(model, latent_shape, cond, schedule, args.batch_size)

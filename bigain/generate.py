@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset_root", default=None, help="root of the datasets (default: $DATASET_ROOT)")
     g.add_argument("--split", default=None, help="split whose items are generated (default: the eval split)")
     g.add_argument("--data_dir", default=None, help="--dataset folder: folder with one sub-folder per class")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="--dataset folder: leave out files that do not decode as images (default: error naming them)")
     g.add_argument("--prompts_csv", default=None, help="prompt CSV (prompt,classname,classidx) for class prompts")
     g.add_argument("--max_images", type=positive_int, default=None, help="only this many items, spread evenly")
     g.add_argument("--real_dir", default=None, help="real-image folder the run will be scored against (checked)")

@@ -100,7 +100,7 @@ def build_items(args: argparse.Namespace) -> list[Item]:
         items = [Item(i, cap, None, None) for i, (_, cap) in enumerate(_coco_first_captions(root))]
     else:
         ds = build_dataset(args.dataset, root=args.dataset_root, split=args.split, data_dir=args.data_dir,
-                           prompts_csv=args.prompts_csv)
+                           prompts_csv=args.prompts_csv, skip_bad_images=getattr(args, "skip_bad_images", False))
         items = []
         for i, lab in enumerate(ds.labels):
             lab = lab[0] if isinstance(lab, (list, tuple)) else lab

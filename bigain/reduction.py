@@ -95,15 +95,20 @@ def validate_reduction(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def apply_reduction(model: Any, args: argparse.Namespace, seed: Optional[int] = None) -> Optional[tomesd.PatchReport]:
-    """Patch `model` (denoiser or pipeline) as the parsed flags say; None for the baseline."""
+def apply_reduction(model: Any, args: argparse.Namespace, seed: Optional[int] = None,
+                    latent_size: Optional[int] = None) -> Optional[tomesd.PatchReport]:
+    """Patch `model` (denoiser or pipeline) as the parsed flags say; None for the baseline.
+
+    `latent_size` is the run's latent side, so the report counts tokens at the size that runs.
+    """
     method = tomesd.canonical_name(args.method)
     options = reduction_kwargs(method, vars(args))
     if method == "none":
         tomesd.remove_patch(model)
         return None
     reduction_seed = getattr(args, "reduction_seed", None)
-    return tomesd.apply_patch(model, method=method, seed=seed if reduction_seed is None else reduction_seed, **options)
+    return tomesd.apply_patch(model, method=method, seed=seed if reduction_seed is None else reduction_seed,
+                              latent_size=latent_size, **options)
 
 
 def run_reduction_tag(args: argparse.Namespace) -> str:

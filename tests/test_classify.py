@@ -347,3 +347,23 @@ def test_yaml_config_presets_and_effective_config(tmp_path, dit_path):
         bad = tmp_path / "bad.yaml"
         bad.write_text("colour: red\n")
         C.main(["--config", str(bad)])
+
+
+def test_skip_bad_images_flag_reaches_the_folder_dataset(tmp_path, monkeypatch, capsys):
+    """A folder with an undecodable file is an error naming it; --skip_bad_images leaves it out (dry run, no model)."""
+    import bigain.models
+    from PIL import Image
+
+    from bigain.make_prompts import table_from_names, write_csv
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / cls / "0.png")
+    (tmp_path / "data" / "dog" / "1.png").write_text("not a PNG")
+    write_csv(table_from_names(["cat", "dog"], "a photo of a {}."), tmp_path / "prompts.csv")
+    monkeypatch.setattr(bigain.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    argv = ["--dataset", "folder", "--data_dir", str(tmp_path / "data"), "--prompts_csv", str(tmp_path / "prompts.csv"),
+            "--output_dir", str(tmp_path / "out"), "--dry_run", "--to_keep", "2", "1"]
+    with pytest.raises(FileNotFoundError, match=r"dog/1.png"):
+        C.main(argv)
+    assert C.main(argv + ["--skip_bad_images"])["images"] == 2
