@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .flow_models import FLOW_PATTERNS, FLOW_VERSIONS, is_flow_folder, load_flow_folder
 from .loaded_model import LoadedModel
 
 __all__ = [
@@ -49,6 +50,7 @@ MODEL_VERSIONS: dict[str, str] = {
     "dit-512": "facebook/DiT-XL-2-512",
     "testbed-dit": "bigain/assets/testbed/dit-fmnist",
     "testbed-unet": "bigain/assets/testbed/unet-fmnist",
+    **FLOW_VERSIONS,  # SD3 / SD3.5 / Flux.1 (bigain.flow_models)
 }
 DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -222,6 +224,8 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
     """Load every component present in a local diffusers / testbed folder."""
     import diffusers
 
+    if is_flow_folder(folder):  # SD3 / Flux pipelines: their own loader
+        return load_flow_folder(folder, name, device, dtype)
     kind = _detect_kind(folder)
     meta = _read_json(folder / "testbed.json")
     index = _read_json(folder / "model_index.json")
@@ -298,7 +302,7 @@ def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None
     if folder is None and hub_id is None:
         raise ModelNotFoundError(_missing_message(str(version), tried, None))
     if folder is None:
-        folder = _snapshot(hub_id, tried)
+        folder = _snapshot(hub_id, tried, FLOW_PATTERNS if hub_id in FLOW_VERSIONS.values() else None)
         try:
             return _load_folder(folder, str(version), dev, dt)
         except (OSError, ValueError) as err:  # an incomplete cached snapshot
