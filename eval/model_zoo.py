@@ -126,7 +126,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "sd3-medium": ModelSpec("sd3-medium", "sd3", SD3_MEDIUM, 1024, text_tokens=SD3_TEXT_TOKENS,
                             description="SD3-medium MMDiT (2B)"),
     "sd3.5-medium": ModelSpec("sd3.5-medium", "sd3", SD35_MEDIUM, 1024, text_tokens=SD3_TEXT_TOKENS,
-                              description="SD3.5-medium MMDiT-X (2.5B)"),
+                              description="SD3.5-medium MMDiT-X (2.5B with its position table)"),
     "flux-schnell": ModelSpec("flux-schnell", "flux", {**FLUX_DEV, "guidance_embeds": False}, 1024, text_tokens=256,
                               description="FLUX.1-schnell (12B)"),
     "flux-dev": ModelSpec("flux-dev", "flux", FLUX_DEV, 1024, text_tokens=512, description="FLUX.1-dev (12B)"),
