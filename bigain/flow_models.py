@@ -127,11 +127,18 @@ class FlowLoadedModel(LoadedModel):
         return {k: v.expand(n, *v.shape[1:]) for k, v in self.encode_text([""]).items()}
 
     # -- the model -------------------------------------------------------------------------
-    def sigmas_at(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """(B,) sigma of integer training timesteps `t` (scalar or per sample)."""
-        t = torch.as_tensor(t).reshape(-1).long().cpu()
+    def sigmas_at(self, x_t: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
+        """(B,) sigma of `t` (scalar or per sample), on one of two scales told apart by dtype:
+
+        integer: a training timestep in [0, T) (the classifier's grid), sigma from the scheduler's
+        table (`flow_sigmas`); floating: a model timestep sigma * 1000, as in a sampler's schedule
+        (`FlowMatchEulerDiscreteScheduler.timesteps`), so sigma = t / 1000.
+        """
+        t = torch.as_tensor(t).reshape(-1)
         t = t.expand(x_t.shape[0]) if t.numel() == 1 else t
-        return self.flow_sigmas(x_t.shape[-3:])[t].to(self.device, torch.float32)
+        if t.is_floating_point():
+            return (t.to(torch.float64) / 1000).to(self.device, torch.float32)
+        return self.flow_sigmas(x_t.shape[-3:])[t.long().cpu()].to(self.device, torch.float32)
 
     def predict_velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """v_theta(x_t, sigma, c) for unpacked latents (B, C, H, W) and per-sample sigma (B,)."""
@@ -152,7 +159,7 @@ class FlowLoadedModel(LoadedModel):
         return self.pipe._unpack_latents(out, height * scale, width * scale, scale)
 
     def predict_target(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The training target's prediction at integer timesteps t: the velocity eps - x0."""
+        """The training target's prediction, the velocity eps - x0, at timesteps `t` (see `sigmas_at`)."""
         return self.predict_velocity(x_t, self.sigmas_at(x_t, t), cond)
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -140,3 +140,51 @@ def test_classify_cli_on_flow_models_records_and_resume(paths, color_folder, tmp
     again = C.main(args)
     assert again["accuracy"] == row["accuracy"]
     np.testing.assert_array_equal(load_record(record_path(run_dir, 1)).errors, first.errors)
+
+
+@pytest.mark.parametrize("name,guidance,side", [("sd3", 3.0, 16), ("flux", 1.0, 16), ("flux-dev", 1.0, 128)])
+def test_flow_sampler_reproduces_the_pipeline(models, name, guidance, side):
+    """Our sampling loop (schedule, guided velocity, Euler steps) equals the diffusers pipeline's latents.
+
+    FLUX.1-dev's shift depends on the token count; our schedule uses the default size's (4096 tokens),
+    so that model is compared at its default size (128x128 latents here).
+    """
+    from bigain.generate import DEFAULTS_BY_KIND
+    from bigain.samplers import SAMPLERS, guided_eps_fn, make_schedule
+
+    model = models[name]
+    pipe = model.pipe
+    latents = torch.randn(1, model.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+    schedule = make_schedule(DEFAULTS_BY_KIND[model.kind][0], model.scheduler.config, 3)
+    cond = model.condition(prompts=["a red square"])
+    uncond = model.null_condition(1) if guidance != 1.0 else None
+    ours = SAMPLERS[schedule.name](guided_eps_fn(model, cond, uncond, guidance), latents.clone(), schedule)
+    px = side * model.vae_scale_factor
+    kwargs = {"prompt": "a red square", "num_inference_steps": 3, "height": px, "width": px, "output_type": "latent",
+              "max_sequence_length": model.max_sequence_length}
+    if model.kind == "flux":
+        packed = pipe._pack_latents(latents, 1, model.in_channels, side, side)
+        theirs = pipe._unpack_latents(pipe(latents=packed, guidance_scale=3.5, **kwargs).images, px, px,
+                                      model.vae_scale_factor)
+    else:
+        theirs = pipe(latents=latents, guidance_scale=guidance, **kwargs).images
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,reducer", [("sd3", ["--method", "tome", "--ratio", "0.5"]),
+                                          ("flux", ["--method", "todo", "--df", "2"])])
+def test_generate_cli_on_flow_models(paths, tmp_path, name, reducer):
+    from bigain import generate
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square\na blue circle\na green triangle\n")
+    args = ["--prompts_file", str(prompts), "--model_path", str(paths[name]), "--output_dir", str(tmp_path / "out"),
+            "--steps", "2", "--batch_size", "2", "--dtype", "fp32", "--device", "cpu", "--cpu_threads", "1",
+            "--no_progress", *reducer]
+    row = generate.main(args)
+    assert row["images_written"] == 3 and row["sampler"] == ("flow" if name == "sd3" else "flow-linear")
+    assert row["calls"] == 2 * 2 and float(row["flops_per_image"]) > 0
+    again = generate.main(args)
+    assert again["images_written"] == 0 and again["images_skipped"] == 3
+    with pytest.raises(ValueError, match="does not fit"):
+        generate.main(args + ["--sampler", "euler", "--run_dir", str(tmp_path / "bad")])
