@@ -351,3 +351,20 @@ def test_processor_set_after_patching_is_wrapped_and_restored(models):
         assert torch.equal(run(model, x), patched), "a processor set after patching is wrapped again"
     assert model.transformer_blocks[0].attn.processor is replacement
     assert torch.equal(run(model, x), base)
+
+
+def test_flux_grid_is_checked_once_per_ids_tensor_and_again_after_an_in_place_edit(models, monkeypatch):
+    import tomesd.mmdit as mmdit
+
+    model = models["flux"]
+    x = flux_inputs(batch=1)
+    calls = []
+    original = mmdit.flux_image_grid
+    monkeypatch.setattr(mmdit, "flux_image_grid", lambda ids, n: calls.append(n) or original(ids, n))
+    with tomesd.patched(model, method="todo", df=2, blocks="all"):
+        run(model, x)
+        run(model, x)
+        assert len(calls) == 1
+        x["img_ids"][[0, 1]] = x["img_ids"][[1, 0]]  # in place: no longer row-major
+        with pytest.raises(RuntimeError, match="row-major grid"):
+            run(model, x)

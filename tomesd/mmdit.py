@@ -39,6 +39,15 @@ class ImagePositions:
 
     pos_embed: Optional[nn.Module] = None
     ids: Optional[Tensor] = None
+    checked: Optional[tuple] = None  # (last validated img_ids tensor, its version, token count, grid)
+
+    def grid_of(self, img_ids: Tensor, num_tokens: int) -> tuple[int, int]:
+        """`flux_image_grid`, validated once per ids tensor: pipelines pass the same one at every step, so
+        later steps skip the check's device-to-host syncs (the tensor is held, so its memory is not reused)."""
+        last = self.checked
+        if last is None or last[0] is not img_ids or last[1] != img_ids._version or last[2] != num_tokens:
+            self.checked = (img_ids, img_ids._version, num_tokens, flux_image_grid(img_ids, num_tokens))
+        return self.checked[3]
 
     def table_at(self, positions: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """Rotary (cos, sin), each (B, M, D), at float positions (B, M, 3), in `like`'s dtype/device."""
@@ -68,7 +77,7 @@ def make_flux_capture_hook(runtime: Any, signature: Any, positions: ImagePositio
         if ids is None:
             raise ValueError("a Flux forward without `img_ids`: the image token grid is unknown")
         ids = ids[0] if ids.dim() == 3 else ids
-        runtime.latent_size = flux_image_grid(ids, hidden.shape[1])
+        runtime.latent_size = positions.grid_of(ids, hidden.shape[1])
         timestep = bound.get("timestep")  # Flux takes sigma = t / 1000 and multiplies by 1000 itself
         runtime.set_timesteps(per_sample_timesteps(None if timestep is None else torch.as_tensor(timestep) * 1000,
                                                    hidden.shape[0]))
