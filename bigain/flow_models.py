@@ -11,6 +11,10 @@ pipeline's `FlowMatchEulerDiscreteScheduler`: s = (t + 1) / T, shifted by the sc
 (static: sigma = shift s / (1 + (shift - 1) s), SD3 shift 3; dynamic (Flux.1-dev): the
 resolution-dependent exponential shift with mu from the image's token count, as the pipeline does).
 SD3 is called with timestep sigma * 1000, Flux with sigma (it multiplies by 1000 itself).
+
+Classification (`bigain.classifier.forward_process`) scores each class by this training loss,
+||v_theta(x_t, sigma_t, c) - (eps - x0)||, with the adaptive protocol used for DDPM models. No
+published diffusion classifier runs on SD3 or Flux: this extension and its results are ours.
 """
 from __future__ import annotations
 
