@@ -138,7 +138,7 @@ def preset_cases(name: str) -> list[Case]:
                  Setting("todo", (("df", 2), ("blocks", "all"))),
                  Setting("bigain_td", (("df", 2), ("alpha", 0.5), ("blocks", "all"))),
                  Setting("sito", (("ratio", 0.7), ("blocks", "all"))))
-        return [Case("sd3-medium@L2", 512, 1, mmdit), Case("flux-schnell@L1", 256, 1, mmdit)]
+        return [Case("sd3-medium@L2", 512, 1, mmdit), Case("flux-schnell@L1", 512, 1, mmdit)]
     if name == "gpu":  # fp16 on one H100; sized (estimated, not yet run) for <= 8 minutes
         full = dict(ratios=(0.3, 0.5, 0.7), dfs=(2, 4))
         dit = dict(block_patterns=("published", "all"), **full)
@@ -161,7 +161,7 @@ PRESETS = {
     "cpu-sd2-512": "the full-width SD 2 base U-Net at 512 px, batch 1, max_downsample 1: ToMe / BiGain_TM / "
                    "SiTo (graph=blocks) at 0.7, ToDo / BiGain_TD at df 2, upstream ToMe 0.7",
     "cpu-mmdit": "full-width SD3-medium with 2 of 24 joint blocks at 512 px and FLUX.1-schnell with 1 double- + "
-                 "2 single-stream blocks at 256 px, batch 1, every block patched: ToMe 0.5, BiGain_TM 0.7, "
+                 "2 single-stream blocks at 512 px, batch 1, every block patched: ToMe 0.5, BiGain_TM 0.7, "
                  "ToDo df 2, BiGain_TD df 2 a 0.5, SiTo 0.7",
     "gpu": "issue grid, fp16 on CUDA: SD 2 at 512/768/1024 (CFG pair, max_downsample 1 and 2) and at 512 "
            "with batch 1 and 16; SD 1.5 512; SDXL 1024 (max_downsample 2); DiT-XL/2 256 (batch 2, 16) and 512; "

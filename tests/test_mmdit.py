@@ -368,3 +368,16 @@ def test_flux_grid_is_checked_once_per_ids_tensor_and_again_after_an_in_place_ed
         x["img_ids"][[0, 1]] = x["img_ids"][[1, 0]]  # in place: no longer row-major
         with pytest.raises(RuntimeError, match="row-major grid"):
             run(model, x)
+
+
+def test_unknown_block_types_are_refused(models):
+    """A transformer with patch_size but no known block (e.g. a renamed Flux variant) is an error, not a no-op."""
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+
+    class RenamedSingleBlock(FluxSingleTransformerBlock):
+        pass
+
+    model = tiny_flux(num_layers=0, num_single_layers=1)
+    model.single_transformer_blocks[0] = RenamedSingleBlock(16, 2, 8)
+    with pytest.raises(ValueError, match="no block this engine can reduce"):
+        tomesd.apply_patch(model, method="tome", ratio=0.5)

@@ -131,7 +131,8 @@ def find_backbone(obj: Any) -> Backbone:
         pairs, family = [(b, 1) for b in model.transformer_blocks if is_transformer_block(b)], "transformer"
         patch = int(model.config.patch_size)
     if not pairs:
-        raise ValueError(f"{type(model).__name__} has no BasicTransformerBlock to reduce; expected {SUPPORTED}")
+        raise ValueError(f"{type(model).__name__} has no block this engine can reduce (BasicTransformerBlock, "
+                         f"{', '.join(MMDIT_BLOCKS)}); expected {SUPPORTED}")
     sites = tuple(BlockSite(names[id(b)], b, lvl, i) for i, (b, lvl) in enumerate(pairs))
     reference = config_latent_size(model)
     if reference is None and family == "mmdit" and hasattr(model, "single_transformer_blocks"):
