@@ -188,3 +188,26 @@ def test_generate_cli_on_flow_models(paths, tmp_path, name, reducer):
     assert again["images_written"] == 0 and again["images_skipped"] == 3
     with pytest.raises(ValueError, match="does not fit"):
         generate.main(args + ["--sampler", "euler", "--run_dir", str(tmp_path / "bad")])
+
+
+@pytest.mark.parametrize("version,name,hub_id", [
+    ("sd3-medium", "sd3", "stabilityai/stable-diffusion-3-medium-diffusers"),
+    ("flux-schnell", "flux", "black-forest-labs/FLUX.1-schnell"),
+])
+def test_version_names_resolve_through_the_hf_cache_offline(paths, tmp_path, monkeypatch, version, name, hub_id):
+    import shutil
+
+    from bigain.models import ModelNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ModelNotFoundError, match=hub_id):
+        load_model(version, dtype="fp32", device="cpu")
+    cache = tmp_path / "hub"
+    repo = cache / ("models--" + hub_id.replace("/", "--"))
+    shutil.copytree(paths[name], repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    model = load_model(version, dtype="fp32", device="cpu")
+    assert isinstance(model, FlowLoadedModel) and model.kind == name and "0123abc" in model.source
