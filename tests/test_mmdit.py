@@ -381,3 +381,15 @@ def test_unknown_block_types_are_refused(models):
     model.single_transformer_blocks[0] = RenamedSingleBlock(16, 2, 8)
     with pytest.raises(ValueError, match="no block this engine can reduce"):
         tomesd.apply_patch(model, method="tome", ratio=0.5)
+
+
+@pytest.mark.parametrize("method", ["tome", "todo", "sito"])
+def test_flux_in_bfloat16(method):
+    """Low precision: positions are reduced in float32 and the rotary tables cast to the model's tables."""
+    model = tiny_flux().to(torch.bfloat16)
+    x = {k: (v.to(torch.bfloat16) if v.is_floating_point() and k not in ("img_ids", "txt_ids") else v)
+         for k, v in flux_inputs(batch=2).items()}
+    base = run(model, x)
+    with tomesd.patched(model, method=method, blocks="all", seed=0, **METHODS[method]):
+        out = run(model, x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all() and not torch.equal(out, base)
