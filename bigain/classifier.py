@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from bigain.datasets import match_channels
 from bigain.records import ImageRecord
 
-__all__ = ["LOSSES", "Schedule", "ClassifyResult", "RunContext", "classify_image", "classify_dataset_image",
+__all__ = ["LOSSES", "Schedule", "forward_process", "ClassifyResult", "RunContext", "classify_image", "classify_dataset_image",
            "classify_many", "make_context", "image_seed", "make_noise", "per_sample_error"]
 
 LOSSES = ("l2", "l1", "huber")
@@ -111,6 +111,21 @@ def per_sample_error(pred: torch.Tensor, target: torch.Tensor, loss: str) -> tor
     return err.flatten(1).mean(1)
 
 
+def forward_process(model: Any, latent_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Per training timestep: the scales of x0 and of the noise in x_t, and whether the target is the velocity.
+
+    DDPM-trained models (SD, DiT, testbed): x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, target eps (Li et al. 2023).
+    Rectified-flow models (SD3, Flux; `model.flow_matching`): x_t = (1 - sigma_t) x0 + sigma_t eps with the
+    scheduler's sigma_t (see bigain.flow_models), target eps - x0 -- each model is scored by its own training
+    loss. The published diffusion classifiers only ran on DDPM models; this extension to SD3/Flux is ours.
+    """
+    if getattr(model, "flow_matching", False):
+        sigma = model.flow_sigmas(latent_shape).to(torch.float64)
+        return 1 - sigma, sigma, True
+    acp = model.alphas_cumprod.to(torch.float64)
+    return acp.sqrt(), (1 - acp).sqrt(), False
+
+
 @dataclass
 class ClassifyResult:
     """Output of classify_image: errors[row, slot, trial] (NaN = not evaluated) and the winning row."""
@@ -135,7 +150,8 @@ def classify_image(model: Any, x0: torch.Tensor, cond: dict[str, torch.Tensor], 
     """Adaptive diffusion classification of one encoded image.
 
     `model` provides ``predict_eps(x_t, t, cond)``, ``alphas_cumprod``, ``select(cond, rows)``
-    and ``device`` (a :class:`bigain.models.LoadedModel`); `x0` is (1, C, H, W) or (C, H, W);
+    and ``device`` (a :class:`bigain.models.LoadedModel`), or for rectified-flow models
+    ``predict_target`` and ``flow_sigmas`` (see :func:`forward_process`); `x0` is (1, C, H, W) or (C, H, W);
     `cond` has one row per candidate class; `noise` is (M, n_trials, C, H, W) (see make_noise).
     All (class, timestep, trial) triples of a stage are flattened and run `batch_size` at a time,
     so a batch mixes timesteps and classes.
@@ -144,9 +160,8 @@ def classify_image(model: Any, x0: torch.Tensor, cond: dict[str, torch.Tensor], 
     x0 = x0.reshape(1, *x0.shape[-3:]).to(device, torch.float32)
     num_rows = next(iter(cond.values())).shape[0]
     grid = torch.tensor(schedule.grid(), dtype=torch.long)
-    acp = model.alphas_cumprod.to(torch.float64)
-    sqrt_a = acp.sqrt().float().to(device)
-    sqrt_1ma = (1 - acp).sqrt().float().to(device)
+    scale_x0, scale_eps, velocity = forward_process(model, x0.shape[1:])
+    scale_x0, scale_eps = scale_x0.float().to(device), scale_eps.float().to(device)
     noise = noise.to(device, torch.float32)
     errors = np.full((num_rows, schedule.num_slots, schedule.n_trials), np.nan, dtype=np.float32)
     alive = list(range(num_rows))
@@ -160,14 +175,14 @@ def classify_image(model: Any, x0: torch.Tensor, cond: dict[str, torch.Tensor], 
             trials = torch.tensor([c[2] for c in chunk], dtype=torch.long)
             t = grid[slots].to(device)
             eps = noise[slots.to(device), trials.to(device)]
-            x_t = sqrt_a[t].view(-1, 1, 1, 1) * x0 + sqrt_1ma[t].view(-1, 1, 1, 1) * eps
+            x_t = scale_x0[t].view(-1, 1, 1, 1) * x0 + scale_eps[t].view(-1, 1, 1, 1) * eps
             batch_cond = model.select(cond, rows)
             _sync(device)
             tic = time.perf_counter()
-            pred = model.predict_eps(x_t, t, batch_cond)
+            pred = model.predict_target(x_t, t, batch_cond) if velocity else model.predict_eps(x_t, t, batch_cond)
             _sync(device)
             model_time += time.perf_counter() - tic
-            err = per_sample_error(pred, eps, loss).cpu().numpy()
+            err = per_sample_error(pred, eps - x0 if velocity else eps, loss).cpu().numpy()
             errors[rows.numpy(), slots.numpy(), trials.numpy()] = err
             calls += len(chunk)
             if on_batch is not None:

@@ -43,7 +43,9 @@ __all__ = ["Item", "build_parser", "validate_args", "build_items", "main", "DEFA
 LOG = logging.getLogger("bigain.generate")
 DEFAULT_STEPS = 50
 # kind -> (sampler, guidance) of the published setup
-DEFAULTS_BY_KIND = {"sd": ("euler", 7.5), "dit": ("ddim", 4.0)}
+DEFAULTS_BY_KIND = {"sd": ("euler", 7.5), "dit": ("ddim", 4.0),
+                    # rectified flow: SD3 pipelines' CFG 7.0; Flux without CFG (dev: distilled guidance 3.5 inside)
+                    "sd3": ("flow", 7.0), "flux": ("flow-linear", 1.0)}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu_threads", type=positive_int, default=None, help="torch intra-op CPU threads")
 
     g = p.add_argument_group("sampling")
-    g.add_argument("--sampler", default=None, choices=sorted(SAMPLERS), help="default: euler (SD), ddim (DiT)")
+    g.add_argument("--sampler", default=None, choices=sorted(SAMPLERS), help="default: euler (SD), ddim (DiT), flow (SD3), flow-linear (Flux)")
     g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default: {DEFAULT_STEPS})")
     g.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance (SD 7.5, DiT 4.0)")
     g.add_argument("--batch_size", type=positive_int, default=4, help="images per batch (default: 4)")
@@ -300,6 +302,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     sampler, default_guidance = DEFAULTS_BY_KIND[model.kind]
     sampler = args.sampler or sampler
     guidance = default_guidance if args.guidance is None else float(args.guidance)
+    if getattr(model, "flow_matching", False) != sampler.startswith("flow"):
+        raise ValueError(f"--sampler {sampler} does not fit {model.name} ({model.kind}): rectified-flow models "
+                         "(SD3, Flux) take flow / flow-linear, DDPM models euler / ddim")
     if model.null_class is None and model.conditioning == "class" and guidance != 1.0:
         raise ValueError(f"{model.name} has no null class: classifier-free guidance needs --guidance 1")
     schedule = make_schedule(sampler, model.scheduler.config, args.steps)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .flow_models import FLOW_VERSIONS, is_flow_folder, load_flow_folder
 from .hub import (CachedSnapshot, cached_snapshot, download_snapshot, hub_cache_dir, hub_offline,
                   missing_components, weight_format)
 from .loaded_model import LoadedModel
@@ -59,6 +60,7 @@ MODEL_VERSIONS: dict[str, str] = {
     "dit-512": "facebook/DiT-XL-2-512",
     "testbed-dit": "bigain/assets/testbed/dit-fmnist",
     "testbed-unet": "bigain/assets/testbed/unet-fmnist",
+    **FLOW_VERSIONS,  # SD3 / SD3.5 / Flux.1 (bigain.flow_models)
 }
 # Former hub ids of the same weights, withdrawn from the hub but still found in older HF caches
 # (Stability AI withdrew SD 2 base in November 2025; RunwayML removed SD 1.5 in 2024).
@@ -227,6 +229,8 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
     import diffusers
 
     _check_json_files(folder)
+    if is_flow_folder(folder):  # SD3 / Flux pipelines: their own loader
+        return load_flow_folder(folder, name, device, dtype)
     kind = _detect_kind(folder)
     meta = _read_json(folder / "testbed.json")
     index = _read_json(folder / "model_index.json")
@@ -352,7 +356,9 @@ def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None
 def image_size_multiple(model: LoadedModel) -> tuple[int, str]:
     """(multiple the image side must be, why): VAE factor x DiT patch size, or x the U-Net's total downsampling."""
     cfg = model.denoiser.config
-    if model.kind == "dit":
+    if model.kind == "flux":
+        step, what = 2, "Flux 2x2 latent packing"
+    elif model.kind in ("dit", "sd3"):
         step, what = int(getattr(cfg, "patch_size", 1) or 1), "patch size"
     else:
         step, what = 2 ** (len(getattr(cfg, "block_out_channels", (0,))) - 1), "U-Net downsampling"

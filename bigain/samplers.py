@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,6 +26,8 @@ __all__ = [
     "make_schedule",
     "sample_ddim",
     "sample_euler",
+    "sample_flow",
+    "flow_schedule",
     "CallStats",
     "guided_eps_fn",
     "initial_noise",
@@ -82,7 +85,32 @@ def ddim_schedule(config: Any, steps: int) -> Schedule:
     return Schedule("ddim", ts.to(torch.float64), alphas, ((1 - alphas) / alphas).sqrt())
 
 
-SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {"euler": euler_schedule, "ddim": ddim_schedule}
+def flow_schedule(config: Any, steps: int, linear_sigmas: bool = False) -> Schedule:
+    """Timesteps (sigma * 1000) and sigmas (plus the final 0) of diffusers' ``FlowMatchEulerDiscreteScheduler``
+    as the SD3 pipelines set it (``set_timesteps(steps)``), or with ``linear_sigmas`` as the Flux pipelines do
+    (``sigmas = linspace(1, 1/steps, steps)``). With dynamic shifting (FLUX.1-dev) the shift is the
+    pipeline's for ``max_image_seq_len`` image tokens (4096: 1024 px, the model's default size).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    sched = FlowMatchEulerDiscreteScheduler.from_config(_scheduler_config(config))
+    cfg = sched.config
+    mu = None
+    if cfg.use_dynamic_shifting:
+        mu = calculate_shift(cfg.max_image_seq_len, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift,
+                             cfg.max_shift)
+    if linear_sigmas:
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device="cpu")
+    else:
+        sched.set_timesteps(steps, mu=mu, device="cpu")
+    sigmas = sched.sigmas.to(torch.float64)
+    return Schedule("flow-linear" if linear_sigmas else "flow", sched.timesteps.to(torch.float64), 1 - sigmas, sigmas, 1.0)
+
+
+SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {"euler": euler_schedule, "ddim": ddim_schedule,
+                                                        "flow": flow_schedule,
+                                                        "flow-linear": lambda config, steps: flow_schedule(config, steps, True)}
 
 
 def make_schedule(name: str, config: Any, steps: int) -> Schedule:
@@ -141,7 +169,25 @@ def sample_euler(eps_fn: EpsFn, x: Tensor, schedule: Schedule, *, generator: Opt
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"euler": sample_euler, "ddim": sample_ddim}
+@torch.no_grad()
+def sample_flow(velocity_fn: EpsFn, x: Tensor, schedule: Schedule, *, generator: Optional[torch.Generator] = None,
+                callback: Optional[Callable[[dict], None]] = None) -> Tensor:
+    """Euler steps of the rectified-flow ODE dx/dsigma = v (diffusers' ``FlowMatchEulerDiscreteScheduler``).
+
+    ``x`` starts as unit noise at sigma 1; ``velocity_fn(x, t)`` (the guided ``predict_target`` of a
+    flow model) gets float timesteps sigma * 1000. ``generator`` is unused (no churn).
+    """
+    for i, t in enumerate(schedule.timesteps):
+        sigma, sigma_next = schedule.sigmas[i].item(), schedule.sigmas[i + 1].item()
+        v = velocity_fn(x, _batch_t(t.to(torch.float32), x)).to(x.dtype)
+        x = x + (sigma_next - sigma) * v
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "sigma": sigma, "denoised": x - sigma * v})
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"euler": sample_euler, "ddim": sample_ddim, "flow": sample_flow,
+                                              "flow-linear": sample_flow}
 
 
 @dataclass
@@ -164,17 +210,20 @@ def guided_eps_fn(model: Any, cond: dict[str, Tensor], uncond: Optional[dict[str
                   stats: Optional[CallStats] = None) -> EpsFn:
     """eps_fn for ``LoadedModel``: one batched call on [uncond, cond] and ``eps_u + g (eps_c - eps_u)``.
 
-    With ``uncond`` None or guidance 1 the model is called on ``cond`` only.
+    With ``uncond`` None or guidance 1 the model is called on ``cond`` only. For rectified-flow
+    models (``model.flow_matching``) it guides the velocity ``predict_target`` instead, as the SD3
+    pipeline does (the combination is linear, so the formula is the same).
     """
     use_cfg = uncond is not None and guidance != 1.0
     both = model.concat(uncond, cond) if use_cfg else cond
+    predict = model.predict_target if getattr(model, "flow_matching", False) else model.predict_eps
 
     def eps_fn(x: Tensor, t: Tensor) -> Tensor:
         x_in, t_in = (torch.cat([x, x]), torch.cat([t, t])) if use_cfg else (x, t)
         if stats is not None:
             _sync(model.device)
             start = time.perf_counter()
-        eps = model.predict_eps(x_in, t_in, both)
+        eps = predict(x_in, t_in, both)
         if stats is not None:
             _sync(model.device)
             stats.seconds += time.perf_counter() - start

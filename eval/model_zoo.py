@@ -67,12 +67,31 @@ PIXART_ALPHA = {  # PixArt-alpha/PixArt-XL-2-512x512 (sample_size 64) and -1024-
 }
 
 
+SD3_MEDIUM = {  # stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json (2B)
+    "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
+    "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 192,
+}
+
+SD35_MEDIUM = {  # stabilityai/stable-diffusion-3.5-medium, transformer/config.json (2.5B): dual attention, QK norm
+    **SD3_MEDIUM, "pos_embed_max_size": 384, "dual_attention_layers": tuple(range(13)), "qk_norm": "rms_norm",
+}
+
+FLUX_DEV = {  # black-forest-labs/FLUX.1-dev, transformer/config.json (12B); FLUX.1-schnell: no guidance embedding
+    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
+    "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768, "guidance_embeds": True,
+    "axes_dims_rope": (16, 56, 56),
+}
+# SD3 text: 77 CLIP tokens + 256 T5 tokens (pipeline default); Flux: T5 only (schnell 256, dev 512).
+SD3_TEXT_TOKENS = 77 + 256
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A named architecture: diffusers class, config, default resolution and conditioning sizes."""
 
     name: str
-    kind: str  # "unet", "sdxl", "dit", "pixart"
+    kind: str  # "unet", "sdxl", "dit", "pixart", "sd3", "flux"
     config: dict[str, Any]
     resolution: int  # default image side in pixels
     text_tokens: int = 77  # conditioning sequence length (U-Nets, PixArt)
@@ -81,11 +100,15 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
+        if self.kind in ("sd3", "flux"):
+            return "mmdit"
         return "unet" if self.kind in ("unet", "sdxl") else "transformer"
 
     @property
     def latent_channels(self) -> int:
-        return int(self.config["in_channels"])
+        """VAE latent channels (Flux's transformer takes them packed 2x2: in_channels = 4x)."""
+        channels = int(self.config["in_channels"])
+        return channels // 4 if self.kind == "flux" else channels
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -100,6 +123,13 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "pixart-1024": ModelSpec("pixart-1024", "pixart",
                              {**PIXART_ALPHA, "sample_size": 128, "use_additional_conditions": True}, 1024,
                              text_tokens=120, description="PixArt-alpha XL/2 1024-MS (611M)"),
+    "sd3-medium": ModelSpec("sd3-medium", "sd3", SD3_MEDIUM, 1024, text_tokens=SD3_TEXT_TOKENS,
+                            description="SD3-medium MMDiT (2B)"),
+    "sd3.5-medium": ModelSpec("sd3.5-medium", "sd3", SD35_MEDIUM, 1024, text_tokens=SD3_TEXT_TOKENS,
+                              description="SD3.5-medium MMDiT-X (2.5B with its position table)"),
+    "flux-schnell": ModelSpec("flux-schnell", "flux", {**FLUX_DEV, "guidance_embeds": False}, 1024, text_tokens=256,
+                              description="FLUX.1-schnell (12B)"),
+    "flux-dev": ModelSpec("flux-dev", "flux", FLUX_DEV, 1024, text_tokens=512, description="FLUX.1-dev (12B)"),
     # Tiny variants (tests): same classes and block layouts, a few channels.
     "tiny-sd": ModelSpec("tiny-sd", "unet", {
         **SD2_BASE_UNET, "sample_size": 16, "block_out_channels": (16, 32),
@@ -117,6 +147,15 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "tiny-pixart": ModelSpec("tiny-pixart", "pixart", {
         **PIXART_ALPHA, "num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 2, "sample_size": 16,
         "cross_attention_dim": 16, "caption_channels": 16}, 128, text_tokens=5, description="tiny PixArt"),
+    "tiny-sd3": ModelSpec("tiny-sd3", "sd3", {
+        **SD35_MEDIUM, "num_layers": 3, "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 16,
+        "caption_projection_dim": 16, "pooled_projection_dim": 8, "in_channels": 4, "out_channels": 4,
+        "sample_size": 16, "pos_embed_max_size": 32, "dual_attention_layers": (0,)}, 128, text_tokens=5,
+        description="tiny SD3.5 layout (dual attention in block 0)"),
+    "tiny-flux": ModelSpec("tiny-flux", "flux", {
+        **FLUX_DEV, "in_channels": 16, "num_layers": 2, "num_single_layers": 3, "attention_head_dim": 8,
+        "num_attention_heads": 2, "joint_attention_dim": 16, "pooled_projection_dim": 8, "axes_dims_rope": (2, 2, 4)},
+        128, text_tokens=5, description="tiny Flux (dev layout)"),
 }
 
 
@@ -125,7 +164,9 @@ def list_models() -> list[str]:
 
 
 def shrink(spec: ModelSpec, num_layers: Optional[int] = None, width: Optional[float] = None) -> ModelSpec:
-    """A reduced copy for CPU runs: fewer DiT/PixArt blocks, or U-Net channels scaled by `width`.
+    """A reduced copy for CPU runs: fewer DiT/PixArt/SD3 blocks, or U-Net channels scaled by `width`.
+
+    Flux with `num_layers=N` keeps N double-stream and 2N single-stream blocks (the published 19:38 ratio).
 
     U-Net head counts are kept (head dim scales with width) and GroupNorm groups are kept at 32
     when the scaled widths allow it, else halved until they divide every width.
@@ -133,13 +174,17 @@ def shrink(spec: ModelSpec, num_layers: Optional[int] = None, width: Optional[fl
     config = copy.deepcopy(spec.config)
     name = spec.name
     if num_layers is not None:
-        if spec.family != "transformer":
-            raise ValueError("num_layers shrinks DiT/PixArt; use width for U-Nets")
+        if spec.family == "unet":
+            raise ValueError("num_layers shrinks DiT/PixArt/SD3/Flux; use width for U-Nets")
         config["num_layers"] = int(num_layers)
+        if spec.kind == "flux":
+            config["num_single_layers"] = 2 * int(num_layers)
+        if "dual_attention_layers" in config:
+            config["dual_attention_layers"] = tuple(i for i in config["dual_attention_layers"] if i < int(num_layers))
         name += f"-L{num_layers}"
     if width is not None and width != 1:
         if spec.family != "unet":
-            raise ValueError("width scales U-Net channels; use num_layers for DiT/PixArt")
+            raise ValueError("width scales U-Net channels; use num_layers for DiT/PixArt/SD3/Flux")
         widths = tuple(int(round(c * width)) for c in config["block_out_channels"])
         groups = int(config.get("norm_num_groups", 32))
         while any(c % groups for c in widths):
@@ -164,10 +209,11 @@ def get_spec(name: str, num_layers: Optional[int] = None, width: Optional[float]
 
 
 def model_class(spec: ModelSpec) -> type:
-    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DConditionModel
+    from diffusers import (DiTTransformer2DModel, FluxTransformer2DModel, PixArtTransformer2DModel,
+                           SD3Transformer2DModel, UNet2DConditionModel)
 
     return {"unet": UNet2DConditionModel, "sdxl": UNet2DConditionModel, "dit": DiTTransformer2DModel,
-            "pixart": PixArtTransformer2DModel}[spec.kind]
+            "pixart": PixArtTransformer2DModel, "sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel}[spec.kind]
 
 
 def build_model(spec: ModelSpec | str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -184,7 +230,7 @@ def build_model(spec: ModelSpec | str, dtype: torch.dtype = torch.float32, devic
     if dtype != torch.float32:
         model = model.to(dtype=dtype)
     model = model.eval().requires_grad_(False)
-    if spec.family == "transformer":
+    if spec.family != "unet":
         gen = torch.Generator(device=device).manual_seed(seed)
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype) * 0.02)
@@ -224,6 +270,8 @@ def make_inputs(spec: ModelSpec, batch: int, resolution: Optional[int] = None, d
                 "time_ids": time_ids.to(device, dtype),
             }
         return (latent,), kwargs
+    if spec.family == "mmdit":
+        return mmdit_inputs(spec, latent, timesteps, gen, dtype, device)
     if spec.kind == "dit":
         labels = torch.arange(batch, device=device) % int(cfg["num_embeds_ada_norm"])
         return (latent,), {"timestep": timesteps, "class_labels": labels, "return_dict": False}
@@ -235,3 +283,24 @@ def make_inputs(spec: ModelSpec, batch: int, resolution: Optional[int] = None, d
                  "aspect_ratio": torch.ones(batch, 1, device=device, dtype=dtype)}
     return (latent,), {"timestep": timesteps, "encoder_hidden_states": text, "added_cond_kwargs": added,
                        "return_dict": False}
+
+
+def mmdit_inputs(spec: ModelSpec, latent: torch.Tensor, timesteps: torch.Tensor, gen: torch.Generator,
+                 dtype: torch.dtype, device: str | torch.device) -> tuple[tuple, dict]:
+    """SD3 / Flux call: text tokens + pooled text; Flux packs the latent 2x2 with image ids, takes sigma = t/1000."""
+    cfg, batch = spec.config, latent.shape[0]
+    text = torch.randn(batch, spec.text_tokens, cfg["joint_attention_dim"], generator=gen).to(device, dtype)
+    pooled = torch.randn(batch, cfg["pooled_projection_dim"], generator=gen).to(device, dtype)
+    kwargs: dict[str, Any] = {"encoder_hidden_states": text, "pooled_projections": pooled, "return_dict": False}
+    if spec.kind == "sd3":
+        return (latent,), {**kwargs, "timestep": timesteps.to(dtype)}
+    from diffusers import FluxPipeline
+
+    _, channels, height, width = latent.shape
+    packed = FluxPipeline._pack_latents(latent, batch, channels, height, width)
+    kwargs.update(timestep=(timesteps.to(torch.float32) / 1000).to(dtype),
+                  img_ids=FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, dtype),
+                  txt_ids=torch.zeros(spec.text_tokens, 3, device=device, dtype=dtype))
+    if cfg.get("guidance_embeds"):
+        kwargs["guidance"] = torch.full((batch,), 3.5, device=device, dtype=dtype)
+    return (packed,), kwargs

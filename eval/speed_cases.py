@@ -89,7 +89,7 @@ class Case:
 
 
 def parse_model(name: str) -> ModelSpec:
-    """`sd2`, `sd2@w0.25` (U-Net widths x0.25), `dit-xl-2-256@L4` (4 blocks)."""
+    """`sd2`, `sd2@w0.25` (U-Net widths x0.25), `dit-xl-2-256@L4` (4 blocks), `flux-dev@L1` (1 + 2 blocks)."""
     base, *mods = name.split("@")
     width = layers = None
     for mod in mods:
@@ -133,6 +133,12 @@ def preset_cases(name: str) -> list[Case]:
               Setting("todo", (("df", 2),) + md1), Setting("bigain_td", (("df", 2), ("alpha", 0.5)) + md1),
               Setting("sito", (("ratio", 0.7), ("graph", "blocks")) + md1), Setting("upstream", (("ratio", 0.7),) + md1))
         return [Case("sd2", 512, 1, sd)]
+    if name == "cpu-mmdit":  # full-width SD3-medium / Flux.1-schnell blocks at reduced depth, every block patched
+        mmdit = (Setting("tome", (("ratio", 0.5), ("blocks", "all"))), Setting("bigain_tm", (("ratio", 0.7), ("blocks", "all"))),
+                 Setting("todo", (("df", 2), ("blocks", "all"))),
+                 Setting("bigain_td", (("df", 2), ("alpha", 0.5), ("blocks", "all"))),
+                 Setting("sito", (("ratio", 0.7), ("blocks", "all"))))
+        return [Case("sd3-medium@L2", 512, 1, mmdit), Case("flux-schnell@L1", 512, 1, mmdit)]
     if name == "gpu":  # fp16 on one H100; sized (estimated, not yet run) for <= 8 minutes
         full = dict(ratios=(0.3, 0.5, 0.7), dfs=(2, 4))
         dit = dict(block_patterns=("published", "all"), **full)
@@ -154,6 +160,9 @@ PRESETS = {
                  "(CFG pair), published pattern (blocks 1-3): ratio 0.7 / df 2",
     "cpu-sd2-512": "the full-width SD 2 base U-Net at 512 px, batch 1, max_downsample 1: ToMe / BiGain_TM / "
                    "SiTo (graph=blocks) at 0.7, ToDo / BiGain_TD at df 2, upstream ToMe 0.7",
+    "cpu-mmdit": "full-width SD3-medium with 2 of 24 joint blocks at 512 px and FLUX.1-schnell with 1 double- + "
+                 "2 single-stream blocks at 512 px, batch 1, every block patched: ToMe 0.5, BiGain_TM 0.7, "
+                 "ToDo df 2, BiGain_TD df 2 a 0.5, SiTo 0.7",
     "gpu": "issue grid, fp16 on CUDA: SD 2 at 512/768/1024 (CFG pair, max_downsample 1 and 2) and at 512 "
            "with batch 1 and 16; SD 1.5 512; SDXL 1024 (max_downsample 2); DiT-XL/2 256 (batch 2, 16) and 512; "
            "PixArt-alpha 512 and 1024 (published and all blocks); ratios 0.3/0.5/0.7, df 2/4, upstream at "
@@ -165,5 +174,6 @@ PRESET_FLAGS: dict[str, dict[str, Any]] = {
     "tiny": {"repeats": 1, "warmup": 0, "threads": 1},
     "cpu-small": {"repeats": 5, "warmup": 1, "threads": 1},
     "cpu-sd2-512": {"repeats": 3, "warmup": 1, "threads": 1},
+    "cpu-mmdit": {"repeats": 3, "warmup": 1, "threads": 1},
     "gpu": {"device": "cuda", "dtype": "float16", "repeats": 10, "warmup": 3},
 }

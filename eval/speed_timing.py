@@ -93,12 +93,17 @@ class TimedProcessor:
             return self.inner(attn, hidden_states, *args, **kwargs)
 
 
+def attention_name(block: torch.nn.Module) -> str:
+    """The self-attention of a block: `attn1` (BasicTransformerBlock) or `attn` (SD3/Flux MMDiT blocks)."""
+    return "attn1" if hasattr(block, "attn1") else "attn"
+
+
 @contextlib.contextmanager
 def timed_attn1(model: torch.nn.Module, spans: Spans) -> Iterator[None]:
     """Time every transformer block's attn1 (whatever processor is installed) while active."""
     saved = []
     for site in find_backbone(model).sites:
-        attn = site.block.attn1
+        attn = getattr(site.block, attention_name(site.block))
         saved.append((attn, attn.processor))
         attn.processor = TimedProcessor(attn.processor, spans, site.name)
     try:
@@ -318,7 +323,8 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
         overhead = (by_phase["plan"] + by_phase["reduce"] + by_phase["restore"] + by_phase["kv"]
                     if s.engine == "bigain" and ph else float("nan"))
         base_total = base_phase.get(("", "total"), float("nan"))
-        attn_base_flops = sum(attn_flops.get(f"{b}.attn1", 0) for b in blocks[s]) * case.batch / flop_batch
+        attn_base_flops = sum(max(attn_flops.get(f"{b}.attn1", 0), attn_flops.get(f"{b}.attn", 0))
+                              for b in blocks[s]) * case.batch / flop_batch
         own_flops = reducer_flops.get(s, float("nan"))
         row = {
             "model": spec.name, "model_note": spec.note or spec.description, "family": spec.family,

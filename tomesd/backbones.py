@@ -11,7 +11,13 @@ from typing import Any, Optional
 
 from torch import nn
 
-SUPPORTED = "a diffusers UNet2DConditionModel, DiTTransformer2DModel or PixArtTransformer2DModel, or a pipeline with `.unet` / `.transformer`"
+SUPPORTED = ("a diffusers UNet2DConditionModel, DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel "
+             "or FluxTransformer2DModel, or a pipeline with `.unet` / `.transformer`")
+
+# MMDiT blocks (joint text-image attention): SD3/SD3.5 joint blocks, Flux double- then single-stream blocks.
+MMDIT_BLOCKS = ("JointTransformerBlock", "FluxTransformerBlock", "FluxSingleTransformerBlock")
+# Flux has no `sample_size`: its pipelines default to 1024 px = 128x128 latents packed 2x2 into 64x64 tokens.
+FLUX_REFERENCE_GRID = (64, 64)
 
 # The published DiT setting: 10 of DiT-XL/2's 28 blocks.
 PUBLISHED_DIT_BLOCKS = (1, 2, 3, 4, 5, 7, 8, 9, 10, 11)
@@ -32,7 +38,7 @@ class Backbone:
     """A denoiser and the blocks in it, as the patcher needs them."""
 
     model: nn.Module
-    family: str  # "unet" or "transformer"
+    family: str  # "unet", "transformer" (DiT/PixArt) or "mmdit" (SD3/Flux)
     sites: tuple[BlockSite, ...]
     patch_size: int
     signature: inspect.Signature
@@ -46,6 +52,18 @@ class Backbone:
 def is_transformer_block(module: nn.Module) -> bool:
     """A diffusers `BasicTransformerBlock` (matched by name up the MRO, no hard import)."""
     return any(cls.__name__ == "BasicTransformerBlock" for cls in type(module).__mro__) and hasattr(module, "attn1")
+
+
+def mmdit_kind(module: nn.Module) -> Optional[str]:
+    """The MMDiT block class name of `module` (one of MMDIT_BLOCKS), or None."""
+    name = type(module).__name__
+    return name if name in MMDIT_BLOCKS else None
+
+
+def mmdit_blocks(model: nn.Module) -> list[nn.Module]:
+    """MMDiT blocks in forward order: `transformer_blocks`, then Flux's `single_transformer_blocks`."""
+    stacks = [getattr(model, "transformer_blocks", None) or [], getattr(model, "single_transformer_blocks", None) or []]
+    return [b for stack in stacks for b in stack if mmdit_kind(b) is not None]
 
 
 def is_unet(module: Any) -> bool:
@@ -107,17 +125,23 @@ def find_backbone(obj: Any) -> Backbone:
     names = {id(m): n for n, m in model.named_modules()}
     if is_unet(model):
         pairs, family, patch = unet_block_levels(model), "unet", 1
+    elif mmdit_blocks(model):
+        pairs, family, patch = [(b, 1) for b in mmdit_blocks(model)], "mmdit", int(model.config.patch_size)
     else:
         pairs, family = [(b, 1) for b in model.transformer_blocks if is_transformer_block(b)], "transformer"
         patch = int(model.config.patch_size)
     if not pairs:
-        raise ValueError(f"{type(model).__name__} has no BasicTransformerBlock to reduce; expected {SUPPORTED}")
+        raise ValueError(f"{type(model).__name__} has no block this engine can reduce (BasicTransformerBlock, "
+                         f"{', '.join(MMDIT_BLOCKS)}); expected {SUPPORTED}")
     sites = tuple(BlockSite(names[id(b)], b, lvl, i) for i, (b, lvl) in enumerate(pairs))
-    return Backbone(model, family, sites, patch, inspect.signature(model.forward), config_latent_size(model))
+    reference = config_latent_size(model)
+    if reference is None and family == "mmdit" and hasattr(model, "single_transformer_blocks"):
+        reference = FLUX_REFERENCE_GRID
+    return Backbone(model, family, sites, patch, inspect.signature(model.forward), reference)
 
 
 def select_sites(backbone: Backbone, max_downsample: int, blocks: Any, default_blocks: str) -> list[BlockSite]:
-    """The blocks a method acts on: U-Net by level, transformers by index (methods.md)."""
+    """The blocks a method acts on: U-Net by level, transformers (DiT, PixArt, MMDiT) by running index."""
     if backbone.family == "unet":
         if blocks is not None:
             raise ValueError("`blocks` selects DiT/PixArt blocks; on a U-Net use max_downsample (1, 2, ...)")

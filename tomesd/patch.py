@@ -5,7 +5,7 @@ import contextlib
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from torch import nn
 
@@ -13,6 +13,7 @@ from . import reducers  # noqa: F401  (registers the built-in methods)
 from .backbones import Backbone, BlockSite, find_backbone, resolve_denoiser, select_sites
 from .hooks import BlockHook, FeedForwardChunking, ReducingAttnProcessor, RuntimeState, install_mlp_hooks, \
     make_capture_hook
+from .mmdit import install_mmdit
 from .options import as_dict, build_options
 from .registry import canonical_name, get_reducer
 
@@ -88,27 +89,32 @@ def summarize_levels(backbone: Backbone, sites: list[BlockSite], reducer: type, 
 def wraps_reducer(processor: Any, hook: BlockHook) -> bool:
     """Whether `processor` is this hook's reducing wrapper, or wraps it (via `.inner`, e.g. a timer)."""
     while processor is not None:
-        if isinstance(processor, ReducingAttnProcessor) and processor.hook is hook:
+        if getattr(processor, "hook", None) is hook:  # ReducingAttnProcessor or an MMDiT processor
             return True
         processor = getattr(processor, "inner", None)
     return False
 
 
-def wrap_attention(attn: nn.Module, hook: BlockHook, self_attention: bool, handle: PatchHandle) -> None:
-    """Swap `attn`'s processor for a reducing wrapper around it; remember the original.
+def wrap_attention(attn: nn.Module, hook: BlockHook, self_attention: bool, handle: PatchHandle,
+                   make: Optional[Callable[[Any], Any]] = None) -> None:
+    """Swap `attn`'s processor for a reducing wrapper around it (`make(inner)`, default
+    `ReducingAttnProcessor`); remember the original.
 
     A processor set after patching (`set_attn_processor`, `enable_xformers_memory_efficient_attention`)
     is wrapped again before the next call, and is the one `remove_patch` restores.
     """
+    if make is None:
+        def make(inner: Any) -> Any:
+            return ReducingAttnProcessor(inner, hook, self_attention)
     slot = len(handle.processors)
     handle.processors.append((attn, attn.processor))
-    attn.set_processor(ReducingAttnProcessor(attn.processor, hook, self_attention))
+    attn.set_processor(make(attn.processor))
 
     def rewrap(module: nn.Module, args: tuple) -> None:
         current = module.processor
         if not wraps_reducer(current, hook):
             handle.processors[slot] = (module, current)
-            module.set_processor(ReducingAttnProcessor(current, hook, self_attention))
+            module.set_processor(make(current))
 
     handle.handles.append(attn.register_forward_pre_hook(rewrap))
 
@@ -132,7 +138,7 @@ def install_block(site: BlockSite, backbone: Backbone, reducer: type, options: A
 
 def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome", *, seed: Optional[int] = None,
                 latent_size: Optional[int | tuple[int, int]] = None, **options: Any) -> PatchReport:
-    """Install a token reducer in a diffusers U-Net / DiT / PixArt model or pipeline.
+    """Install a token reducer in a diffusers U-Net / DiT / PixArt / SD3 / Flux model or pipeline.
 
     Important args:
         method: "tome" (default), "bigain_tm"/"lgtm", "todo", "bigain_td"/"iekvd", "sito", "none".
@@ -170,10 +176,13 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
         "K/V tokens" if reducer.plan_kind == "kv" else "tokens kept", size,
     )
     handle = PatchHandle(RuntimeState(seed=seed), report)
-    handle.handles.append(denoiser.register_forward_pre_hook(
-        make_capture_hook(handle.runtime, backbone.signature), with_kwargs=True))
-    for site in sites:
-        install_block(site, backbone, reducer, opts, handle)
+    if backbone.family == "mmdit":
+        install_mmdit(backbone, sites, reducer, opts, handle, wrap_attention)
+    else:
+        handle.handles.append(denoiser.register_forward_pre_hook(
+            make_capture_hook(handle.runtime, backbone.signature), with_kwargs=True))
+        for site in sites:
+            install_block(site, backbone, reducer, opts, handle)
     setattr(denoiser, PATCH_ATTR, handle)
     return report
 
