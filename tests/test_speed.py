@@ -208,12 +208,12 @@ def test_fast_merge_and_unmerge_are_bit_identical_to_scatter_reduce(dtype):
 def test_sito_blocks_graph_option_matches_full_graph_on_random_tokens():
     from tomesd.reducers.base import ReductionContext
     from tomesd.reducers.sito import SiTo, SiToOptions
+    from tomesd.rng import CounterRandom
 
     x = torch.randn(2, 16 * 16, 32, generator=torch.Generator().manual_seed(1))
     outs = []
     for graph in ("full", "blocks"):
-        ctx = ReductionContext(metric=x, height=16, width=16, timesteps=None,
-                               generator=torch.Generator().manual_seed(0))
+        ctx = ReductionContext(metric=x, height=16, width=16, timesteps=None, random=CounterRandom(0))
         plan = SiTo.plan(ctx, SiToOptions(ratio=0.7, graph=graph))
         outs.append((plan.reduce(x), plan.restore(plan.reduce(x) * 2)))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

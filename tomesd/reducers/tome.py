@@ -7,6 +7,7 @@ import torch
 
 from ..options import TokenPlacementOptions, check_positive_int, check_ratio
 from ..registry import register_reducer
+from ..rng import draw_randint
 from .base import Plan, ReductionContext
 from .grid import block_positions, num_blocks
 from .matching import bipartite_merge_plan, merge_count
@@ -53,11 +54,7 @@ class ToMe:
             return None
         # Upstream rule: odd batches (e.g. no CFG pair) use the deterministic top-left destination.
         if opts.use_rand and batch % 2 == 0:
-            gen = ctx.generator
-            offsets = torch.randint(
-                opts.sx * opts.sy, (positions.shape[0], 1), generator=gen,
-                device=gen.device if gen is not None else device,
-            ).to(device)
+            offsets = draw_randint(ctx.random, opts.sx * opts.sy, (positions.shape[0], 1), device)
         else:
             offsets = torch.zeros(positions.shape[0], 1, dtype=torch.long, device=device)
         dst_idx = positions.gather(1, offsets).view(1, -1).expand(batch, -1)
