@@ -170,7 +170,7 @@ def reference_merge(metric, dst_idx, ratio):
     src_idx = complement_indices(dst_idx, n)
     unit = F.normalize(metric, dim=-1)
     best_score, best_dst = (gather(unit, src_idx) @ gather(unit, dst_idx).transpose(1, 2)).max(dim=-1)
-    merged_local = best_score.topk(r, dim=-1).indices
+    merged_local = torch.sort(best_score, dim=-1, descending=True, stable=True).indices[:, :r]  # ties: lower index
     kept_idx = src_idx.gather(1, complement_indices(merged_local, src_idx.shape[1]))
     merged_idx, into = src_idx.gather(1, merged_local), best_dst.gather(1, merged_local)
     k = kept_idx.shape[1]

@@ -162,7 +162,7 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
         summarize_levels(backbone, sites, reducer, opts),
         "K/V tokens" if reducer.plan_kind == "kv" else "tokens kept",
     )
-    runtime = RuntimeState(seed=seed, plan_reuse=opts.plan_reuse, plan_every=opts.plan_every)
+    runtime = RuntimeState(seed=seed, plan_reuse=opts.plan_reuse, plan_every=opts.plan_every, streams=len(sites))
     handle = PatchHandle(runtime, report)
     handle.handles.append(denoiser.register_forward_pre_hook(
         make_capture_hook(handle.runtime, backbone.signature), with_kwargs=True))

@@ -16,6 +16,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .reducers.grid import static_tensor
+
 MASK32 = 0xFFFFFFFF
 MUL1, MUL2 = 0x7FEB352D, 0x1B873593  # odd, < 2**31
 GOLDEN = 0x9E3779B9
@@ -33,20 +35,46 @@ def mix32(x: IntOrTensor) -> IntOrTensor:
     return x ^ (x >> 16)
 
 
+def call_key(seed: int, counter: Optional[Tensor]) -> IntOrTensor:
+    """The key of one call: a hash of the seed and the call counter (a Python int for call 0 without one)."""
+    base = mix32(mix32(seed) ^ GOLDEN)
+    return mix32(base) if counter is None else mix32(counter + base)
+
+
 @dataclass(frozen=True)
 class CounterRandom:
-    """Random numbers of one stream (a block or level) for the current call; shared by the batch."""
+    """Random numbers of one stream (a block or level) for the current call; shared by the batch.
+
+    Value i of stream s for a draw of `count` values is `mix32(key + mix32(count) + s * count + i)`:
+    every stream of a call reads a disjoint window of one hash sequence. With `tables` (a dict the
+    patch clears every call) the first stream to draw `count` values draws them for all `streams` at
+    once and the others slice it (fewer launches); without, each stream hashes its own window.
+    """
 
     seed: int
     counter: Optional[Tensor] = None  # () int64; None counts as call 0
     stream: int = 0
+    key: Optional[IntOrTensor] = None  # precomputed `call_key(seed, counter)`
+    streams: int = 1
+    tables: Optional[dict] = None
 
     def bits(self, count: int, device: torch.device) -> Tensor:
         """`count` hashed 32-bit values (int64 in [0, 2**32)) on `device`."""
-        base = mix32(mix32(self.seed) ^ mix32(self.stream + GOLDEN))
-        call = mix32(base) if self.counter is None else mix32(self.counter.to(device) + base)
-        index = torch.arange(count, device=device, dtype=torch.int64)
-        return mix32(mix32(index ^ call) + base)
+        if self.tables is None:
+            return self.window(self.stream * count, count, count, device)
+        table = self.tables.get((count, str(device)))
+        if table is None:
+            table = self.tables[(count, str(device))] = self.window(0, self.streams * count, count, device)
+        return table[self.stream * count:(self.stream + 1) * count]
+
+    def window(self, start: int, length: int, count: int, device: torch.device) -> Tensor:
+        """Values start .. start + length - 1 of the sequence for draws of `count` values."""
+        key = self.key if self.key is not None else call_key(self.seed, self.counter)
+        if isinstance(key, Tensor):
+            key = key.to(device)
+        index = static_tensor(("arange", start, length, str(device)),
+                              lambda: torch.arange(start, start + length, device=device, dtype=torch.int64))
+        return mix32(index + (key + mix32(count)))
 
     def uniform(self, shape: Sequence[int], device: torch.device) -> Tensor:
         """float32 uniform on [0, 1) in steps of 2**-24."""
@@ -55,7 +83,15 @@ class CounterRandom:
 
     def randint(self, high: int, shape: Sequence[int], device: torch.device) -> Tensor:
         """int64 uniform on {0, ..., high - 1} (exact for powers of two, e.g. the 4 slots of a 2x2 block)."""
-        return (self.bits(math.prod(shape), device) % high).view(*shape)
+        count = math.prod(shape)
+        if self.tables is None:
+            return (self.bits(count, device) % high).view(*shape)
+        key = ("randint", high, count, str(device))
+        table = self.tables.get(key)
+        if table is None:  # reduced once for all streams of the call
+            table = self.tables[key] = CounterRandom(self.seed, self.counter, 0, self.key, 1).window(
+                0, self.streams * count, count, device) % high
+        return table[self.stream * count:(self.stream + 1) * count].view(*shape)
 
     def normal(self, shape: Sequence[int], device: torch.device) -> Tensor:
         """float32 standard normal (Box-Muller on two uniform draws per value)."""
