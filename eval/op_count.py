@@ -54,7 +54,8 @@ class OpSpans:
         ops, views = self.mode.ops, self.mode.views
         self.mode.active = True
         try:
-            yield
+            with self.mode:  # only inside reducer spans: the rest of the forward runs at full speed
+                yield
         finally:
             self.mode.active = False
             entry = self.counts.setdefault(phase, [0, 0])
@@ -73,7 +74,7 @@ def count_reducer_ops(model: torch.nn.Module, method: str, options: dict, args: 
     spans = OpSpans(mode)
     report = tomesd.apply_patch(model, method=method, seed=seed, **options)
     try:
-        with torch.no_grad(), mode, timed_reducers(spans):
+        with torch.no_grad(), timed_reducers(spans):
             model(*args, **kwargs)
     finally:
         tomesd.remove_patch(model)
