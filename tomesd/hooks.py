@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .reducers.base import KVPlan, Plan, ReductionContext, TokenPlan
-from .rng import CounterRandom, call_key
+from .rng import CounterRandom
 
 
 def fresh_seed() -> int:
@@ -40,7 +40,6 @@ class RuntimeState:
     latent_size: Optional[tuple[int, int]] = None
     timesteps: Optional[Tensor] = None  # (B,) float32, on the device the caller passed them on
     counter: Optional[Tensor] = None  # () int64 on the model's device: denoiser calls since patch/reseed
-    key: Optional[Tensor] = None  # this call's random key (hash of seed and counter)
     streams: int = 1  # patched blocks, each its own random stream
     tables: dict = field(default_factory=dict)  # this call's shared random draws (tomesd.rng)
     calls: int = 0  # Python count of calls, kept only when plans are reused across calls
@@ -60,7 +59,6 @@ class RuntimeState:
             self.counter = torch.zeros((), dtype=torch.int64, device=device)
         else:
             self.counter.add_(1)
-        self.key = call_key(self.stream_seed, self.counter)
         self.tables.clear()
         if self.plan_every > 1:
             if self.calls % self.plan_every == 0:
@@ -85,13 +83,13 @@ class RuntimeState:
 
     def random(self, stream: int) -> CounterRandom:
         """The patch's random numbers for `stream` (a block) in the current call."""
-        return CounterRandom(self.stream_seed, self.counter, stream, self.key, self.streams, self.tables)
+        return CounterRandom(self.stream_seed, self.counter, stream, None, self.streams, self.tables)
 
     def reseed(self, seed: Optional[int]) -> None:
         """Restart the random stream and the plan-reuse counter (e.g. per image)."""
         self.seed = seed
         self.stream_seed = seed if seed is not None else fresh_seed()
-        self.counter, self.key, self.calls = None, None, 0
+        self.counter, self.calls = None, 0
         self.plans.clear()
         self.tables.clear()
 

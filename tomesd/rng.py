@@ -54,7 +54,7 @@ class CounterRandom:
     seed: int
     counter: Optional[Tensor] = None  # () int64; None counts as call 0
     stream: int = 0
-    key: Optional[IntOrTensor] = None  # precomputed `call_key(seed, counter)`
+    key: Optional[IntOrTensor] = None  # `call_key(seed, counter)` if already known
     streams: int = 1
     tables: Optional[dict] = None
 
@@ -69,7 +69,13 @@ class CounterRandom:
 
     def window(self, start: int, length: int, count: int, device: torch.device) -> Tensor:
         """Values start .. start + length - 1 of the sequence for draws of `count` values."""
-        key = self.key if self.key is not None else call_key(self.seed, self.counter)
+        key = self.key
+        if key is None and self.tables is not None:  # hashed once per call, on the first draw
+            key = self.tables.get("key")
+            if key is None:
+                key = self.tables["key"] = call_key(self.seed, self.counter)
+        elif key is None:
+            key = call_key(self.seed, self.counter)
         if isinstance(key, Tensor):
             key = key.to(device)
         index = static_tensor(("arange", start, length, str(device)),

@@ -3,6 +3,12 @@
 Base tokens (highest graph score per stride block) are always computed; of the rest, the ones
 most similar to some base token are pruned and later receive the output of their most similar
 retained (kept or base) token.
+
+Ties are broken deterministically: a block's base token is its first maximum in row-major order,
+equal affinities are pruned lower index first (stable sort), and a pruned token copies the first
+most similar retained token in the order [kept non-base tokens ascending, base tokens]. The graph
+and scores use the model dtype with fp32 degree sums (the official code uses fp16 throughout; the
+kept sets differ in ~0.1% of tokens, see docs/benchmarks.md).
 """
 from __future__ import annotations
 
