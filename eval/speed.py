@@ -13,6 +13,10 @@ rotated order), so slow drifts of a shared machine hit all settings alike. Per r
   (gather / scatter) or the K/V downsample, from the median of 3 instrumented calls, as a share of the
   baseline time of the layers they reduce; the same per block goes to `blocks.csv`;
 * peak memory: CUDA `max_memory_allocated` above the resting level (n/a on CPU);
+* ops/block: ATen ops the reducer dispatches per patched block and call, non-view ops in brackets
+  (`eval.op_count`; a CPU-measurable stand-in for GPU kernel launches);
+* `--cuda-graphs` (CUDA only): each setting's forward is captured once in a CUDA graph and replays
+  are timed (a patched forward has no sync and no host-side random state);
 * upstream tomesd 0.1.3 (when unpacked, see `eval.upstream`) at every ToMe setting, as its own
   rows and as the `upstream x` column of the matching ToMe row.
 
@@ -20,6 +24,7 @@ Weights are random (`eval.model_zoo`): timing does not depend on them, and every
 
     python -m eval.speed --preset cpu-small --out results/speed/cpu-small
     python -m eval.speed --preset gpu --out results/speed/gpu            # fp16, CUDA
+    python -m eval.speed --preset gpu --models sd2 --batches 2 --cuda-graphs --out results/speed/gpu-graphs
     python -m eval.speed --models sd2@w0.25 --methods tome todo --ratios 0.5 --resolutions 512 --batches 2
 """
 from __future__ import annotations
