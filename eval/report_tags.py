@@ -21,7 +21,7 @@ METHOD_ORDER = ("none", "baseline", "tome", "upstream", "bigain_tm", "lgtm", "to
 OPTION_KEYS = (
     "ratio", "df", "df_level2", "alpha", "alpha_schedule", "alpha_start", "alpha_end", "mode", "stop_threshold",
     "max_downsample", "blocks", "sx", "sy", "use_rand", "laplacian_norm", "strip_layout", "noise_alpha", "sim_beta",
-    "merge_attn", "merge_crossattn", "merge_mlp", "rseed",
+    "merge_attn", "merge_crossattn", "merge_mlp", "plan_reuse", "plan_every", "rseed",
 )
 OPTION_SHORT = {"ratio": "r"}
 MODEL_NAMES = {

@@ -13,6 +13,10 @@ rotated order), so slow drifts of a shared machine hit all settings alike. Per r
   (gather / scatter) or the K/V downsample, from the median of 3 instrumented calls, as a share of the
   baseline time of the layers they reduce; the same per block goes to `blocks.csv`;
 * peak memory: CUDA `max_memory_allocated` above the resting level (n/a on CPU);
+* ops/block: ATen ops the reducer dispatches per patched block and call, non-view ops in brackets
+  (`eval.op_count`; a CPU-measurable stand-in for GPU kernel launches);
+* `--cuda-graphs` (CUDA only): each setting's forward is captured once in a CUDA graph and replays
+  are timed (a patched forward has no sync and no host-side random state);
 * upstream tomesd 0.1.3 (when unpacked, see `eval.upstream`) at every ToMe setting, as its own
   rows and as the `upstream x` column of the matching ToMe row.
 
@@ -20,6 +24,7 @@ Weights are random (`eval.model_zoo`): timing does not depend on them, and every
 
     python -m eval.speed --preset cpu-small --out results/speed/cpu-small
     python -m eval.speed --preset gpu --out results/speed/gpu            # fp16, CUDA
+    python -m eval.speed --preset gpu --models sd2 --batches 2 --cuda-graphs --out results/speed/gpu-graphs
     python -m eval.speed --models sd2@w0.25 --methods tome todo --ratios 0.5 --resolutions 512 --batches 2
 """
 from __future__ import annotations
@@ -59,6 +64,7 @@ COLUMNS = [
     "attn_base_ms", "attn_patched_ms", "overhead_ms", "overhead_share", "overhead_flops_g", "overhead_flop_share",
     "plan_ms", "score_ms", "match_ms",
     "reduce_ms", "restore_ms", "kv_ms", "peak_mem_mb", "upstream_speedup", "repeats",
+    "ops_per_block", "kernels_per_block", "cuda_graphs",
 ]
 BLOCK_COLUMNS = ["model", "resolution", "batch", "setting", "block", "tokens", "attn_base_ms", "attn_patched_ms",
                  "plan_ms", "score_ms", "match_ms", "reduce_ms", "restore_ms", "kv_ms", "overhead_ms",
@@ -68,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "preset": None, "models": None, "methods": list(METHODS), "ratios": [0.3, 0.5, 0.7], "dfs": [2, 4],
     "max_downsample": [1], "blocks": ["published"], "resolutions": None, "batches": None, "dtype": "float32",
     "device": "cpu", "repeats": 5, "warmup": 1, "out": "results/speed", "upstream": True, "breakdown": True,
-    "flops_batch1": True, "seed": 0, "threads": None,
+    "flops_batch1": True, "seed": 0, "threads": None, "cuda_graphs": False,
 }
 
 
@@ -85,12 +91,13 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 def markdown_table(rows: Sequence[dict]) -> str:
     """The headline table (one line per setting; upstream rows also feed the `upstream x` column)."""
     header = ["model", "px", "batch", "setting", "ms", "speed-up", "FLOP-ideal", "meas/ideal", "upstream x",
-              "GFLOPs", "attn share", "overhead", "overhead/attn", "its FLOPs/attn", "peak MB"]
+              "GFLOPs", "attn share", "overhead", "overhead/attn", "its FLOPs/attn", "ops/block", "peak MB"]
     lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Speed-ups are vs the unpatched SDPA baseline in the same process "
              "(median of per-round ratios); attn share = baseline time in the attn1 layers the setting reduces; "
              "overhead = reducer planning + gather/scatter (ms, and as a share of those layers' baseline time); "
              "its FLOPs/attn = the reducer's own FLOPs (matching, graph, Laplacian) as a share of those layers' "
-             "FLOPs, the floor under overhead/attn.",
+             "FLOPs, the floor under overhead/attn; ops/block = ATen ops the reducer dispatches per patched block "
+             "and call, of which non-view in brackets (a CPU-measurable stand-in for GPU kernel launches).",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append("| " + " | ".join([
@@ -101,9 +108,15 @@ def markdown_table(rows: Sequence[dict]) -> str:
             _fmt(r["overhead_ms"], ".1f"),
             _fmt(100 * r["overhead_share"], ".1f") + "%" if not math.isnan(r["overhead_share"]) else "n/a",
             _fmt(100 * r["overhead_flop_share"], ".1f") + "%" if not math.isnan(r["overhead_flop_share"]) else "n/a",
-            _fmt(r["peak_mem_mb"], ".0f"),
+            ops_cell(r), _fmt(r["peak_mem_mb"], ".0f"),
         ]) + " |")
     return "\n".join(lines)
+
+
+def ops_cell(row: dict) -> str:
+    """'60 (39)': ATen ops per block, non-view ops in brackets; n/a for baseline/upstream."""
+    ops, kernels = row.get("ops_per_block", float("nan")), row.get("kernels_per_block", float("nan"))
+    return "n/a" if isinstance(ops, float) and math.isnan(ops) else f"{ops:.0f} ({kernels:.0f})"
 
 
 def block_markdown(block_rows: Sequence[dict]) -> str:
@@ -246,13 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the cases and the number of forward calls, run nothing")
     p.add_argument("--no-upstream", dest="upstream", action="store_false", help="skip upstream tomesd")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the instrumented calls (overhead breakdown)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="time CUDA-graph replays of each setting's forward (fixed shapes; needs --device cuda)")
     p.add_argument("--flops-full-batch", dest="flops_batch1", action="store_false",
                    help="count FLOPs at the full batch (default: batch 1, scaled; FLOPs are linear in batch)")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cuda_graphs and not str(args.device).startswith("cuda"):
+        parser.error(f"--cuda-graphs needs a CUDA device (--device cuda), got --device {args.device}")
     for key, value in PRESET_FLAGS.get(args.preset, {}).items():
         if getattr(args, key) == DEFAULTS[key]:
             setattr(args, key, value)
@@ -276,7 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     t0 = time.perf_counter()
     rows, block_rows = run_benchmark(cases, dtype=args.dtype, device=device, repeats=args.repeats,
                                      warmup=args.warmup, seed=args.seed, upstream=args.upstream,
-                                     breakdown=args.breakdown, flops_batch1=args.flops_batch1, log=log)
+                                     breakdown=args.breakdown, flops_batch1=args.flops_batch1, log=log,
+                                     cuda_graphs=args.cuda_graphs)
     meta = {"command": "python -m eval.speed " + " ".join(sys.argv[1:] if argv is None else argv),
             "weights": RANDOM_WEIGHTS_NOTE, "environment": environment(device), "seconds": time.perf_counter() - t0,
             "cases": [{"model": c.model, "resolution": c.resolution, "batch": c.batch,

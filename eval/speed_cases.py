@@ -37,7 +37,7 @@ class Setting:
     def label(self) -> str:
         if self.method == "none":
             return "baseline (SDPA)"
-        short = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md", "blocks": "blocks"}
+        short = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md", "blocks": "blocks", "plan_reuse": "plans"}
         parts = []
         for key, value in self.options:
             if key == "max_downsample" and value == 1:
@@ -139,6 +139,27 @@ def preset_cases(name: str) -> list[Case]:
                  Setting("bigain_td", (("df", 2), ("alpha", 0.5), ("blocks", "all"))),
                  Setting("sito", (("ratio", 0.7), ("blocks", "all"))))
         return [Case("sd3-medium@L2", 512, 1, mmdit), Case("flux-schnell@L1", 512, 1, mmdit)]
+    if name == "cpu-reuse":  # plan_reuse="level" next to per-block planning, smallest sizes that show it
+        tm = lambda m, *extra: Setting(m, (("ratio", 0.7),) + extra + (("max_downsample", 1),))  # noqa: E731
+        level = ("plan_reuse", "level")
+        sd = (tm("tome"), tm("tome", level), tm("bigain_tm"), tm("bigain_tm", level),
+              Setting("todo", (("df", 2), level, ("max_downsample", 1))))
+        dit = (Setting("tome", (("ratio", 0.7),)), Setting("tome", (("ratio", 0.7), level)),
+               Setting("bigain_tm", (("ratio", 0.7),)), Setting("bigain_tm", (("ratio", 0.7), level)))
+        return [Case("sd2@w0.25", 512, 1, sd), Case("dit-xl-2-256@L4", 256, 2, dit)]
+    if name == "cpu-sd2-512-reuse":  # the done-criterion: full-width SD 2 at 512 px, level reuse
+        tm = lambda m, *extra: Setting(m, (("ratio", 0.7),) + extra + (("max_downsample", 1),))  # noqa: E731
+        level = ("plan_reuse", "level")
+        return [Case("sd2", 512, 1, (tm("tome"), tm("tome", level), tm("bigain_tm"), tm("bigain_tm", level)))]
+    if name == "cpu-deeper":  # reduction below the top level (SDXL has no attention there)
+        tm = lambda m, *extra: Setting(m, (("ratio", 0.7),) + extra)  # noqa: E731
+        level = ("plan_reuse", "level")
+        sd2 = (tm("tome", ("max_downsample", 1)), tm("tome", ("max_downsample", 2)),
+               tm("tome", ("max_downsample", 2), level), Setting("todo", (("df", 2), ("max_downsample", 2))))
+        sdxl = (tm("tome", ("max_downsample", 2)), tm("tome", ("max_downsample", 4)),
+                tm("tome", ("max_downsample", 4), level), Setting("todo", (("df", 2), ("max_downsample", 4))))
+        dit = (tm("tome"), tm("tome", ("merge_mlp", True)), tm("tome", ("merge_mlp", True), level))
+        return [Case("sd2@w0.25", 512, 1, sd2), Case("sdxl@w0.25", 512, 1, sdxl), Case("dit-xl-2-256@L4", 256, 2, dit)]
     if name == "gpu":  # fp16 on one H100; sized (estimated, not yet run) for <= 8 minutes
         full = dict(ratios=(0.3, 0.5, 0.7), dfs=(2, 4))
         dit = dict(block_patterns=("published", "all"), **full)
@@ -163,6 +184,12 @@ PRESETS = {
     "cpu-mmdit": "full-width SD3-medium with 2 of 24 joint blocks at 512 px and FLUX.1-schnell with 1 double- + "
                  "2 single-stream blocks at 512 px, batch 1, every block patched: ToMe 0.5, BiGain_TM 0.7, "
                  "ToDo df 2, BiGain_TD df 2 a 0.5, SiTo 0.7",
+    "cpu-reuse": "plan_reuse='level' next to per-block planning: SD 2 at widths x0.25, 512 px, batch 1 (ToMe / "
+                 "BiGain_TM 0.7, ToDo df 2 level) and DiT-XL/2-256 with 4 blocks, batch 2 (ToMe / BiGain_TM 0.7)",
+    "cpu-sd2-512-reuse": "full-width SD 2 at 512 px, batch 1: ToMe / BiGain_TM 0.7 with per-block and per-level plans",
+    "cpu-deeper": "below the top level: SD 2 x0.25 at 512 px with max_downsample 1 / 2 (+ level reuse), SDXL x0.25 "
+                  "at 512 px reducing attention levels 2 and 2+4 (max_downsample 2 / 4), DiT-XL/2-256 (4 blocks) "
+                  "with merge_mlp; ToMe 0.7, ToDo df 2",
     "gpu": "issue grid, fp16 on CUDA: SD 2 at 512/768/1024 (CFG pair, max_downsample 1 and 2) and at 512 "
            "with batch 1 and 16; SD 1.5 512; SDXL 1024 (max_downsample 2); DiT-XL/2 256 (batch 2, 16) and 512; "
            "PixArt-alpha 512 and 1024 (published and all blocks); ratios 0.3/0.5/0.7, df 2/4, upstream at "
@@ -175,5 +202,8 @@ PRESET_FLAGS: dict[str, dict[str, Any]] = {
     "cpu-small": {"repeats": 5, "warmup": 1, "threads": 1},
     "cpu-sd2-512": {"repeats": 3, "warmup": 1, "threads": 1},
     "cpu-mmdit": {"repeats": 3, "warmup": 1, "threads": 1},
+    "cpu-reuse": {"repeats": 5, "warmup": 1, "threads": 1, "upstream": False},
+    "cpu-sd2-512-reuse": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False},
+    "cpu-deeper": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False},
     "gpu": {"device": "cuda", "dtype": "float16", "repeats": 10, "warmup": 3},
 }

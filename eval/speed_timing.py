@@ -20,6 +20,7 @@ from tomesd.reducers.base import KVPlan, TokenPlan
 
 from .flops import FlopSpans, count_flops
 from .model_zoo import ModelSpec, build_model, make_inputs
+from .op_count import count_reducer_ops
 from .speed_cases import BASELINE, Case, Setting, parse_model
 
 PHASES = ("plan", "score", "match", "reduce", "restore", "kv")
@@ -79,6 +80,35 @@ def timed_call(model: torch.nn.Module, args: tuple, kwargs: dict, device: torch.
     t0 = time.perf_counter()
     model(*args, **kwargs)
     return 1e3 * (time.perf_counter() - t0)
+
+
+def capture_cuda_graph(model: torch.nn.Module, args: tuple, kwargs: dict, device: torch.device) -> Callable[[], None]:
+    """Capture one forward (fixed shapes) in a CUDA graph after two warm-up calls on a side stream.
+
+    A patched forward is capturable: no host sync, no `torch.Generator`, no data-dependent shape
+    (the random stream's call counter is a device tensor advanced inside the graph). Returns `replay`.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            model(*args, **kwargs)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(*args, **kwargs)
+    return graph.replay
+
+
+def timed_replay(replay: Callable[[], None], device: torch.device) -> float:
+    """Milliseconds of one CUDA-graph replay (CUDA events)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    sync(device)
+    start.record()
+    replay()
+    end.record()
+    end.synchronize()
+    return float(start.elapsed_time(end))
 
 
 class TimedProcessor:
@@ -250,8 +280,13 @@ def attention_backend(device: torch.device) -> str:
 def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype: torch.dtype,
                    device: torch.device, repeats: int, warmup: int, seed: int = 0, upstream: Optional[Any] = None,
                    breakdown: bool = True, flops_batch1: bool = True, log: Callable[[str], None] = print,
-                   breakdown_calls: int = BREAKDOWN_CALLS) -> tuple[list[dict], list[dict]]:
-    """Rows (one per setting, baseline first) and per-block overhead rows for one case."""
+                   breakdown_calls: int = BREAKDOWN_CALLS, cuda_graphs: bool = False) -> tuple[list[dict], list[dict]]:
+    """Rows (one per setting, baseline first) and per-block overhead rows for one case.
+
+    `cuda_graphs`: time CUDA-graph replays of each setting's forward (captured once after warm-up).
+    """
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError("cuda_graphs needs a CUDA device")
     args, kwargs = make_inputs(spec, case.batch, case.resolution, dtype=dtype, device=device, seed=seed)
     settings = [BASELINE] + [s for s in case.settings if s.method != "upstream" or upstream is not None]
     reports: dict[Setting, Any] = {}
@@ -259,6 +294,7 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
     times: dict[Setting, list[float]] = {s: [] for s in settings}
     ratios: dict[Setting, list[float]] = {s: [] for s in settings}
     peak: dict[Setting, float] = {}
+    graphs: dict[Setting, Callable[[], None]] = {}
     with torch.no_grad():
         # Warm-up (and peak memory on CUDA from the last warm-up call).
         for s in settings:
@@ -272,11 +308,16 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
                     model(*args, **kwargs)
                 if device.type == "cuda" and warmup:
                     peak[s] = (torch.cuda.max_memory_allocated(device) - resting) / 2**20
+                if cuda_graphs:
+                    graphs[s] = capture_cuda_graph(model, args, kwargs, device)
         # Interleaved rounds; the order rotates so no setting always follows another.
         for r in range(repeats):
             order = settings[r % len(settings):] + settings[: r % len(settings)]
             round_ms = {}
             for s in order:
+                if cuda_graphs:
+                    round_ms[s] = timed_replay(graphs[s], device)
+                    continue
                 with patched(model, s, seed, upstream):
                     round_ms[s] = timed_call(model, args, kwargs, device)
             for s in settings:
@@ -285,13 +326,14 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
         # FLOPs (linear in the batch: counted at batch 1 and scaled, unless disabled).
         flop_batch = 1 if flops_batch1 else case.batch
         fargs, fkwargs = make_inputs(spec, flop_batch, case.resolution, dtype=dtype, device=device, seed=seed)
-        flops, reducer_flops = {}, {}
+        flops, reducer_flops, op_counts = {}, {}, {}
         attn_flops = count_flops(model, fargs, fkwargs).by_module  # baseline attn1 FLOPs per block
         for s in settings:
             with patched(model, s, seed, upstream):
                 flops[s] = count_flops(model, fargs, fkwargs).total * case.batch // flop_batch
             if s.engine == "bigain":
                 reducer_flops[s] = count_reducer_flops(model, s, fargs, fkwargs, seed) * case.batch / flop_batch
+                op_counts[s] = count_reducer_ops(model, s.method, s.kwargs, args, kwargs, seed)
         # Instrumented calls (interleaved like the timing rounds): attn1 time per block and reducer
         # phases, each the median over the calls so one noisy call does not set the overhead share.
         phase_ms: dict[Setting, dict[tuple[str, str], float]] = {}
@@ -340,6 +382,8 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
             "overhead_flop_share": own_flops / attn_base_flops if attn_base_flops else float("nan"),
             **{f"{p}_ms": by_phase.get(p, float("nan")) if s.engine == "bigain" else float("nan") for p in PHASES},
             "peak_mem_mb": peak.get(s, float("nan")), "upstream_speedup": float("nan"), "repeats": repeats,
+            "ops_per_block": op_counts.get(s, {}).get("ops", float("nan")),
+            "kernels_per_block": op_counts.get(s, {}).get("kernels", float("nan")), "cuda_graphs": cuda_graphs,
         }
         row["measured_over_ideal"] = row["speedup"] / row["ideal_speedup"]
         rows.append(row)
@@ -370,7 +414,8 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
 
 def run_benchmark(cases: Sequence[Case], *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
                   repeats: int = 5, warmup: int = 1, seed: int = 0, upstream: bool = True, breakdown: bool = True,
-                  flops_batch1: bool = True, log: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
+                  flops_batch1: bool = True, log: Callable[[str], None] = print,
+                  cuda_graphs: bool = False) -> tuple[list[dict], list[dict]]:
     """Benchmark every case (models built once each, in case order); returns (rows, block rows)."""
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     device = torch.device(device)
@@ -392,7 +437,8 @@ def run_benchmark(cases: Sequence[Case], *, dtype: str | torch.dtype = "float32"
                 f"random weights) in {time.perf_counter() - t0:.1f} s")
         _, spec, model = current
         r, b = benchmark_case(case, model, spec, dtype=dtype, device=device, repeats=repeats, warmup=warmup,
-                              seed=seed, upstream=up, breakdown=breakdown, flops_batch1=flops_batch1, log=log)
+                              seed=seed, upstream=up, breakdown=breakdown, flops_batch1=flops_batch1, log=log,
+                              cuda_graphs=cuda_graphs)
         rows += r
         block_rows += b
     return rows, block_rows

@@ -41,27 +41,50 @@ def test_patched_model_under_torch_compile_matches_eager(method, options):
     assert torch.allclose(out, eager, atol=1e-4), (out - eager).abs().max()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method,options", [
-    ("tome", {"ratio": 0.5, "use_rand": False}), ("bigain_tm", {"ratio": 0.5}),
-    ("sito", {"ratio": 0.5, "noise_alpha": 0.0}), ("todo", {"stop_threshold": None}),
-    ("bigain_td", {"alpha": 0.5, "stop_threshold": None}),
-])
-def test_patched_forward_compiles_as_one_graph(method, options):
-    """No graph break (hence no host sync or data-dependent shape) in a patched forward: what CUDA graphs need.
+DEFAULT_METHODS = ["tome", "bigain_tm", "todo", "bigain_td", "sito"]
 
-    Not covered: draws from a `torch.Generator` (ToMe's random destinations, SiTo's noise), which
-    dynamo cannot trace, and ToDo/BiGain_TD's default timestep gate (Python control flow on values).
-    """
+
+def compile_and_compare(model, x, method, backend, **options):
+    """Compiled (fullgraph) vs eager calls of one seeded patch: first call after apply_patch, the next
+    call, and the first call after `tomesd.reseed`; returns the two eager outputs."""
     torch._dynamo.reset()
-    model = tiny_dit()
-    x = dit_inputs(batch=2)
-    tomesd.apply_patch(model, method=method, **options)
+    tomesd.apply_patch(model, method=method, seed=0, **options)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
     with torch.no_grad():
-        eager = model(**x).sample
-        out = torch.compile(model, fullgraph=True)(**x).sample
+        c1, c2 = compiled(**x).sample, compiled(**x).sample
+        tomesd.reseed(model, 0)
+        e1, e2 = model(**x).sample, model(**x).sample
+        tomesd.reseed(model, 0)
+        c1_again = compiled(**x).sample
     tomesd.remove_patch(model)
-    assert torch.allclose(out, eager, atol=1e-4), (out - eager).abs().max()
+    for out, ref in ((c1, e1), (c2, e2), (c1_again, e1)):
+        assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+    return e1, e2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", DEFAULT_METHODS)
+def test_default_patched_forward_compiles_as_one_graph(method):
+    """`torch.compile(fullgraph=True)` at every method's default options: no graph break, hence no host
+    sync, `torch.Generator` or data-dependent shape, also on the first call and right after reseed."""
+    e1, e2 = compile_and_compare(tiny_dit(), dit_inputs(batch=2), method, "aot_eager")
+    if method == "tome":  # the random stream advances from call to call (new destinations)
+        assert not torch.equal(e1, e2)
+
+
+@pytest.mark.slow
+def test_tome_random_destinations_compile_with_inductor_on_a_unet():
+    """The counter-based draws (int64 hashing) give the eager bits under inductor too."""
+    compile_and_compare(tiny_sd_unet(), unet_inputs(batch=2), "tome", "inductor", ratio=0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,options", [("todo", {"stop_threshold": 0.3}),
+                                            ("bigain_td", {"alpha_schedule": True, "stop_threshold": 0.2})])
+def test_timestep_gate_compiles_as_one_graph_with_mixed_timesteps(method, options):
+    x = dit_inputs(batch=3)
+    x["timestep"] = torch.tensor([950, 100, 0])
+    compile_and_compare(tiny_dit(), x, method, "aot_eager", **options)
 
 
 def set_ff_chunking(model, chunk_size, dim):

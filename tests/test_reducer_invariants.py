@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from tomesd.reducers.base import ReductionContext
+from tomesd.rng import CounterRandom
 from tomesd.reducers.grid import block_positions
 from tomesd.reducers.iekvd import IEKVD, IEKVDOptions, blended_kv_source
 from tomesd.reducers.lgtm import LGTM, LGTMOptions, block_argmin_destinations, laplacian_scores
@@ -14,8 +15,8 @@ from tomesd.reducers.tome import ToMe, ToMeOptions, merged_token_count
 
 
 def ctx(metric, h, w, seed=0, timesteps=None, level=1):
-    gen = torch.Generator().manual_seed(seed)
-    return ReductionContext(metric=metric, height=h, width=w, timesteps=timesteps, generator=gen, level=level)
+    return ReductionContext(metric=metric, height=h, width=w, timesteps=timesteps, random=CounterRandom(seed),
+                            level=level)
 
 
 def rand(b, h, w, c=8, seed=0):
@@ -146,10 +147,9 @@ def test_same_seed_same_partition_and_batch_shared_destinations():
 
 def test_lgtm_per_sample_and_no_randomness():
     x = rand(3, 6, 6, seed=4)
-    gen = torch.Generator().manual_seed(0)
-    state = gen.get_state()
-    plan = LGTM.plan(ReductionContext(x, 6, 6, None, gen), LGTMOptions(ratio=0.5))
-    assert torch.equal(gen.get_state(), state)
+    state = torch.random.get_rng_state()
+    plan = LGTM.plan(ReductionContext(x, 6, 6, None, None), LGTMOptions(ratio=0.5))
+    assert torch.equal(torch.random.get_rng_state(), state)  # no draw from the global RNG either
     for i in range(3):
         alone = LGTM.plan(ctx(x[i:i + 1], 6, 6), LGTMOptions(ratio=0.5))
         assert torch.allclose(plan.reduce(x)[i], alone.reduce(x[i:i + 1])[0])

@@ -51,6 +51,7 @@ def test_benchmark_covers_every_method_with_all_columns(run):
         if row["engine"] == "bigain":
             assert row["overhead_ms"] >= row["plan_ms"] >= 0
             assert row["overhead_flop_share"] >= 0 and row["overhead_flops_g"] >= 0
+            assert row["ops_per_block"] >= row["kernels_per_block"] >= 1
     with open(out / "speed.csv") as fh:
         assert next(csv.reader(fh)) == speed.COLUMNS
     for name in ("speed.md", "blocks.csv", "blocks.md", "speed.png", "meta.json"):
@@ -58,8 +59,37 @@ def test_benchmark_covers_every_method_with_all_columns(run):
     table = (out / "speed.md").read_text()
     assert "random weights" in table
     for header in ("speed-up", "FLOP-ideal", "meas/ideal", "upstream x", "attn share", "overhead/attn",
-                   "its FLOPs/attn"):
+                   "its FLOPs/attn", "ops/block"):
         assert header in table
+
+
+def test_op_count_of_a_reducer_equals_a_dispatch_trace(tiny_sd):
+    """`count_reducer_ops` counts exactly the ATen ops of plan + reduce/restore (here ToDo's K/V source)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from eval.op_count import count_reducer_ops
+    from tomesd.reducers.todo import downsample_tokens
+
+    class Trace(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Trace.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    spec, model = tiny_sd
+    args, kwargs = make_inputs(spec, 2, 128)
+    counts = count_reducer_ops(model, "todo", {}, args, kwargs)
+    tokens = torch.randn(2, 256, 8)
+    with Trace():
+        downsample_tokens(tokens, 16, 16, 2, "nearest-exact")
+    assert counts["ops"] == Trace.ops and counts["kernels"] == 1  # one interpolation kernel, the rest views
+
+
+def test_cuda_graphs_flag_needs_cuda(capsys):
+    with pytest.raises(SystemExit) as exc:
+        speed.main(["--preset", "tiny", "--cuda-graphs"])
+    assert exc.value.code == 2 and "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
 
 
 def test_flops_fall_as_ratio_rises(tiny_sd):
@@ -170,7 +200,7 @@ def reference_merge(metric, dst_idx, ratio):
     src_idx = complement_indices(dst_idx, n)
     unit = F.normalize(metric, dim=-1)
     best_score, best_dst = (gather(unit, src_idx) @ gather(unit, dst_idx).transpose(1, 2)).max(dim=-1)
-    merged_local = best_score.topk(r, dim=-1).indices
+    merged_local = torch.sort(best_score, dim=-1, descending=True, stable=True).indices[:, :r]  # ties: lower index
     kept_idx = src_idx.gather(1, complement_indices(merged_local, src_idx.shape[1]))
     merged_idx, into = src_idx.gather(1, merged_local), best_dst.gather(1, merged_local)
     k = kept_idx.shape[1]
@@ -208,12 +238,12 @@ def test_fast_merge_and_unmerge_are_bit_identical_to_scatter_reduce(dtype):
 def test_sito_blocks_graph_option_matches_full_graph_on_random_tokens():
     from tomesd.reducers.base import ReductionContext
     from tomesd.reducers.sito import SiTo, SiToOptions
+    from tomesd.rng import CounterRandom
 
     x = torch.randn(2, 16 * 16, 32, generator=torch.Generator().manual_seed(1))
     outs = []
     for graph in ("full", "blocks"):
-        ctx = ReductionContext(metric=x, height=16, width=16, timesteps=None,
-                               generator=torch.Generator().manual_seed(0))
+        ctx = ReductionContext(metric=x, height=16, width=16, timesteps=None, random=CounterRandom(0))
         plan = SiTo.plan(ctx, SiToOptions(ratio=0.7, graph=graph))
         outs.append((plan.reduce(x), plan.restore(plan.reduce(x) * 2)))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

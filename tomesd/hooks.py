@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -16,17 +17,55 @@ import torch
 from torch import Tensor, nn
 
 from .reducers.base import KVPlan, Plan, ReductionContext, TokenPlan
+from .rng import CounterRandom
+
+
+def fresh_seed() -> int:
+    """A random 31-bit seed for patches made without one (`seed=None`)."""
+    return secrets.randbits(31)
 
 
 @dataclass
 class RuntimeState:
-    """Per-forward facts shared by all hooks of one patch, plus the patch's own generator."""
+    """Per-forward facts shared by all hooks of one patch, its random stream and its plan cache.
+
+    Everything a default forward touches is a tensor or a constant: the call counter of the random
+    stream is an int64 tensor advanced in place, so `torch.compile(fullgraph=True)` traces the hooks
+    and a CUDA graph can capture the call. The Python call count only exists with `plan_every > 1`.
+    """
 
     seed: Optional[int] = None
+    plan_reuse: str = "block"
+    plan_every: int = 1
     latent_size: Optional[tuple[int, int]] = None
     timesteps: Optional[Tensor] = None  # (B,) float32, on the device the caller passed them on
+    counter: Optional[Tensor] = None  # () int64 on the model's device: denoiser calls since patch/reseed
+    streams: int = 1  # patched blocks, each its own random stream
+    tables: dict = field(default_factory=dict)  # this call's shared random draws (tomesd.rng)
+    calls: int = 0  # Python count of calls, kept only when plans are reused across calls
+    plans: dict = field(default_factory=dict)  # reuse key -> (signature, plan)
     _host_timesteps: Optional[Tensor] = None
-    _generators: dict[str, torch.Generator] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stream_seed = self.seed if self.seed is not None else fresh_seed()
+
+    @property
+    def caches_plans(self) -> bool:
+        return self.plan_reuse != "block" or self.plan_every > 1
+
+    def start_call(self, device: torch.device) -> None:
+        """Advance the random stream and drop the plans that may not be reused in this call."""
+        if self.counter is None or self.counter.device != device:
+            self.counter = torch.zeros((), dtype=torch.int64, device=device)
+        else:
+            self.counter.add_(1)
+        self.tables.clear()
+        if self.plan_every > 1:
+            if self.calls % self.plan_every == 0:
+                self.plans.clear()
+            self.calls += 1
+        elif self.plan_reuse != "block":
+            self.plans.clear()
 
     def set_timesteps(self, timesteps: Optional[Tensor]) -> None:
         """Record this forward's per-sample timesteps (no copy, no host-device sync)."""
@@ -35,26 +74,24 @@ class RuntimeState:
     def host_timesteps(self) -> Optional[Tensor]:
         """CPU copy of the timesteps, made on first use and kept for the rest of the forward.
 
-        Only reducers that branch on timesteps in Python (ToDo / BiGain_TD's per-sample gate) ask
-        for it: at most one device-to-host copy per forward, none when the caller passed host values.
+        Only custom reducers that branch on timesteps in Python (`timesteps_on_host = True`, the
+        default) ask for it; the built-in reducers never do.
         """
         if self._host_timesteps is None and self.timesteps is not None:
             self._host_timesteps = self.timesteps.to("cpu")
         return self._host_timesteps
 
-    def generator(self, device: torch.device) -> torch.Generator:
-        """The patch's generator on `device`, created (and seeded) on first use there."""
-        key = str(device)
-        if key not in self._generators:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed) if self.seed is not None else gen.seed()
-            self._generators[key] = gen
-        return self._generators[key]
+    def random(self, stream: int) -> CounterRandom:
+        """The patch's random numbers for `stream` (a block) in the current call."""
+        return CounterRandom(self.stream_seed, self.counter, stream, None, self.streams, self.tables)
 
     def reseed(self, seed: Optional[int]) -> None:
-        """Restart the random stream (e.g. per image, so results do not depend on order)."""
+        """Restart the random stream and the plan-reuse counter (e.g. per image)."""
         self.seed = seed
-        self._generators.clear()
+        self.stream_seed = seed if seed is not None else fresh_seed()
+        self.counter, self.calls = None, 0
+        self.plans.clear()
+        self.tables.clear()
 
 
 def per_sample_timesteps(timestep: Any, batch: int) -> Optional[Tensor]:
@@ -77,19 +114,25 @@ def make_capture_hook(runtime: RuntimeState, signature: inspect.Signature):
         bound = signature.bind_partial(*args, **kwargs).arguments
         sample = bound[first]
         runtime.latent_size = (int(sample.shape[-2]), int(sample.shape[-1]))
+        runtime.start_call(sample.device)
         runtime.set_timesteps(per_sample_timesteps(bound.get("timestep"), sample.shape[0]))
 
     return capture
 
 
 class BlockHook:
-    """State of one patched block: its metric for this forward and the plan made from it."""
+    """State of one patched block: its metric for this forward and the plan made from it.
+
+    `stream` numbers the block inside its patch (its random stream); `reuse_key` names the plan it
+    shares with other blocks or calls (`plan_reuse="level"`: its level).
+    """
 
     def __init__(self, reducer: type, options: Any, runtime: RuntimeState, level: int, patch_size: int,
-                 metric_from_block_input: bool) -> None:
+                 metric_from_block_input: bool, stream: int = 0) -> None:
         self.reducer, self.options, self.runtime = reducer, options, runtime
-        self.level, self.patch_size = level, patch_size
+        self.level, self.patch_size, self.stream = level, patch_size, stream
         self.metric_from_block_input = metric_from_block_input
+        self.reuse_key = ("level", level) if runtime.plan_reuse == "level" else ("block", stream)
         self.metric: Optional[Tensor] = None
         self.plan: Plan = None
         self.planned = False
@@ -115,37 +158,47 @@ class BlockHook:
         return height, width
 
     def plan_for(self, attn_input: Tensor) -> Plan:
-        """The plan for this block's current forward, made once on first use."""
+        """The plan for this block's current forward, made once on first use (or reused)."""
         if not self.planned:
             metric = self.metric if self.metric is not None else attn_input
             height, width = self.grid(metric.shape[1])
-            # Reducers that never branch on timesteps (`timesteps_on_host = False`, or a function of
-            # the options returning False) get them where they live: planning never waits for the device.
-            on_host = getattr(self.reducer, "timesteps_on_host", True)
-            on_host = on_host(self.options) if callable(on_host) else on_host
-            timesteps = self.runtime.host_timesteps() if on_host else self.runtime.timesteps
-            ctx = ReductionContext(
-                metric=metric, height=height, width=width, timesteps=timesteps,
-                generator=self.runtime.generator(metric.device), level=self.level,
-            )
-            self.plan, self.planned = self.reducer.plan(ctx, self.options), True
-            self.metric = None  # do not keep activations alive past planning
+            if self.runtime.caches_plans:
+                signature = (tuple(metric.shape[:2]), height, width, metric.device)
+                cached = self.runtime.plans.get(self.reuse_key)
+                if cached is None or cached[0] != signature:
+                    cached = (signature, self.make_plan(metric, height, width))
+                    self.runtime.plans[self.reuse_key] = cached
+                self.plan = cached[1]
+            else:
+                self.plan = self.make_plan(metric, height, width)
+            self.planned, self.metric = True, None  # do not keep activations alive past planning
         return self.plan
+
+    def make_plan(self, metric: Tensor, height: int, width: int) -> Plan:
+        """Run the reducer's planning on `metric`."""
+        # Reducers that never branch on timesteps in Python (`timesteps_on_host = False`, or a
+        # function of the options returning False) get them where they live: no device sync.
+        on_host = getattr(self.reducer, "timesteps_on_host", True)
+        on_host = on_host(self.options) if callable(on_host) else on_host
+        timesteps = self.runtime.host_timesteps() if on_host else self.runtime.timesteps
+        ctx = ReductionContext(metric=metric, height=height, width=width, timesteps=timesteps,
+                               random=self.runtime.random(self.stream), level=self.level)
+        return self.reducer.plan(ctx, self.options)
 
 
 def attend_compressed_kv(inner: Any, attn: nn.Module, hidden: Tensor, plan: KVPlan, attention_mask: Any,
                          kwargs: dict) -> Tensor:
-    """Self-attention with K/V from `plan.kv_source`; gated-off samples attend to all tokens."""
+    """Self-attention with K/V from `plan.kv_source`; gated-off samples attend to all tokens.
+
+    The gate is a device mask: both attentions run and `torch.where` picks per sample, so there is
+    no host copy, no `nonzero` and no data-dependent shape (one graph under `torch.compile`).
+    """
     kv = plan.kv_source(hidden)  # per-sample settings (alpha schedule) index the full batch
+    out = inner(attn, hidden, kv, attention_mask, **kwargs)
     if plan.active is None:
-        return inner(attn, hidden, kv, attention_mask, **kwargs)
-    on = plan.active.nonzero().flatten().to(hidden.device)
-    off = (~plan.active).nonzero().flatten().to(hidden.device)
-    out_on = inner(attn, hidden[on], kv[on], attention_mask, **kwargs)
-    out_off = inner(attn, hidden[off], None, attention_mask, **kwargs)
-    out = out_on.new_empty((hidden.shape[0],) + tuple(out_on.shape[1:]))
-    out[on], out[off] = out_on, out_off
-    return out
+        return out
+    full = inner(attn, hidden, None, attention_mask, **kwargs)
+    return torch.where(plan.active.to(out.device).view(-1, *([1] * (out.dim() - 1))), out, full)
 
 
 class ReducingAttnProcessor:

@@ -78,6 +78,7 @@ def make_flux_capture_hook(runtime: Any, signature: Any, positions: ImagePositio
             raise ValueError("a Flux forward without `img_ids`: the image token grid is unknown")
         ids = ids[0] if ids.dim() == 3 else ids
         runtime.latent_size = positions.grid_of(ids, hidden.shape[1])
+        runtime.start_call(hidden.device)
         timestep = bound.get("timestep")  # Flux takes sigma = t / 1000 and multiplies by 1000 itself
         runtime.set_timesteps(per_sample_timesteps(None if timestep is None else torch.as_tensor(timestep) * 1000,
                                                    hidden.shape[0]))
@@ -103,13 +104,11 @@ def map_image(out: Any, fn: TensorFn, single_stream: bool, n_text: int) -> Any:
     return fn(out)
 
 
-def scatter_batches(out_on: Any, out_off: Any, on: Tensor, off: Tensor) -> Any:
-    """Reassemble a batch from the outputs of its compressed (`on`) and uncompressed samples."""
+def select_rows(active: Tensor, out_on: Any, out_off: Any) -> Any:
+    """Per sample, the compressed output where `active` (B,) is set, else the uncompressed one."""
     if isinstance(out_on, tuple):
-        return tuple(scatter_batches(a, b, on, off) for a, b in zip(out_on, out_off))
-    out = out_on.new_empty((len(on) + len(off),) + tuple(out_on.shape[1:]))
-    out[on], out[off] = out_on, out_off
-    return out
+        return tuple(select_rows(active, a, b) for a, b in zip(out_on, out_off))
+    return torch.where(active.to(out_on.device).view(-1, *([1] * (out_on.dim() - 1))), out_on, out_off)
 
 
 class MMDiTProcessor:
@@ -151,12 +150,11 @@ class MMDiTProcessor:
         rope = self.rope(image_rotary_emb, n_text, image, None, plan.kv_source)
         if plan.active is None:
             return self.attend(attn, image, kv, text, rope)
-        on = plan.active.nonzero().flatten().to(image.device)
-        off = (~plan.active).nonzero().flatten().to(image.device)
-        out_on = self.attend(attn, image[on], kv[on], None if text is None else text[on], rope_rows(rope, on))
-        out_off = self.call_inner(attn, hidden_states[off], None if encoder_hidden_states is None
-                                  else encoder_hidden_states[off], None, image_rotary_emb, {})
-        return scatter_batches(out_on, out_off, on, off)
+        # The gate is a device mask, as on the other backbones: both attentions run and `torch.where`
+        # picks per sample (no host sync, no data-dependent shapes, and an all-off batch works).
+        out_on = self.attend(attn, image, kv, text, rope)
+        out_off = self.call_inner(attn, hidden_states, encoder_hidden_states, None, image_rotary_emb, {})
+        return select_rows(plan.active, out_on, out_off)
 
     def call_inner(self, attn: nn.Module, hidden: Tensor, encoder: Optional[Tensor], mask: Any, rotary: Any,
                    kwargs: dict) -> Any:
@@ -185,13 +183,6 @@ class MMDiTProcessor:
         query = full if query_fn is None else self.positions.table_at(query_fn(ids), cos)
         key = query if key_fn is query_fn else self.positions.table_at(key_fn(ids), cos)
         return JointRope(text=(cos[:n_text], sin[:n_text]), query=query, key=key)
-
-
-def rope_rows(rope: Optional[JointRope], rows: Tensor) -> Optional[JointRope]:
-    """The rotary tables of a sub-batch (text rows are shared)."""
-    if rope is None:
-        return None
-    return JointRope(rope.text, tuple(t[rows] for t in rope.query), tuple(t[rows] for t in rope.key))
 
 
 def install_single_stream_mlp(block: nn.Module, hook: BlockHook) -> list[Any]:
@@ -230,10 +221,11 @@ def check_placement(reducer: type, options: Any) -> None:
 
 
 def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: type, options: Any, handle: Any,
-                        positions: ImagePositions, wrap: Callable[..., None]) -> None:
-    """Hook one SD3/Flux block: its attention processor(s) and, with `merge_mlp`, its image MLP."""
+                        positions: ImagePositions, wrap: Callable[..., None], stream: int = 0) -> None:
+    """Hook one SD3/Flux block (random stream `stream`): its attention processor(s) and, with `merge_mlp`, its MLP."""
     block = site.block
-    hook = BlockHook(reducer, options, handle.runtime, site.level, backbone.patch_size, metric_from_block_input=False)
+    hook = BlockHook(reducer, options, handle.runtime, site.level, backbone.patch_size, metric_from_block_input=False,
+                     stream=stream)
     handle.handles.append(block.register_forward_pre_hook(hook.on_block_start, with_kwargs=True))
     single = mmdit_kind(block) == "FluxSingleTransformerBlock"
     token_plan = reducer.plan_kind == "token"
@@ -261,5 +253,5 @@ def install_mmdit(backbone: Backbone, sites: list[BlockSite], reducer: type, opt
     capture = (make_flux_capture_hook(handle.runtime, backbone.signature, positions) if flux
                else make_capture_hook(handle.runtime, backbone.signature))
     handle.handles.append(model.register_forward_pre_hook(capture, with_kwargs=True))
-    for site in sites:
-        install_mmdit_block(site, backbone, reducer, options, handle, positions, wrap)
+    for stream, site in enumerate(sites):
+        install_mmdit_block(site, backbone, reducer, options, handle, positions, wrap, stream)

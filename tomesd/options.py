@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional, Sequence, Union
 
 BlockSpec = Union[None, str, Sequence[int]]
+PLAN_REUSE = ("block", "level")
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -28,16 +29,25 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
 
 @dataclass(frozen=True)
 class PlacementOptions:
-    """Where a reducer acts: U-Net levels (`max_downsample`) or DiT/PixArt block indices (`blocks`).
+    """Where a reducer acts: U-Net levels (`max_downsample`) or DiT/PixArt block indices (`blocks`),
+    and how often it plans (`plan_reuse`, `plan_every`).
 
     `blocks`: None = the method's default pattern, "all", or a list of block indices.
+    `plan_reuse`: "block" plans every patched block; "level" makes one plan per U-Net level (per token
+    grid on DiT/PixArt) per forward, at the level's first patched block, and reuses it in the others.
+    `plan_every`: plans on every k-th denoiser call and reuses the last plans in between (token
+    methods; the call counter restarts with `tomesd.reseed`).
     """
 
     max_downsample: int = 1
     blocks: BlockSpec = None
+    plan_reuse: str = "block"
+    plan_every: int = 1
 
     def __post_init__(self) -> None:
         check_positive_int("max_downsample", self.max_downsample)
+        check_choice("plan_reuse", self.plan_reuse, PLAN_REUSE)
+        check_positive_int("plan_every", self.plan_every)
         if isinstance(self.blocks, str):
             check_choice("blocks", self.blocks, ["all"])
         elif self.blocks is not None:

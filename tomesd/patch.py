@@ -119,11 +119,12 @@ def wrap_attention(attn: nn.Module, hook: BlockHook, self_attention: bool, handl
     handle.handles.append(attn.register_forward_pre_hook(rewrap))
 
 
-def install_block(site: BlockSite, backbone: Backbone, reducer: type, options: Any, handle: PatchHandle) -> None:
+def install_block(site: BlockSite, backbone: Backbone, reducer: type, options: Any, handle: PatchHandle,
+                  stream: int = 0) -> None:
     """Hook one transformer block according to the method's plan kind and placement options."""
     block = site.block
     hook = BlockHook(reducer, options, handle.runtime, site.level, backbone.patch_size,
-                     metric_from_block_input=backbone.family == "unet")
+                     metric_from_block_input=backbone.family == "unet", stream=stream)
     handle.handles.append(block.register_forward_pre_hook(hook.on_block_start, with_kwargs=True))
     token_plan = reducer.plan_kind == "token"
     if not token_plan or getattr(options, "merge_attn", True):
@@ -144,7 +145,8 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
         method: "tome" (default), "bigain_tm"/"lgtm", "todo", "bigain_td"/"iekvd", "sito", "none".
         ratio:  fraction of tokens merged (ToMe, BiGain_TM) or pruned (SiTo); 0.3-0.7 is typical.
         df / alpha: K/V downsample factor (ToDo, BiGain_TD) and the BiGain_TD blend.
-        seed:   seeds the patch's own generator (random ToMe destinations, SiTo noise).
+        seed:   seeds the patch's own random stream (random ToMe destinations, SiTo noise).
+        plan_reuse / plan_every: one plan per level per forward ("level"), plans every k-th call.
         latent_size: the run's latent side (or (H, W)) for the report's token counts; default: the config's.
     Args to tinker with: max_downsample, sx, sy, use_rand, merge_attn, merge_crossattn, merge_mlp,
         blocks (DiT/PixArt), laplacian_norm, strip_layout, df_level2, mode, stop_threshold,
@@ -160,6 +162,9 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
             raise ValueError(f"method {name!r} takes no ratio; its options are {list(reducer.Options.__dataclass_fields__)}")
         options["ratio"] = ratio
     opts = build_options(reducer.Options, name, options)
+    if getattr(opts, "plan_every", 1) > 1 and reducer.plan_kind != "token":
+        raise ValueError(f"plan_every={opts.plan_every} applies to token methods (tome, bigain_tm, sito); "
+                         f"{name!r} plans depend on each call's timesteps and cost no planning")
     denoiser = resolve_denoiser(model)
     remove_patch(denoiser)
     backbone = find_backbone(denoiser)
@@ -175,14 +180,15 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
         summarize_levels(backbone, sites, reducer, opts, size),
         "K/V tokens" if reducer.plan_kind == "kv" else "tokens kept", size,
     )
-    handle = PatchHandle(RuntimeState(seed=seed), report)
+    runtime = RuntimeState(seed=seed, plan_reuse=opts.plan_reuse, plan_every=opts.plan_every, streams=len(sites))
+    handle = PatchHandle(runtime, report)
     if backbone.family == "mmdit":
         install_mmdit(backbone, sites, reducer, opts, handle, wrap_attention)
     else:
         handle.handles.append(denoiser.register_forward_pre_hook(
             make_capture_hook(handle.runtime, backbone.signature), with_kwargs=True))
-        for site in sites:
-            install_block(site, backbone, reducer, opts, handle)
+        for stream, site in enumerate(sites):
+            install_block(site, backbone, reducer, opts, handle, stream)
     setattr(denoiser, PATCH_ATTR, handle)
     return report
 
@@ -206,7 +212,7 @@ def get_patch(model: Any) -> Optional[PatchHandle]:
 
 
 def reseed(model: Any, seed: Optional[int]) -> None:
-    """Reseed the active patch's generator (no-op without a patch)."""
+    """Restart the active patch's random stream and plan-reuse counter (no-op without a patch)."""
     handle = get_patch(model)
     if handle is not None:
         handle.runtime.reseed(seed)

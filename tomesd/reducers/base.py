@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-import torch
 from torch import Tensor
+
+from ..rng import CounterRandom
 
 TensorFn = Callable[[Tensor], Tensor]
 
@@ -22,7 +23,7 @@ class ReductionContext:
     height: int
     width: int
     timesteps: Optional[Tensor]
-    generator: Optional[torch.Generator]
+    random: Optional[CounterRandom] = None
     level: int = 1
 
     @property

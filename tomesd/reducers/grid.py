@@ -1,16 +1,47 @@
-"""Token-grid helpers shared by reducers: complete stride blocks and grid reshapes."""
+"""Token-grid helpers shared by reducers: complete stride blocks, grid reshapes, cached static indices."""
 from __future__ import annotations
+
+from typing import Callable, Hashable
 
 import torch
 from torch import Tensor
 
+STATIC_CACHE_SIZE = 256
+_static: dict[Hashable, Tensor] = {}
+
+
+def static_tensor(key: Hashable, make: Callable[[], Tensor]) -> Tensor:
+    """A tensor that depends only on sizes and device (index grids, offsets), made once per key.
+
+    Saves the launches that rebuild it in every block and call. Callers never write to it. Under
+    CUDA-graph capture, warm up eagerly first (as capture requires anyway) so it is made outside.
+    """
+    tensor = _static.get(key)
+    if tensor is None:
+        if len(_static) >= STATIC_CACHE_SIZE:
+            _static.pop(next(iter(_static)))
+        tensor = _static[key] = make()
+    return tensor
+
+
+def batch_offsets(batch: int, length: int, device: torch.device, shift: int = 0) -> Tensor:
+    """(B, 1) int64 `b * length + shift`: per-sample row offsets into a (B*length, C) flattening."""
+    return static_tensor(("offsets", batch, length, shift, str(device)),
+                         lambda: (torch.arange(batch, device=device) * length + shift).unsqueeze(1))
+
 
 def block_positions(height: int, width: int, sx: int, sy: int, device: torch.device) -> Tensor:
-    """Flat token index of every position of every complete `sy x sx` block.
+    """Flat token index of every position of every complete `sy x sx` block (cached per grid).
 
     Returns (num_blocks, sy*sx): blocks row-major, positions inside a block row-major.
     Tokens outside complete blocks (ragged right/bottom edges) appear nowhere.
     """
+    return static_tensor(("blocks", height, width, sx, sy, str(device)),
+                         lambda: make_block_positions(height, width, sx, sy, device))
+
+
+def make_block_positions(height: int, width: int, sx: int, sy: int, device: torch.device) -> Tensor:
+    """Uncached `block_positions`."""
     hsy, wsx = height // sy, width // sx
     rows = torch.arange(hsy, device=device).view(hsy, 1, 1, 1) * sy + torch.arange(sy, device=device).view(1, 1, sy, 1)
     cols = torch.arange(wsx, device=device).view(1, wsx, 1, 1) * sx + torch.arange(sx, device=device).view(1, 1, 1, sx)
@@ -25,9 +56,9 @@ def num_blocks(height: int, width: int, sx: int, sy: int) -> int:
 def complement_indices(chosen: Tensor, num_tokens: int) -> Tensor:
     """Per sample, the indices (ascending) not in `chosen` (B, K) -> (B, N - K)."""
     batch = chosen.shape[0]
-    taken = torch.zeros(batch, num_tokens, dtype=torch.bool, device=chosen.device)
-    taken.scatter_(1, chosen, True)
-    order = torch.sort(taken.to(torch.uint8), dim=1, stable=True).indices
+    taken = torch.zeros(batch, num_tokens, dtype=torch.uint8, device=chosen.device)
+    taken.scatter_(1, chosen, 1)
+    order = torch.sort(taken, dim=1, stable=True).indices
     return order[:, : num_tokens - chosen.shape[1]]
 
 
@@ -44,8 +75,7 @@ def from_grid(x: Tensor) -> Tensor:
 
 def flat_rows(index: Tensor, num_tokens: int) -> Tensor:
     """Per-sample token indices (B, K) -> row indices (B*K,) into a (B*N, C) flattening."""
-    offsets = torch.arange(index.shape[0], device=index.device).unsqueeze(1) * num_tokens
-    return (index + offsets).reshape(-1)
+    return (index + batch_offsets(index.shape[0], num_tokens, index.device)).reshape(-1)
 
 
 def take_rows(x: Tensor, rows: Tensor) -> Tensor:

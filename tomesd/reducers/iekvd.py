@@ -15,7 +15,7 @@ from ..options import PlacementOptions, check_positive_int, optional_factor
 from ..registry import register_reducer
 from .base import Plan, ReductionContext
 from .grid import from_grid, to_grid
-from .todo import check_stop_threshold, downsample_grid, gate_needs_host_timesteps, kv_plan, level_factor
+from .todo import check_stop_threshold, downsample_grid, kv_plan, level_factor
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class IEKVDOptions(PlacementOptions):
     alpha_schedule: bool = False
     alpha_start: float = 0.1
     alpha_end: float = 0.9
-    stop_threshold: Optional[float] = 0.0
+    stop_threshold: Optional[float] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,7 +69,7 @@ class IEKVD:
     Options = IEKVDOptions
     plan_kind = "kv"
     default_blocks = "published"
-    timesteps_on_host = staticmethod(gate_needs_host_timesteps)  # the alpha schedule works on the device
+    timesteps_on_host = False  # gate and alpha schedule work on the device: no host copy, no sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: IEKVDOptions) -> Plan:
@@ -80,7 +80,8 @@ class IEKVD:
             alpha: Tensor | float = scheduled_alpha(ctx.timesteps, opts.alpha_start, opts.alpha_end)
         else:
             alpha = float(opts.alpha)
-        return kv_plan(ctx, df, opts.stop_threshold, lambda h: blended_kv_source(h, ctx.height, ctx.width, df, alpha))
+        height, width = ctx.height, ctx.width  # the plan must not keep `ctx.metric` alive
+        return kv_plan(ctx, df, opts.stop_threshold, lambda h: blended_kv_source(h, height, width, df, alpha))
 
     @staticmethod
     def kept_tokens(height: int, width: int, opts: IEKVDOptions, level: int = 1) -> int:

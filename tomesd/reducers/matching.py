@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .base import TokenPlan
-from .grid import complement_indices, flat_rows, gather_tokens, take_rows
+from .grid import batch_offsets, complement_indices, gather_tokens, static_tensor, take_rows
 
 
 def merge_count(num_tokens: int, ratio: float, num_dst: int) -> int:
@@ -52,55 +52,60 @@ def row_max(scores: Tensor) -> tuple[Tensor, Tensor]:
     return value, best_chunk * ROW_MAX_CHUNK + offset
 
 
-def merge_counts(merged_into: Tensor, num_dst: int, dtype: torch.dtype) -> Tensor:
-    """(B, D, 1) tokens per destination (itself + merged sources), accumulated in `dtype`.
+def merge_counts(add_rows: Tensor, batch: int, out_len: int, dtype: torch.dtype) -> Tensor:
+    """(B, out_len, 1) tokens per merged slot: 1 for kept sources, 1 + merged sources for destinations.
 
-    Built exactly like `scatter_reduce(..., "mean", include_self=True)` builds its divisor
-    (ones, then a scatter-add of ones in the tensor's dtype), so the division is bit-identical.
+    Ones index-added in the tensor's dtype, exactly like `scatter_reduce(..., "mean", include_self=True)`
+    builds its divisor (whole numbers: exact), so the division is bit-identical; kept rows divide by 1.
     """
-    batch, r = merged_into.shape
-    ones = torch.ones(batch, r, 1, dtype=dtype, device=merged_into.device)
-    return torch.ones(batch, num_dst, 1, dtype=dtype, device=merged_into.device).scatter_add_(
-        1, merged_into.unsqueeze(-1), ones)
+    ones = static_tensor(("ones", add_rows.numel(), dtype, str(add_rows.device)),
+                         lambda: torch.ones(add_rows.numel(), 1, dtype=dtype, device=add_rows.device))
+    counts = torch.ones(batch * out_len, 1, dtype=dtype, device=add_rows.device).index_add_(0, add_rows, ones)
+    return counts.view(batch, out_len, 1)
+
+
+def slot_rows(batch: int, out_len: int, device: torch.device) -> Tensor:
+    """(B*out_len,) flat row of every slot of the merged output, cached."""
+    return static_tensor(("slots", batch * out_len, str(device)), lambda: torch.arange(batch * out_len, device=device))
 
 
 def bipartite_merge_plan(metric: Tensor, dst_idx: Tensor, ratio: float) -> Optional[TokenPlan]:
     """Match sources to the destinations `dst_idx` (B, D) on `metric` (B, N, C); None when idle.
 
-    All index work happens here, once per layer call: `merge` is one row gather, one
-    `index_add_` and one division; `unmerge` one row gather (no scatter_reduce, no concatenation).
+    All index work happens here, once per layer call, on flat row indices into the (B*N, C) input
+    and (B*out_len, C) output, with offsets and slot indices cached per size (fewer launches):
+    `merge` is one row gather, one `index_add_` and one division; `unmerge` one row gather.
+    Ties of the match scores go to the lower source index (stable sort).
     """
     batch, num_tokens, _ = metric.shape
     num_dst = dst_idx.shape[1]
     r = merge_count(num_tokens, ratio, num_dst)
     if r <= 0:
         return None
+    device = metric.device
+    num_src = num_tokens - num_dst
+    num_kept = num_src - r
+    out_len = num_kept + num_dst
     with torch.no_grad():
-        src_idx = complement_indices(dst_idx, num_tokens)  # (B, S) ascending
-        # Gather, then L2-normalise the gathered copies in place: the values of F.normalize without
-        # a third (B, N, C) buffer.
-        src = normalize_rows_(gather_tokens(metric, src_idx))
-        dst = normalize_rows_(gather_tokens(metric, dst_idx))
-        scores = src @ dst.transpose(1, 2)  # (B, S, D) cosine similarities
+        token_offsets = batch_offsets(batch, num_tokens, device)
+        src_rows = complement_indices(dst_idx, num_tokens) + token_offsets  # (B, S) ascending
+        dst_rows = dst_idx + token_offsets
+        # One gather of source and destination rows, L2-normalised in place (the values of F.normalize).
+        unit = normalize_rows_(take_rows(metric, torch.cat([src_rows, dst_rows], 1).view(-1)))
+        scores = torch.bmm(unit[:, :num_src], unit[:, num_src:].transpose(1, 2))  # (B, S, D) cosine similarities
         best_score, best_dst = row_max(scores)
-        merged_local = best_score.topk(r, dim=-1).indices  # (B, r)
-        kept_local = complement_indices(merged_local, src_idx.shape[1])  # (B, S - r) ascending
-        merged_idx = src_idx.gather(1, merged_local)
-        kept_idx = src_idx.gather(1, kept_local)
-        merged_into = best_dst.gather(1, merged_local)  # (B, r) in [0, D)
-        num_kept = kept_idx.shape[1]
-        out_len = num_kept + num_dst
-        index_map = torch.empty(batch, num_tokens, dtype=torch.long, device=metric.device)
-        arange_kept = torch.arange(num_kept, device=metric.device).expand(batch, -1)
-        index_map.scatter_(1, kept_idx, arange_kept)
-        index_map.scatter_(1, dst_idx, num_kept + torch.arange(num_dst, device=metric.device).expand(batch, -1))
-        index_map.scatter_(1, merged_idx, num_kept + merged_into)
-        # Row indices into flattened (B*N, C) inputs / (B*out_len, C) outputs, made once.
-        take = flat_rows(torch.cat([kept_idx, dst_idx], dim=1), num_tokens)  # kept sources, then destinations
-        merged_rows = flat_rows(merged_idx, num_tokens)
-        add_rows = flat_rows(num_kept + merged_into, out_len)  # each merged source's destination row
-        restore_rows = flat_rows(index_map, out_len)
-        counts = merge_counts(merged_into, num_dst, metric.dtype)
+        order = torch.sort(best_score, dim=-1, descending=True, stable=True).indices
+        merged_local = order[:, :r]
+        kept_local = torch.sort(order[:, r:], dim=-1).values  # kept sources stay in token order
+        merged_rows = src_rows.gather(1, merged_local)
+        take = torch.cat([src_rows.gather(1, kept_local), dst_rows], 1)  # kept sources, then destinations
+        # Output row of each merged source's destination.
+        add_rows = best_dst.gather(1, merged_local) + batch_offsets(batch, out_len, device, shift=num_kept)
+        take, merged_rows, add_rows = take.view(-1), merged_rows.view(-1), add_rows.view(-1)
+        # Every input row -> the output row it is restored from (kept/destination: its slot; merged: its dst).
+        restore_rows = torch.empty(batch * num_tokens, dtype=torch.long, device=device).scatter_(
+            0, torch.cat([take, merged_rows]), torch.cat([slot_rows(batch, out_len, device), add_rows]))
+        counts = merge_counts(add_rows, batch, out_len, metric.dtype)
 
     def merge(x: Tensor) -> Tensor:
         # Equals cat([x[kept], scatter_reduce(x[dst], x[merged] -> merged_into, "mean", include_self)]).
@@ -108,10 +113,7 @@ def bipartite_merge_plan(metric: Tensor, dst_idx: Tensor, ratio: float) -> Optio
         flat = x.reshape(-1, channels)
         out = flat.index_select(0, take)
         out.index_add_(0, add_rows, flat.index_select(0, merged_rows))
-        out = out.view(batch, out_len, channels)
-        divisor = counts if x.dtype == counts.dtype else merge_counts(merged_into, num_dst, x.dtype)
-        out[:, num_kept:].div_(divisor)
-        return out
+        return out.view(batch, out_len, channels).div_(counts if x.dtype == counts.dtype else counts.to(x.dtype))
 
     def unmerge(z: Tensor) -> Tensor:
         return take_rows(z, restore_rows)

@@ -3,6 +3,12 @@
 Base tokens (highest graph score per stride block) are always computed; of the rest, the ones
 most similar to some base token are pruned and later receive the output of their most similar
 retained (kept or base) token.
+
+Ties are broken deterministically: a block's base token is its first maximum in row-major order,
+equal affinities are pruned lower index first (stable sort), and a pruned token copies the first
+most similar retained token in the order [kept non-base tokens ascending, base tokens]. The graph
+and scores use the model dtype with fp32 degree sums (the official code uses fp16 throughout; the
+kept sets differ in ~0.1% of tokens, see docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from torch import Tensor
 
 from ..options import TokenPlacementOptions, check_choice, check_positive_int, check_ratio
 from ..registry import register_reducer
+from ..rng import CounterRandom, draw_normal
 from .base import Plan, ReductionContext, TokenPlan
 from .grid import block_positions, complement_indices, gather_tokens
 from .matching import merge_count, restore_by_map
@@ -23,7 +30,7 @@ from .tome import merged_token_count
 
 @dataclass(frozen=True)
 class SiToOptions(TokenPlacementOptions):
-    """`ratio` of tokens pruned; score = sim_beta * graph degree + noise_alpha * U[0,1) noise."""
+    """`ratio` of tokens pruned; score = sim_beta * graph degree + noise_alpha * N(0, 1) noise."""
 
     ratio: float = 0.5
     sx: int = 2
@@ -60,19 +67,28 @@ def graph_degrees(unit: Tensor) -> Tensor:
     return (unit.float() @ total).squeeze(-1)
 
 
-def base_token_scores(graph: Tensor, sim_beta: float, noise_alpha: float, generator: torch.Generator | None,
+def base_token_scores(graph: Optional[Tensor], sim_beta: float, noise_alpha: float, random: Optional[CounterRandom],
                       degrees: Optional[Tensor] = None) -> Tensor:
-    """Score (B, N): weighted graph degree plus seeded noise shared by the whole batch.
+    """Score (B, N): weighted graph degree plus standard Gaussian noise shared by the whole batch.
 
+    Gaussian as in the SiTo paper and its official code; drawn from the patch's seeded counter-based
+    stream (`tomesd.rng`), so it is traceable and the same for every sample of a batch.
     `degrees` (B, N) replaces `graph.sum(-1)` when given (then `graph` may be None).
     """
     degree = graph.sum(-1, dtype=torch.float32) if degrees is None else degrees
     score = sim_beta * degree
     if noise_alpha > 0:
-        device = generator.device if generator is not None else degree.device
-        noise = torch.rand(1, degree.shape[-1], generator=generator, device=device).to(degree.device)
-        score = score + noise_alpha * noise
+        score = score + noise_alpha * draw_normal(random, (1, degree.shape[-1]), degree.device)
     return score
+
+
+def top_indices(values: Tensor, k: int) -> Tensor:
+    """Indices of the `k` largest values per row; exact ties go to the lower index (stable sort).
+
+    `topk` leaves the order of equal values unspecified (and it differs between devices); a stable
+    descending sort makes the pruned set a function of the values alone.
+    """
+    return torch.sort(values, dim=-1, descending=True, stable=True).indices[:, :k]
 
 
 def columns(rows: Tensor, index: Tensor) -> Tensor:
@@ -102,7 +118,7 @@ class SiTo:
             unit = F.normalize(metric, dim=-1)
             full = opts.graph == "full"
             graph = cosine_graph(unit) if full else None  # (B, N, N)
-            score = base_token_scores(graph, opts.sim_beta, opts.noise_alpha, ctx.generator,
+            score = base_token_scores(graph, opts.sim_beta, opts.noise_alpha, ctx.random,
                                       degrees=None if full else graph_degrees(unit))
             block_choice = score[:, positions].argmax(-1)  # (B, D)
             base_idx = positions[torch.arange(num_base, device=metric.device), block_choice]
@@ -115,7 +131,7 @@ class SiTo:
                 return gather_tokens(unit, rows) @ gather_tokens(unit, cols).transpose(1, 2)
 
             affinity = similarity(other_idx, base_idx).amax(-1)  # (B, N - D)
-            pruned_local = affinity.topk(num_prune, dim=-1).indices
+            pruned_local = top_indices(affinity, num_prune)
             kept_local = complement_indices(pruned_local, other_idx.shape[1])
             pruned_idx = other_idx.gather(1, pruned_local)
             retained_idx = torch.cat([other_idx.gather(1, kept_local), base_idx], dim=1)  # (B, N - P)

@@ -18,13 +18,13 @@ DOWNSAMPLE_MODES = ("nearest-exact", "nearest", "avg_pool", "max_pool", "area", 
 @dataclass(frozen=True)
 class ToDoOptions(PlacementOptions):
     """`df` downsample factor (level 1; `df_level2` for level 2, default = df); `mode` pooling;
-    only samples with `t/1000 > stop_threshold` are compressed (per sample); `stop_threshold=None`
-    turns the gate off (every sample compressed, timesteps never copied to the host: no sync)."""
+    `stop_threshold` (default None: no gate, every sample compressed) compresses only samples with
+    `t/1000 > stop_threshold`; the gate runs both attentions and picks per sample (no host sync)."""
 
     df: int = 2
     df_level2: Optional[int] = None
     mode: str = "nearest-exact"
-    stop_threshold: Optional[float] = 0.0
+    stop_threshold: Optional[float] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,11 +38,6 @@ def check_stop_threshold(value: Optional[float]) -> None:
     """None (no timestep gate) or a number in [0, 1]."""
     if value is not None and not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"stop_threshold={value!r} must be in [0, 1] or None (no gate)")
-
-
-def gate_needs_host_timesteps(opts) -> bool:
-    """The per-sample gate branches in Python on timestep values: only then copy them to the host."""
-    return opts.stop_threshold is not None
 
 
 def downsample_tokens(x: Tensor, height: int, width: int, df: int, mode: str) -> Tensor:
@@ -73,20 +68,20 @@ def level_factor(df: int, df_level2: Optional[int], level: int) -> int:
 
 
 def timestep_gate(timesteps: Optional[Tensor], stop_threshold: Optional[float]) -> Optional[Tensor]:
-    """Per-sample bool mask of compressed samples (CPU); None when every sample is compressed."""
+    """Per-sample bool mask of compressed samples, where the timesteps live; None when there is no gate.
+
+    No host copy and no Python branch on its values: the hooks blend per sample with `torch.where`.
+    """
     if timesteps is None or stop_threshold is None:
         return None
-    active = timesteps.float() / 1000.0 > stop_threshold
-    return None if bool(active.all()) else active
+    return timesteps.float() / 1000.0 > stop_threshold
 
 
 def kv_plan(ctx: ReductionContext, df: int, stop_threshold: Optional[float], source) -> Plan:
-    """Common tail of ToDo/BiGain_TD: idle when df == 1, grid too small, or all samples gated off."""
+    """Common tail of ToDo/BiGain_TD: idle when df == 1 or the grid is too small."""
     if df <= 1 or ctx.height // df == 0 or ctx.width // df == 0:
         return None
     active = timestep_gate(ctx.timesteps, stop_threshold)
-    if active is not None and not bool(active.any()):
-        return None
     return KVPlan(kv_source=source, kv_tokens=(ctx.height // df) * (ctx.width // df), active=active)
 
 
@@ -97,12 +92,13 @@ class ToDo:
     Options = ToDoOptions
     plan_kind = "kv"
     default_blocks = "published"
-    timesteps_on_host = staticmethod(gate_needs_host_timesteps)
+    timesteps_on_host = False  # the gate is a device mask: no host copy, no sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: ToDoOptions) -> Plan:
         df = level_factor(opts.df, opts.df_level2, ctx.level)
-        return kv_plan(ctx, df, opts.stop_threshold, lambda h: downsample_tokens(h, ctx.height, ctx.width, df, opts.mode))
+        height, width, mode = ctx.height, ctx.width, opts.mode  # the plan must not keep `ctx.metric` alive
+        return kv_plan(ctx, df, opts.stop_threshold, lambda h: downsample_tokens(h, height, width, df, mode))
 
     @staticmethod
     def kept_tokens(height: int, width: int, opts: ToDoOptions, level: int = 1) -> int:

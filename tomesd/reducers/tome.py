@@ -7,8 +7,9 @@ import torch
 
 from ..options import TokenPlacementOptions, check_positive_int, check_ratio
 from ..registry import register_reducer
+from ..rng import draw_randint
 from .base import Plan, ReductionContext
-from .grid import block_positions, num_blocks
+from .grid import block_positions, num_blocks, static_tensor
 from .matching import bipartite_merge_plan, merge_count
 
 
@@ -52,15 +53,14 @@ class ToMe:
         if positions.shape[0] == 0:
             return None
         # Upstream rule: odd batches (e.g. no CFG pair) use the deterministic top-left destination.
+        num_dst, slots = positions.shape
         if opts.use_rand and batch % 2 == 0:
-            gen = ctx.generator
-            offsets = torch.randint(
-                opts.sx * opts.sy, (positions.shape[0], 1), generator=gen,
-                device=gen.device if gen is not None else device,
-            ).to(device)
+            offsets = draw_randint(ctx.random, slots, (num_dst,), device)
         else:
-            offsets = torch.zeros(positions.shape[0], 1, dtype=torch.long, device=device)
-        dst_idx = positions.gather(1, offsets).view(1, -1).expand(batch, -1)
+            offsets = static_tensor(("zeros", num_dst, str(device)), lambda: torch.zeros(num_dst, dtype=torch.long, device=device))
+        first = static_tensor(("block_starts", num_dst, slots, str(device)),
+                              lambda: torch.arange(num_dst, device=device) * slots)
+        dst_idx = torch.take(positions, offsets + first).expand(batch, -1)  # one destination per block
         return bipartite_merge_plan(ctx.metric, dst_idx, opts.ratio)
 
     @staticmethod
