@@ -1,4 +1,5 @@
 """One install gives both packages: `tomesd` (token-reduction engine) and `bigain` (runners)."""
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -12,9 +13,15 @@ def read_requirements(name: str) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.startswith(("#", "-"))]
 
 
+def read_version() -> str:
+    """The one version number: `tomesd.__version__` (read from the file, nothing imported)."""
+    text = (HERE / "tomesd" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
 setup(
     name="bigain",
-    version="0.1.0",
+    version=read_version(),
     description="Training-free token compression for diffusion models: generation and zero-shot classification",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",

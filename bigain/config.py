@@ -7,10 +7,9 @@ the file and the allowed keys, and happen before any model work.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -177,15 +176,7 @@ def save_effective_config(args: argparse.Namespace, run_dir: str | Path, name: s
     return atomic_write_text(Path(run_dir) / name, yaml.safe_dump(data, sort_keys=True))
 
 
-def dump_json(data: Any) -> str:
-    return json.dumps(jsonable(data), indent=2, sort_keys=True)
-
-
 def list_presets(root: str | Path = "configs") -> list[Path]:
     """Every YAML preset under `root`."""
     return sorted(Path(root).rglob("*.yaml"))
 
-
-def preset_keys(files: Iterable[str | Path]) -> set[str]:
-    """Union of keys set by some presets (for docs and tests)."""
-    return {k for f in files for k in read_yaml_mapping(f)}

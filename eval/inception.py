@@ -37,6 +37,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
+from bigain.records import file_digest
+
 __all__ = [
     "INCEPTION_EXTRACTOR",
     "IS_UNAVAILABLE_MESSAGE",
@@ -104,13 +106,6 @@ def fid_helper_torchscript_path() -> Path:
     return path
 
 
-def _file_sha1(path: Path) -> str:
-    """SHA-1 of a file's bytes."""
-    from bigain.records import file_digest
-
-    return file_digest(path, "sha1")
-
-
 def _extractor_conv_prefixes() -> list[str]:
     """Names of the 94 ``BasicConv2d`` modules of torch-fidelity's Inception, in registration order."""
     with _serve_state_dict(None):
@@ -144,7 +139,7 @@ def converted_weights_path(root: Path | None = None, torchscript_path: Path | No
     path = Path(root or cache_dir()) / CONVERTED_NAME
     if not path.is_file():
         sd = convert_torchscript_state_dict(torchscript_path)
-        meta = {"source": str(torchscript_path), "source_sha1": _file_sha1(torchscript_path), "fc": "absent"}
+        meta = {"source": str(torchscript_path), "source_sha1": file_digest(torchscript_path, "sha1"), "fc": "absent"}
         atomic_save_safetensors(sd, path, metadata=meta)
     return path
 
