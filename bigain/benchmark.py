@@ -18,11 +18,13 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from bigain.config import add_config_arg, atomic_write_text, parse_args_with_config
 
@@ -40,13 +42,29 @@ SWEEP_SETTINGS: list[tuple[str, dict[str, Any]]] = (
     [(m, {"ratio": r}) for m in ("tome", "bigain_tm", "sito") for r in (0.3, 0.5)]
     + [("todo", {"df": 4}), ("bigain_td", {"alpha": 0.5, "df": 4})]
 )
+# --compare: the paired comparison at two strengths per method (headline pairs: BiGain_TM vs ToMe, BiGain_TD vs ToDo)
+COMPARE_SETTINGS: list[tuple[str, dict[str, Any]]] = (
+    [("none", {})]
+    + [(m, {"ratio": r}) for r in (0.5, 0.7) for m in ("tome", "bigain_tm")]
+    + [(m, {"alpha": 0.5, "df": d} if m == "bigain_td" else {"df": d}) for d in (2, 4) for m in ("todo", "bigain_td")]
+    + [("sito", {"ratio": r}) for r in (0.5, 0.7)]
+)
+# --compression: how classification and generation degrade as compression grows (merging ratio, K/V downsampling)
+COMPRESSION_SETTINGS: list[tuple[str, dict[str, Any]]] = (
+    [("none", {})] + [("tome", {"ratio": r}) for r in (0.1, 0.3, 0.5, 0.7, 0.75)]
+    + [("todo", {"df": d}) for d in (2, 3, 4)]
+)
+SETTING_GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "paper": PAPER_SETTINGS, "sweep": SWEEP_SETTINGS, "compare": COMPARE_SETTINGS, "compression": COMPRESSION_SETTINGS,
+    "headline": PAPER_SETTINGS[:5],
+}
 LABELS = {"none": "Baseline", "tome": "ToMe", "bigain_tm": "BiGain_TM", "todo": "ToDo", "bigain_td": "BiGain_TD",
           "sito": "SiTo"}
 
 
 def setting_label(method: str, options: dict[str, Any]) -> str:
     """'BiGain_TM r=0.7' style label."""
-    short = {"ratio": "r", "df": "df", "alpha": "a"}
+    short = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md"}
     opts = " ".join(f"{short.get(k, k)}={v}" for k, v in options.items())
     return f"{LABELS.get(method, method)} {opts}".strip()
 
@@ -62,6 +80,22 @@ def method_flags(method: str, options: dict[str, Any]) -> list[str]:
     for key, value in options.items():
         flags += [f"--{key}", str(value)]
     return flags
+
+
+def select_settings(groups: Sequence[str], sweep: bool, methods: Optional[Sequence[str]]) -> list[tuple[str, dict]]:
+    """The settings of the named groups (in order, duplicates dropped), baseline first, filtered to `methods`."""
+    chosen: dict[str, tuple[str, dict]] = {setting_tag("none", {}): ("none", {})}
+    for group in list(groups) + (["sweep"] if sweep else []):
+        for method, options in SETTING_GROUPS[group]:
+            chosen.setdefault(setting_tag(method, options), (method, options))
+    return [s for s in chosen.values() if s[0] == "none" or not methods or s[0] in methods]
+
+
+def place_settings(model_name: str, settings: Sequence[tuple[str, dict]], unet_max_downsample: Optional[int]) -> list:
+    """Add the U-Net placement (`max_downsample`) to every reducing setting of the U-Net; other models unchanged."""
+    if model_name != "unet" or unet_max_downsample is None:
+        return list(settings)
+    return [(m, o if m == "none" else {**o, "max_downsample": unet_max_downsample}) for m, o in settings]
 
 
 def run_classification(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
@@ -156,7 +190,7 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
 
     out = Path(args.out)
     rows = []
-    for method, options in settings:
+    for method, options in tqdm(settings, desc=f"benchmark {name}", unit="setting", file=sys.stdout):
         tag = setting_tag(method, options)
         print(f"\n=== {name}: {setting_label(method, options)}", flush=True)
         cls = run_classification(model_path, method, options, out / "classify" / name / tag, args)
@@ -245,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fmnist images to classify: the shipped 1,000-image subset, or the full 10,000-image test "
                         "set (Debian package dataset-fashion-mnist or torchvision download)")
     p.add_argument("--sweep", action="store_true", help="also run the ratio sweep (0.3/0.5 merging, df 4)")
+    p.add_argument("--settings", nargs="+", default=["paper"], choices=list(SETTING_GROUPS),
+                   help="setting groups: paper (the six paper settings, default), compare (ratios 0.5/0.7, df 2/4 for "
+                        "every method), compression (ToMe ratio 0.1-0.75, ToDo df 2/3/4), headline (baseline + the "
+                        "two paired comparisons at the paper's settings), sweep")
+    p.add_argument("--compare", action="store_true", help="shorthand for --settings compare compression")
+    p.add_argument("--unet_max_downsample", type=int, default=None, choices=[1, 2],
+                   help="U-Net placement: reduce transformer blocks at levels <= this (default: the method's, 1)")
     p.add_argument("--methods", nargs="+", default=None, choices=list(LABELS),
                    help="only these methods (default: all six; the baseline is always included)")
     p.add_argument("--n_images", type=int, default=50, help="test images classified per setting (default: 50)")
@@ -271,6 +312,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     args = parse_args_with_config(build_parser(), argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare:
+        args.settings = list(dict.fromkeys(list(args.settings) + ["compare", "compression"]))
     if args.full:  # the whole shipped subset, 20 samples per class, 20 steps
         args.n_images, args.images_per_class, args.steps = 0, 20, 20
     paths = dict(MODELS)
@@ -282,11 +325,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     missing = [str(paths[m]) for m in args.models if not paths[m].exists()]
     if missing:
         raise FileNotFoundError(f"testbed model folder(s) missing: {missing} (train them with python -m bigain.testbed.train)")
-    settings = PAPER_SETTINGS + (SWEEP_SETTINGS if args.sweep else [])
-    if args.methods:
-        settings = [s for s in settings if s[0] == "none" or s[0] in args.methods]
+    settings = select_settings(args.settings, args.sweep, args.methods)
     start = time.perf_counter()
-    rows = [row for name in args.models for row in benchmark_model(name, paths[name], settings, args)]
+    rows = [row for name in args.models
+            for row in benchmark_model(name, paths[name], place_settings(name, settings, args.unet_max_downsample), args)]
     wall = time.perf_counter() - start
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images classified "
