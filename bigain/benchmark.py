@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
 from bigain.config import add_config_arg, atomic_write_text, parse_args_with_config
 
 TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
@@ -195,7 +195,8 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
         print(f"\n=== {name}: {setting_label(method, options)}", flush=True)
         cls = run_classification(model_path, method, options, out / "classify" / name / tag, args)
         gen = run_generation(model_path, method, options, out / "generate" / name / tag, args) if args.images_per_class else {}
-        rows.append({"model": name, "method": method, "setting": setting_label(method, options), "tag": tag,
+        rows.append({"model": name, "method": method, "options": dict(options),
+                     "setting": setting_label(method, options), "tag": tag,
                      "accuracy": cls.get("accuracy"), "images": cls.get("images"),
                      "calls_per_image": cls.get("calls_per_image"),
                      "domain_fid": gen.get("domain_frechet_distance"),
@@ -211,61 +212,6 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
         row.update({"ms_per_call": 1000 * seconds[row["tag"]], "speedup": base_time / seconds[row["tag"]],
                     "gflops_per_call": flops / 1e9, "flop_ratio": (base_flops or flops) / flops})
     return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of the benchmark rows."""
-    head = ("| model | method | cls acc (%) | domain FID | class cons. (%) | ms/call | speed-up | FLOP-ideal | GFLOPs/call |\n"
-            "|---|---|---|---|---|---|---|---|---|")
-    def num(v, fmt):
-        return "" if v in (None, "") else format(float(v), fmt)
-    lines = [head]
-    for r in rows:
-        acc = "" if r["accuracy"] in (None, "") else f"{100 * float(r['accuracy']):.1f}"
-        cons = "" if r["class_consistency"] in (None, "") else f"{100 * float(r['class_consistency']):.1f}"
-        lines.append(f"| {r['model']} | {r['setting']} | {acc} | {num(r['domain_fid'], '.2f')} | {cons} | "
-                     f"{num(r['ms_per_call'], '.1f')} | {num(r['speedup'], '.2f')}x | {num(r['flop_ratio'], '.2f')}x | "
-                     f"{num(r['gflops_per_call'], '.2f')} |")
-    return "\n".join(lines)
-
-
-def plot_tradeoffs(rows: list[dict], path: Path) -> Path:
-    """Accuracy vs speed-up and domain FID vs speed-up, one marker per method, one panel row per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    markers = dict(zip(LABELS, "*osDv^"))
-    fig, axes = plt.subplots(len(models), 2, figsize=(10, 4 * len(models)), squeeze=False)
-    for i, name in enumerate(models):
-        for j, (key, label) in enumerate((("accuracy", "classification accuracy (%)"), ("domain_fid", "domain FID (lower is better)"))):
-            ax = axes[i][j]
-            for r in (r for r in rows if r["model"] == name and r[key] not in (None, "")):
-                y = 100 * float(r[key]) if key == "accuracy" else float(r[key])
-                ax.scatter(r["speedup"], y, marker=markers.get(r["method"], "o"), s=120 if r["method"] == "none" else 60,
-                           label=r["setting"])
-                ax.annotate(r["setting"], (r["speedup"], y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-            ax.set_xlabel("measured speed-up vs baseline (x)")
-            ax.set_ylabel(label)
-            ax.set_title(f"testbed {name}")
-            ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def write_outputs(rows: list[dict], out: Path, header: str) -> None:
-    """benchmark.csv, benchmark.md and tradeoffs.png (atomic)."""
-    import pandas as pd
-
-    atomic_write_text(out / "benchmark.csv", pd.DataFrame(rows).to_csv(index=False))
-    atomic_write_text(out / "benchmark.md", f"{header}\n\n{format_table(rows)}\n")
-    plot_tradeoffs(rows, out / "tradeoffs.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing_batch", type=int, default=50, help="rows of the timed denoiser call")
     p.add_argument("--timing_repeats", type=int, default=7, help="timed rounds (median), after one warm-up")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_boot", type=int, default=1000,
+                   help="bootstrap resamples of the intervals and paired tests (0: plain table without statistics)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--metrics_device", default="cpu", help="device of the metric feature extractor")
     p.add_argument("--threads", type=int, default=None,
@@ -336,8 +284,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
               f"({args.steps} steps); timing: median of {args.timing_repeats} interleaved calls, batch {args.timing_batch}, "
               f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; wall {wall / 60:.1f} min.")
     out = Path(args.out)
-    write_outputs(rows, out, header)
-    print(f"\n{header}\n\n{format_table(rows)}\n\nwrote {out / 'benchmark.csv'}, {out / 'benchmark.md'}, {out / 'tradeoffs.png'}")
+    per_class = add_statistics(rows, out, args.n_boot) if args.n_boot else None
+    written = write_outputs(rows, out, header, per_class)
+    print(f"\n{header}\n\n{format_table(rows)}\n\n{format_differences(rows)}\n\nwrote "
+          + ", ".join(str(p) for p in written))
     return rows
 
 
