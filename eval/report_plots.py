@@ -14,7 +14,7 @@ import pandas as pd
 
 from .report_rows import add_derived
 from .report_tags import METHOD_NAMES, METHOD_ORDER, OPTION_SHORT, _option_text, is_baseline, parse_reduction, \
-    reduction_sort_key, short_model
+    reduction_label, reduction_sort_key, short_model
 
 # ----------------------------------------------------------------------------------------------
 # Trade-off plots
@@ -50,6 +50,11 @@ def _scatter_panel(ax: Any, points: pd.DataFrame, x: str, y: str, title: str, ba
         base = is_baseline(tag, baseline)
         rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
         name = "Baseline" if base else METHOD_NAMES.get(method, method)
+        lo, hi = getattr(row, f"{y}_lo", float("nan")), getattr(row, f"{y}_hi", float("nan"))
+        if not (pd.isna(lo) or pd.isna(hi)):  # 95% interval (eval.report_stats)
+            yv = getattr(row, y)
+            ax.errorbar(getattr(row, x), yv, yerr=[[max(0.0, yv - lo)], [max(0.0, hi - yv)]], fmt="none",
+                        ecolor="0.3" if base else colors[rank % len(colors)], capsize=3, lw=1, zorder=1)
         ax.scatter(getattr(row, x), getattr(row, y), marker="*" if base else MARKERS.get(method, "P"),
                    s=220 if base else 60, color="gold" if base else colors[rank % len(colors)],
                    edgecolors="black", linewidths=1.2 if base else 0.5, zorder=3 if base else 2,
@@ -123,9 +128,15 @@ def tradeoff_plots(df: pd.DataFrame, out_dir: str | Path, baseline: str = "none"
         if column not in frame.columns:
             frame[column] = float("nan")
     frame["accuracy_pct"] = frame["accuracy"] * 100.0
+    for suffix in ("lo", "hi"):
+        if f"accuracy_{suffix}" in frame.columns:
+            frame[f"accuracy_pct_{suffix}"] = pd.to_numeric(frame[f"accuracy_{suffix}"], errors="coerce") * 100.0
+    if "domain_fid" not in frame.columns:
+        frame["domain_fid"] = float("nan")
     cls, gen = frame[frame["task"] == "classify"], frame[frame["task"] == "generate"]
     for sub, y, ylabel, name in ((cls, "accuracy_pct", "Top-1 accuracy (%)", "accuracy_vs_speedup.png"),
-                                 (gen, "fid", "FID (lower is better)", "fid_vs_speedup.png")):
+                                 (gen, "fid", "FID (lower is better)", "fid_vs_speedup.png"),
+                                 (gen, "domain_fid", "domain FID (lower is better)", "domain_fid_vs_speedup.png")):
         panels = _panels(sub, "speedup", y)
         if panels:
             written.append(_panel_figure(panels, "speedup", y, "Speed-up over baseline (x)", ylabel, baseline,
@@ -211,3 +222,21 @@ def sample_grid(rows: list[tuple[str, Path]], path: Path, per_class: int = 1, ti
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def per_class_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """A per-class accuracy heatmap for every classification model x dataset whose runs hold per-image records."""
+    from .report_stats import classification_outcomes, per_class_accuracy
+
+    written = []
+    cls = df[df["task"] == "classify"] if "run_dir" in df.columns else df.iloc[:0]
+    for (model, dataset), part in cls.groupby(["model", "dataset"], sort=False):
+        part = part.iloc[sorted(range(len(part)), key=lambda i: reduction_sort_key(part["reduction"].iloc[i]))]
+        outcomes = {reduction_label(str(r.reduction)): classification_outcomes(r.run_dir) for r in part.itertuples()
+                    if isinstance(r.run_dir, str) and Path(r.run_dir).is_dir()}
+        table = per_class_accuracy(outcomes)
+        if not table.empty:
+            name = f"per_class_accuracy_{short_model(model)}_{dataset}".replace("/", "-").replace(" ", "")
+            written.append(per_class_heatmap(table, Path(out_dir) / f"{name}.png",
+                                             f"{short_model(model)} / {dataset}: accuracy per true class (%)"))
+    return written

@@ -217,3 +217,98 @@ def per_class_accuracy(cls: dict[str, Optional[ClassificationOutcomes]]) -> pd.D
     """Accuracy per true class (columns) for each setting (rows), over each setting's own images."""
     rows = {tag: o.frame.groupby("label")["correct"].mean() for tag, o in cls.items() if o is not None}
     return pd.DataFrame(rows).T.sort_index(axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# eval.report: interval columns on the collected rows
+# ----------------------------------------------------------------------------------------------
+
+# setting_statistics key -> report column
+REPORT_COLUMNS = {"acc": "accuracy", "fid": "domain_fid", "cons": "class_consistency"}
+
+
+def _domain_extractor_of(run_dir: Path) -> Optional[str]:
+    """The domain extractor a generation run was scored with (its metrics.json report), or None."""
+    for path in (run_dir / "metrics.json", run_dir / "images" / "metrics.json"):
+        report = _read_json(path).get("report")
+        if isinstance(report, dict) and report.get("domain_extractor"):
+            return str(report["domain_extractor"]).split(":")[0]
+    return None
+
+
+def _report_columns(stats_row: dict) -> dict:
+    """`acc_lo` -> `accuracy_lo`, `delta_acc_p` -> `accuracy_delta_p`, `pair_fid` -> `domain_fid_pair`, ..."""
+    out = {}
+    for key, value in stats_row.items():
+        head, _, rest = key.partition("_")
+        kind = head if head in ("delta", "pair") else ""
+        if kind:
+            head, _, rest = rest.partition("_")
+        if head not in REPORT_COLUMNS:
+            continue
+        name = REPORT_COLUMNS[head] + (f"_{kind}" if kind else "") + (f"_{rest}" if rest else "")
+        if name != REPORT_COLUMNS[head]:  # the point value itself is already in the row
+            out[name] = value
+    if "pair_with" in stats_row:
+        out["pair_with"] = stats_row["pair_with"]
+    return out
+
+
+def add_intervals(df: pd.DataFrame, baseline: str = "none", reference: str = "fmnist-test",
+                  n_boot: int = 1000) -> pd.DataFrame:
+    """Interval, baseline-difference and paired-method columns for every run whose folder holds per-item outcomes.
+
+    Classification runs need their per-image records; generation runs need their images and a domain extractor
+    in their metrics.json (domain FID against `reference`). Other rows are left as they are.
+    """
+    if "run_dir" not in df.columns:
+        return df
+    df = df.copy()
+    ref_cache: dict[str, stats.ReferenceStats] = {}
+    for (task, _, _), part in df.groupby(["task", "model", "dataset"], sort=False):
+        if task not in ("classify", "generate"):
+            continue
+        dirs = {str(r.reduction): Path(str(r.run_dir)) for r in part.itertuples()
+                if isinstance(r.run_dir, str) and Path(r.run_dir).is_dir()}
+        if task == "classify":
+            cls = {tag: classification_outcomes(d) for tag, d in dirs.items()}
+            columns = setting_statistics(cls, {}, None, baseline, n_boot)
+        else:
+            extractor = next((e for e in map(_domain_extractor_of, dirs.values()) if e), None)
+            if extractor is None:
+                continue
+            gen = {tag: generation_outcomes(d, extractor) for tag, d in dirs.items()}
+            if extractor not in ref_cache:
+                ref_cache[extractor] = domain_reference_stats(reference, extractor)
+            columns = setting_statistics({}, gen, ref_cache[extractor], baseline, n_boot)
+        for idx, tag in zip(part.index, part["reduction"].astype(str)):
+            for name, value in _report_columns(columns.get(tag, {})).items():
+                if name not in df.columns:
+                    df[name] = np.nan if name != "pair_with" else None
+                df.at[idx, name] = value
+    return df
+
+
+def paired_markdown(df: pd.DataFrame) -> str:
+    """Markdown table of the paired-method comparisons (rows with `pair_with`); '' when there are none."""
+    from eval.report_tags import reduction_label, short_model
+
+    if "pair_with" not in df.columns:
+        return ""
+    lines = []
+    for r in df[df["pair_with"].notna()].to_dict("records"):
+        for column, label, scale in (("accuracy", "accuracy (points)", 100.0), ("domain_fid", "domain FID", 1.0),
+                                     ("class_consistency", "class consistency (points)", 100.0)):
+            v, lo, hi = (r.get(f"{column}_pair{s}") for s in ("", "_lo", "_hi"))
+            if any(x is None or pd.isna(x) for x in (v, lo, hi)):
+                continue
+            p = r.get(f"{column}_pair_p")
+            p_text = "" if p is None or pd.isna(p) else f"{p:.2g}"
+            lines.append(f"| {short_model(r['model'])} | {r['dataset']} | {reduction_label(r['reduction'])} − "
+                         f"{reduction_label(r['pair_with'])} | {label} | {scale * v:+.2f} [{scale * lo:+.2f}, "
+                         f"{scale * hi:+.2f}] | {p_text} |")
+    if not lines:
+        return ""
+    head = ["| model | dataset | comparison | metric | paired difference [95% CI] | McNemar p |",
+            "|---|---|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n"

@@ -130,3 +130,32 @@ def test_partner_tags():
     assert rs.partner_tag("bigain_td_alpha0.5_df2", tags) == "todo_df2"
     assert rs.partner_tag("bigain_td_alpha0.5_df4", tags) is None  # no ToDo df=4 run
     assert rs.partner_tag("tome_ratio0.7", tags) is None
+
+
+def test_eval_report_shows_intervals_paired_tests_and_per_class_heatmap(tmp_path):
+    from eval import report
+
+    labels = np.arange(40) % 10
+    base = np.arange(40) % 4 != 0  # 30 / 40
+    worse = base.copy()
+    worse[np.flatnonzero(base)[:10]] = False  # 20 / 40, 10 discordant pairs all one way
+    for tag, method, correct in (("none", "none", base), ("tome_ratio0.7", "tome", base),
+                                 ("bigain_tm_ratio0.7", "bigain_tm", worse)):
+        run = tmp_path / "runs" / tag
+        write_classification(run, correct, labels)
+        result = {"fingerprint": "fp", "expected": 40, "images": 40, "accuracy": correct.mean(), "model": "m",
+                  "dataset": "d", "method": method, "reduction": tag, "run_dir": str(run), "complete": True}
+        (run / "result.json").write_text(json.dumps(result))
+    out = tmp_path / "report"
+    report.main([str(tmp_path / "runs"), "--out", str(out), "--formats", "md"])
+    table = (out / "classify_accuracy.md").read_text()
+    w = stats.wilson_interval(20, 40)
+    assert f"| BiGain_TM (r=0.7) | 50.0 [{100 * w.low:.1f}, {100 * w.high:.1f}] (-25.0 [" in table
+    assert "| ToMe (r=0.7) | 75.0 [" in table and "(+0.0 [+0.0, +0.0] p=1)" in table
+    paired = (out / "paired.md").read_text()
+    assert "BiGain_TM (r=0.7) − ToMe (r=0.7) | accuracy (points) | -25.00 [" in paired and f"| {2 / 2 ** 10:.2g} |" in paired
+    assert "Paired comparisons" in (out / "report.md").read_text()
+    assert (out / "per_class_accuracy_m_d.png").stat().st_size > 1000
+    plain = tmp_path / "plain"
+    report.main([str(tmp_path / "runs"), "--out", str(plain), "--formats", "md", "--no_stats"])
+    assert "[" not in (plain / "classify_accuracy.md").read_text() and not (plain / "paired.md").exists()
