@@ -3,14 +3,18 @@
     python -m bigain.benchmark                 # default: offline, shipped models, <= ~15 min on 2 CPU cores
     python -m bigain.benchmark --full          # the whole 1,000-image shipped test subset
     python -m bigain.benchmark --sweep         # add the ratio sweep (0.3/0.5/0.7 merging, df 2/4)
+    python -m bigain.benchmark --compare       # every method at two strengths + the compression sweep
+    python -m bigain.benchmark --models dit --settings headline compression --n_images 100   # any groups
 
 For each shipped model (a DiT and an SD-style U-Net trained on Fashion-MNIST) and each method at
 the paper's settings it runs the adaptive diffusion classifier (`bigain.classify`) on the test
 subset, generates a fixed class-balanced sample set (`bigain.generate`), scores it with a domain
 FID and class consistency (`eval.metrics`, the shipped reference CNN), and times the denoiser on
 the classifier's mixed-timestep batch, interleaving methods in one process (median of repeats).
-Prints one table, writes CSV/markdown and trade-off plots. Every stage resumes: finished images
-and samples are reused on a rerun.
+Prints one table with 95% intervals and a table of paired differences (vs baseline, BiGain vs its
+counterpart; `bigain.benchmark_outputs`), writes CSV/markdown, trade-off plots with error bars, a
+sample grid and a per-class accuracy heatmap per model. Every stage resumes: finished images and
+samples are reused on a rerun.
 """
 from __future__ import annotations
 
