@@ -159,3 +159,17 @@ def test_eval_report_shows_intervals_paired_tests_and_per_class_heatmap(tmp_path
     plain = tmp_path / "plain"
     report.main([str(tmp_path / "runs"), "--out", str(plain), "--formats", "md", "--no_stats"])
     assert "[" not in (plain / "classify_accuracy.md").read_text() and not (plain / "paired.md").exists()
+
+
+def test_setting_groups_and_unet_placement():
+    from bigain import benchmark as b
+
+    tags = [b.setting_tag(*s) for s in b.select_settings(["headline", "compression"], False, None)]
+    assert tags[:5] == ["none", "tome_ratio0.7", "bigain_tm_ratio0.7", "todo_df2", "bigain_td_alpha0.5_df2"]
+    assert len(tags) == len(set(tags)) and "tome_ratio0.1" in tags and "todo_df3" in tags
+    compare = [b.setting_tag(*s) for s in b.select_settings(["compare"], False, ["sito"])]
+    assert compare == ["none", "sito_ratio0.5", "sito_ratio0.7"]
+    placed = b.place_settings("unet", b.select_settings(["headline"], False, ["todo"]), 2)
+    assert placed == [("none", {}), ("todo", {"df": 2, "max_downsample": 2})]
+    assert b.setting_label(*placed[1]) == "ToDo df=2 md=2"
+    assert b.place_settings("dit", placed[:1], 2) == placed[:1]
