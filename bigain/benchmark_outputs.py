@@ -224,6 +224,8 @@ def write_outputs(rows: list[dict], out: Path, header: str, per_class: Optional[
     written = [atomic_write_text(out / "benchmark.csv", pd.DataFrame(flat).to_csv(index=False)),
                atomic_write_text(out / "benchmark.md", text), plot_tradeoffs(rows, out / "tradeoffs.png")]
     compression = plot_compression(rows, out / "compression.png")
+    if compression is None:  # no sweep in this run: never leave an earlier run's figure beside this table
+        (out / "compression.png").unlink(missing_ok=True)
     written += [compression] if compression else []
     for model in dict.fromkeys(r["model"] for r in rows):
         grid = [(r["setting"], runs / "generate" / model / r["tag"] / "images") for r in rows if r["model"] == model]

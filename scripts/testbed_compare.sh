@@ -20,8 +20,13 @@ stage() {  # name, then benchmark flags
   local t0=$SECONDS
   echo "=== stage $name started $(date -u +%H:%M:%S) UTC"
   $PY -m bigain.benchmark "${COMMON[@]}" "$@"
+  local models=" $* "
   for f in benchmark.md benchmark.csv tradeoffs.png compression.png per_class_*.png samples_*.png; do
-    for g in "$OUT"/$f; do [ -f "$g" ] && cp "$g" "$OUT/stage_${name}_$(basename "$g")"; done
+    for g in "$OUT"/$f; do
+      local model=${g##*_}; model=${model%.png}
+      case "$f" in per_class_*|samples_*) [[ $models == *" $model "* ]] || continue;; esac
+      [ -f "$g" ] && cp "$g" "$OUT/stage_${name}_$(basename "$g")"
+    done
   done
   echo "=== stage $name done in $(( (SECONDS - t0) / 60 )) min $(( (SECONDS - t0) % 60 )) s"
 }
