@@ -3,27 +3,33 @@
     python -m bigain.benchmark                 # default: offline, shipped models, <= ~15 min on 2 CPU cores
     python -m bigain.benchmark --full          # the whole 1,000-image shipped test subset
     python -m bigain.benchmark --sweep         # add the ratio sweep (0.3/0.5/0.7 merging, df 2/4)
+    python -m bigain.benchmark --compare       # every method at two strengths + the compression sweep
+    python -m bigain.benchmark --models dit --settings headline compression --n_images 100   # any groups
 
 For each shipped model (a DiT and an SD-style U-Net trained on Fashion-MNIST) and each method at
 the paper's settings it runs the adaptive diffusion classifier (`bigain.classify`) on the test
 subset, generates a fixed class-balanced sample set (`bigain.generate`), scores it with a domain
 FID and class consistency (`eval.metrics`, the shipped reference CNN), and times the denoiser on
 the classifier's mixed-timestep batch, interleaving methods in one process (median of repeats).
-Prints one table, writes CSV/markdown and trade-off plots. Every stage resumes: finished images
-and samples are reused on a rerun.
+Prints one table with 95% intervals and a table of paired differences (vs baseline, BiGain vs its
+counterpart; `bigain.benchmark_outputs`), writes CSV/markdown, trade-off plots with error bars, a
+sample grid and a per-class accuracy heatmap per model. Every stage resumes: finished images and
+samples are reused on a rerun.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
+from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
 from bigain.cli import check_output_dir, nonneg_float, nonneg_int, positive_int, run_cli
 from bigain.config import add_config_arg, atomic_write_text, parse_args_with_config
 
@@ -41,13 +47,29 @@ SWEEP_SETTINGS: list[tuple[str, dict[str, Any]]] = (
     [(m, {"ratio": r}) for m in ("tome", "bigain_tm", "sito") for r in (0.3, 0.5)]
     + [("todo", {"df": 4}), ("bigain_td", {"alpha": 0.5, "df": 4})]
 )
+# --compare: the paired comparison at two strengths per method (headline pairs: BiGain_TM vs ToMe, BiGain_TD vs ToDo)
+COMPARE_SETTINGS: list[tuple[str, dict[str, Any]]] = (
+    [("none", {})]
+    + [(m, {"ratio": r}) for r in (0.5, 0.7) for m in ("tome", "bigain_tm")]
+    + [(m, {"alpha": 0.5, "df": d} if m == "bigain_td" else {"df": d}) for d in (2, 4) for m in ("todo", "bigain_td")]
+    + [("sito", {"ratio": r}) for r in (0.5, 0.7)]
+)
+# --compression: how classification and generation degrade as compression grows (merging ratio, K/V downsampling)
+COMPRESSION_SETTINGS: list[tuple[str, dict[str, Any]]] = (
+    [("none", {})] + [("tome", {"ratio": r}) for r in (0.1, 0.3, 0.5, 0.7, 0.75)]
+    + [("todo", {"df": d}) for d in (2, 3, 4)]
+)
+SETTING_GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "paper": PAPER_SETTINGS, "sweep": SWEEP_SETTINGS, "compare": COMPARE_SETTINGS, "compression": COMPRESSION_SETTINGS,
+    "headline": PAPER_SETTINGS[:5],
+}
 LABELS = {"none": "Baseline", "tome": "ToMe", "bigain_tm": "BiGain_TM", "todo": "ToDo", "bigain_td": "BiGain_TD",
           "sito": "SiTo"}
 
 
 def setting_label(method: str, options: dict[str, Any]) -> str:
     """'BiGain_TM r=0.7' style label."""
-    short = {"ratio": "r", "df": "df", "alpha": "a"}
+    short = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md"}
     opts = " ".join(f"{short.get(k, k)}={v}" for k, v in options.items())
     return f"{LABELS.get(method, method)} {opts}".strip()
 
@@ -63,6 +85,22 @@ def method_flags(method: str, options: dict[str, Any]) -> list[str]:
     for key, value in options.items():
         flags += [f"--{key}", str(value)]
     return flags
+
+
+def select_settings(groups: Sequence[str], sweep: bool, methods: Optional[Sequence[str]]) -> list[tuple[str, dict]]:
+    """The settings of the named groups (in order, duplicates dropped), baseline first, filtered to `methods`."""
+    chosen: dict[str, tuple[str, dict]] = {setting_tag("none", {}): ("none", {})}
+    for group in list(groups) + (["sweep"] if sweep else []):
+        for method, options in SETTING_GROUPS[group]:
+            chosen.setdefault(setting_tag(method, options), (method, options))
+    return [s for s in chosen.values() if s[0] == "none" or not methods or s[0] in methods]
+
+
+def place_settings(model_name: str, settings: Sequence[tuple[str, dict]], unet_max_downsample: Optional[int]) -> list:
+    """Add the U-Net placement (`max_downsample`) to every reducing setting of the U-Net; other models unchanged."""
+    if model_name != "unet" or unet_max_downsample is None:
+        return list(settings)
+    return [(m, o if m == "none" else {**o, "max_downsample": unet_max_downsample}) for m, o in settings]
 
 
 def run_classification(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
@@ -181,12 +219,13 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
 
     out = Path(args.out)
     rows = []
-    for method, options in settings:
+    for method, options in tqdm(settings, desc=f"benchmark {name}", unit="setting", file=sys.stdout):
         tag = setting_tag(method, options)
         print(f"\n=== {name}: {setting_label(method, options)}", flush=True)
         cls = run_classification(model_path, method, options, out / "classify" / name / tag, args)
         gen = run_generation(model_path, method, options, out / "generate" / name / tag, args) if args.images_per_class else {}
-        rows.append({"model": name, "method": method, "setting": setting_label(method, options), "tag": tag,
+        rows.append({"model": name, "method": method, "options": dict(options),
+                     "setting": setting_label(method, options), "tag": tag,
                      "accuracy": cls.get("accuracy"), "images": cls.get("images"),
                      "calls_per_image": cls.get("calls_per_image"),
                      "domain_fid": gen.get("domain_frechet_distance"),
@@ -204,61 +243,6 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of the benchmark rows."""
-    head = ("| model | method | cls acc (%) | domain FID | class cons. (%) | ms/call | speed-up | FLOP-ideal | GFLOPs/call |\n"
-            "|---|---|---|---|---|---|---|---|---|")
-    def num(v, fmt):
-        return "" if v in (None, "") else format(float(v), fmt)
-    lines = [head]
-    for r in rows:
-        acc = "" if r["accuracy"] in (None, "") else f"{100 * float(r['accuracy']):.1f}"
-        cons = "" if r["class_consistency"] in (None, "") else f"{100 * float(r['class_consistency']):.1f}"
-        lines.append(f"| {r['model']} | {r['setting']} | {acc} | {num(r['domain_fid'], '.2f')} | {cons} | "
-                     f"{num(r['ms_per_call'], '.1f')} | {num(r['speedup'], '.2f')}x | {num(r['flop_ratio'], '.2f')}x | "
-                     f"{num(r['gflops_per_call'], '.2f')} |")
-    return "\n".join(lines)
-
-
-def plot_tradeoffs(rows: list[dict], path: Path) -> Path:
-    """Accuracy vs speed-up and domain FID vs speed-up, one marker per method, one panel row per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    markers = dict(zip(LABELS, "*osDv^"))
-    fig, axes = plt.subplots(len(models), 2, figsize=(10, 4 * len(models)), squeeze=False)
-    for i, name in enumerate(models):
-        for j, (key, label) in enumerate((("accuracy", "classification accuracy (%)"), ("domain_fid", "domain FID (lower is better)"))):
-            ax = axes[i][j]
-            for r in (r for r in rows if r["model"] == name and r[key] not in (None, "")):
-                y = 100 * float(r[key]) if key == "accuracy" else float(r[key])
-                ax.scatter(r["speedup"], y, marker=markers.get(r["method"], "o"), s=120 if r["method"] == "none" else 60,
-                           label=r["setting"])
-                ax.annotate(r["setting"], (r["speedup"], y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-            ax.set_xlabel("measured speed-up vs baseline (x)")
-            ax.set_ylabel(label)
-            ax.set_title(f"testbed {name}")
-            ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def write_outputs(rows: list[dict], out: Path, header: str) -> None:
-    """benchmark.csv, benchmark.md and tradeoffs.png (atomic)."""
-    import pandas as pd
-
-    atomic_write_text(out / "benchmark.csv", pd.DataFrame(rows).to_csv(index=False))
-    atomic_write_text(out / "benchmark.md", f"{header}\n\n{format_table(rows)}\n")
-    plot_tradeoffs(rows, out / "tradeoffs.png")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bigain.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -270,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fmnist images to classify: the shipped 1,000-image subset, or the full 10,000-image test "
                         "set (Debian package dataset-fashion-mnist or torchvision download)")
     p.add_argument("--sweep", action="store_true", help="also run the ratio sweep (0.3/0.5 merging, df 4)")
+    p.add_argument("--settings", nargs="+", default=["paper"], choices=list(SETTING_GROUPS),
+                   help="setting groups: paper (the six paper settings, default), compare (ratios 0.5/0.7, df 2/4 for "
+                        "every method), compression (ToMe ratio 0.1-0.75, ToDo df 2/3/4), headline (baseline + the "
+                        "two paired comparisons at the paper's settings), sweep")
+    p.add_argument("--compare", action="store_true", help="shorthand for --settings compare compression")
+    p.add_argument("--unet_max_downsample", type=int, default=None, choices=[1, 2],
+                   help="U-Net placement: reduce transformer blocks at levels <= this (default: the method's, 1)")
     p.add_argument("--methods", nargs="+", default=None, choices=list(LABELS),
                    help="only these methods (default: all six; the baseline is always included)")
     p.add_argument("--n_images", type=positive_int, default=50, help="test images classified per setting (default: 50; --full: all)")
@@ -285,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing_batch", type=positive_int, default=50, help="rows of the timed denoiser call")
     p.add_argument("--timing_repeats", type=positive_int, default=7, help="timed rounds (median), after one warm-up")
     p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--n_boot", type=nonneg_int, default=1000,
+                   help="bootstrap resamples of the intervals and paired tests (0: plain table without statistics)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--metrics_device", default="cpu", help="device of the metric feature extractor")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -298,6 +291,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     args = parse_args_with_config(build_parser(), argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare:
+        args.settings = list(dict.fromkeys(list(args.settings) + ["compare", "compression"]))
     if args.full:  # the whole shipped subset, 20 samples per class, 20 steps
         args.n_images, args.images_per_class, args.steps = None, 20, 20
     paths = dict(MODELS)
@@ -310,11 +305,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     if missing:
         raise FileNotFoundError(f"testbed model folder(s) missing: {missing} (train them with python -m bigain.testbed.train)")
     check_output_dir(args.out, "--out")
-    settings = PAPER_SETTINGS + (SWEEP_SETTINGS if args.sweep else [])
-    if args.methods:
-        settings = [s for s in settings if s[0] == "none" or s[0] in args.methods]
+    settings = select_settings(args.settings, args.sweep, args.methods)
     start = time.perf_counter()
-    rows = [row for name in args.models for row in benchmark_model(name, paths[name], settings, args)]
+    rows = [row for name in args.models
+            for row in benchmark_model(name, paths[name], place_settings(name, settings, args.unet_max_downsample), args)]
     wall = time.perf_counter() - start
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images classified "
@@ -322,8 +316,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
               f"({args.steps} steps); timing: median of {args.timing_repeats} interleaved calls, batch {args.timing_batch}, "
               f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; wall {wall / 60:.1f} min.")
     out = Path(args.out)
-    write_outputs(rows, out, header)
-    print(f"\n{header}\n\n{format_table(rows)}\n\nwrote {out / 'benchmark.csv'}, {out / 'benchmark.md'}, {out / 'tradeoffs.png'}")
+    per_class = add_statistics(rows, out, args.n_boot) if args.n_boot else None
+    written = write_outputs(rows, out, header, per_class)
+    print(f"\n{header}\n\n{format_table(rows)}\n\n{format_differences(rows)}\n\nwrote "
+          + ", ".join(str(p) for p in written))
     return rows
 
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .report_plots import MARKERS, tradeoff_plots  # noqa: F401
+from .report_plots import MARKERS, per_class_plots, tradeoff_plots  # noqa: F401
 from .report_rows import NUMERIC, RUN_FILES, SUMMARY_FILES, add_derived, collect_rows  # noqa: F401
 from .report_tables import build_table, format_cell, iter_tables, table_values, tex_escape, to_csv, \
     to_latex, to_markdown, write_table, write_tables  # noqa: F401
@@ -57,10 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", nargs="+", choices=("md", "csv", "tex"), default=list(DEFAULTS["formats"]))
     p.add_argument("--baseline", default=DEFAULTS["baseline"], help="reduction tag of the baseline row")
     p.add_argument("--no_plots", action="store_true", help="skip the trade-off PNGs")
+    p.add_argument("--no_stats", action="store_true",
+                   help="skip the 95%% intervals and paired tests read from the runs' per-image records and images")
+    p.add_argument("--domain_reference", default="fmnist-test",
+                   help="reference set of the domain FID intervals (a name eval.metrics knows; default fmnist-test)")
     from bigain.config import add_config_arg
 
     add_config_arg(p)
     return p
+
+
+def write_paired(df: Any, out: Path) -> list[Path]:
+    """paired.md (BiGain vs its counterpart at the same compression), also appended to report.md; [] if no pairs."""
+    from .report_stats import paired_markdown
+    from .report_tables import _atomic_write_text
+
+    text = paired_markdown(df)
+    if not text:
+        return []
+    section = ("## Paired comparisons\n\nSame test images / same generated (seed, class) items; paired bootstrap "
+               "95% intervals, exact McNemar p-values for rates.\n\n" + text)
+    report = out / "report.md"
+    if report.is_file():
+        _atomic_write_text(report, report.read_text() + "\n" + section)
+    return [_atomic_write_text(out / "paired.md", section)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
@@ -73,11 +93,18 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     check_output_dir(args.out, "--out")
     try:
         df = collect_rows(args.runs, baseline=args.baseline)
+        if not args.no_stats:
+            from .report_stats import add_intervals
+
+            df = add_intervals(df, args.baseline, args.domain_reference)
         written = write_tables(df, args.out, args.metric, args.columns, args.formats, args.task, args.baseline)
         if args.task:
             df = df[df["task"].isin(args.task)]
+        if not args.no_stats:
+            written += write_paired(df, Path(args.out))
         if not args.no_plots:
             written += tradeoff_plots(df, args.out, args.baseline)
+            written += per_class_plots(df, args.out)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .report_rows import add_derived
 from .report_tags import METHOD_NAMES, METHOD_ORDER, OPTION_SHORT, _option_text, is_baseline, parse_reduction, \
-    reduction_sort_key, short_model
+    reduction_label, reduction_sort_key, short_model
 
 # ----------------------------------------------------------------------------------------------
 # Trade-off plots
@@ -50,6 +50,11 @@ def _scatter_panel(ax: Any, points: pd.DataFrame, x: str, y: str, title: str, ba
         base = is_baseline(tag, baseline)
         rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
         name = "Baseline" if base else METHOD_NAMES.get(method, method)
+        lo, hi = getattr(row, f"{y}_lo", float("nan")), getattr(row, f"{y}_hi", float("nan"))
+        if not (pd.isna(lo) or pd.isna(hi)):  # 95% interval (eval.report_stats)
+            yv = getattr(row, y)
+            ax.errorbar(getattr(row, x), yv, yerr=[[max(0.0, yv - lo)], [max(0.0, hi - yv)]], fmt="none",
+                        ecolor="0.3" if base else colors[rank % len(colors)], capsize=3, lw=1, zorder=1)
         ax.scatter(getattr(row, x), getattr(row, y), marker="*" if base else MARKERS.get(method, "P"),
                    s=220 if base else 60, color="gold" if base else colors[rank % len(colors)],
                    edgecolors="black", linewidths=1.2 if base else 0.5, zorder=3 if base else 2,
@@ -66,7 +71,7 @@ def _scatter_panel(ax: Any, points: pd.DataFrame, x: str, y: str, title: str, ba
     ax.legend(fontsize=7, loc="best")
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """Save a PNG atomically and close the figure."""
     import matplotlib.pyplot as plt
 
@@ -102,7 +107,7 @@ def _panel_figure(panels: list[tuple[str, pd.DataFrame]], x: str, y: str, xlabel
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _panels(sub: pd.DataFrame, x: str, y: str) -> list[tuple[str, pd.DataFrame]]:
@@ -123,9 +128,15 @@ def tradeoff_plots(df: pd.DataFrame, out_dir: str | Path, baseline: str = "none"
         if column not in frame.columns:
             frame[column] = float("nan")
     frame["accuracy_pct"] = frame["accuracy"] * 100.0
+    for suffix in ("lo", "hi"):
+        if f"accuracy_{suffix}" in frame.columns:
+            frame[f"accuracy_pct_{suffix}"] = pd.to_numeric(frame[f"accuracy_{suffix}"], errors="coerce") * 100.0
+    if "domain_fid" not in frame.columns:
+        frame["domain_fid"] = float("nan")
     cls, gen = frame[frame["task"] == "classify"], frame[frame["task"] == "generate"]
     for sub, y, ylabel, name in ((cls, "accuracy_pct", "Top-1 accuracy (%)", "accuracy_vs_speedup.png"),
-                                 (gen, "fid", "FID (lower is better)", "fid_vs_speedup.png")):
+                                 (gen, "fid", "FID (lower is better)", "fid_vs_speedup.png"),
+                                 (gen, "domain_fid", "domain FID (lower is better)", "domain_fid_vs_speedup.png")):
         panels = _panels(sub, "speedup", y)
         if panels:
             written.append(_panel_figure(panels, "speedup", y, "Speed-up over baseline (x)", ylabel, baseline,
@@ -138,4 +149,94 @@ def tradeoff_plots(df: pd.DataFrame, out_dir: str | Path, baseline: str = "none"
                   for (m, dc, dg), part in joined.groupby(["model", "dataset_cls", "dataset_gen"], sort=False)]
         written.append(_panel_figure(panels, "fid", "accuracy_pct", "FID (lower is better)", "Top-1 accuracy (%)",
                                      baseline, out / "accuracy_vs_fid.png"))
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-class accuracy and sample grids
+# ----------------------------------------------------------------------------------------------
+
+def per_class_heatmap(table: pd.DataFrame, path: Path, title: str, class_names: Any = None) -> Path:
+    """Heatmap of accuracy (%) per true class (columns) and setting (rows), each cell annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = 100.0 * table.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * table.shape[1], 0.9 + 0.36 * table.shape[0]))
+    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    names = [class_names[int(c)] if class_names is not None else str(c) for c in table.columns]
+    ax.set_xticks(range(table.shape[1]), names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(table.shape[0]), [str(i) for i in table.index], fontsize=7)
+    for (i, j), v in np.ndenumerate(values):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="white" if v < 60 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="accuracy (%)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def sample_grid(rows: list[tuple[str, Path]], path: Path, per_class: int = 1, title: str = "",
+                class_names: Any = None) -> Path:
+    """Generated images: one row per setting, the same items (seed, class) in every column.
+
+    `rows` are (label, image folder with `<stem>.png` + `<stem>.json` holding `label`); columns are the
+    first `per_class` items of each class that every row has.
+    """
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    def items(folder: Path) -> dict[str, int]:
+        return {p.stem: int(json.loads(p.with_suffix(".json").read_text()).get("label", -1))
+                for p in sorted(folder.glob("*.png")) if p.with_suffix(".json").is_file()}
+
+    found = [items(folder) for _, folder in rows]
+    common = [k for k in found[0] if all(k in f for f in found[1:])] if found else []
+    columns: list[str] = []
+    for label in sorted(set(found[0][k] for k in common)) if common else []:
+        columns += [k for k in common if found[0][k] == label][:per_class]
+    if not columns:
+        raise ValueError("no generated item is shared by every setting of the grid")
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(0.75 * len(columns) + 1.6, 0.8 * len(rows) + 0.4),
+                             squeeze=False)
+    for i, ((name, folder), ax_row) in enumerate(zip(rows, axes)):
+        for j, (key, ax) in enumerate(zip(columns, ax_row)):
+            with Image.open(folder / f"{key}.png") as im:
+                ax.imshow(im.convert("L"), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+            if i == 0:
+                label = found[0][key]
+                ax.set_title(class_names[label] if class_names is not None else f"class {label}", fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def per_class_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """A per-class accuracy heatmap for every classification model x dataset whose runs hold per-image records."""
+    from .report_stats import classification_outcomes, per_class_accuracy
+
+    written = []
+    cls = df[df["task"] == "classify"] if "run_dir" in df.columns else df.iloc[:0]
+    for (model, dataset), part in cls.groupby(["model", "dataset"], sort=False):
+        part = part.iloc[sorted(range(len(part)), key=lambda i: reduction_sort_key(part["reduction"].iloc[i]))]
+        outcomes = {reduction_label(str(r.reduction)): classification_outcomes(r.run_dir) for r in part.itertuples()
+                    if isinstance(r.run_dir, str) and Path(r.run_dir).is_dir()}
+        table = per_class_accuracy(outcomes)
+        if not table.empty:
+            name = f"per_class_accuracy_{short_model(model)}_{dataset}".replace("/", "-").replace(" ", "")
+            written.append(per_class_heatmap(table, Path(out_dir) / f"{name}.png",
+                                             f"{short_model(model)} / {dataset}: accuracy per true class (%)"))
     return written

@@ -34,12 +34,28 @@ def _fmt(value: float, digits: Optional[int]) -> str:
     return f"{value:.3g}"
 
 
-def format_cell(value: float, base: float, metric: Metric, baseline_row: bool, incomplete: bool = False) -> str:
-    """`71.2 (+3.4)`; empty for a missing value; no delta on the baseline row or without a baseline."""
+def _finite(*values: Any) -> bool:
+    """All values present and not NaN."""
+    return all(v is not None and not pd.isna(v) for v in values)
+
+
+def format_cell(value: float, base: float, metric: Metric, baseline_row: bool, incomplete: bool = False,
+                interval: tuple = (None, None), paired: tuple = (None, None, None, None)) -> str:
+    """`71.2 (+3.4)`; empty for a missing value; no delta on the baseline row or without a baseline.
+
+    With statistics (`eval.report_stats.add_intervals`): `71.2 [62.1, 79.0] (+3.4 [-2.0, +8.8] p=0.21)`, the
+    95% interval of the value and the paired difference from the baseline (interval, McNemar p for rates).
+    """
     if value is None or pd.isna(value):
         return ""
     text = _fmt(value, metric.digits) + metric.suffix
-    if not baseline_row and base is not None and not pd.isna(base):
+    if _finite(*interval):
+        text += f" [{_fmt(interval[0], metric.digits)}, {_fmt(interval[1], metric.digits)}]"
+    delta, low, high, p = paired
+    if not baseline_row and metric.delta == "abs" and _finite(delta, low, high):
+        signed = [("" if _fmt(v, metric.digits).startswith("-") else "+") + _fmt(v, metric.digits) for v in (delta, low, high)]
+        text += f" ({signed[0]} [{signed[1]}, {signed[2]}]" + (f" p={p:.2g}" if _finite(p) else "") + ")"
+    elif not baseline_row and base is not None and not pd.isna(base):
         if metric.delta == "abs":
             delta = _fmt(value - base, metric.digits)
             text += f" ({'' if delta.startswith('-') else '+'}{delta})"
@@ -65,8 +81,16 @@ def table_values(df: pd.DataFrame, metric: str, columns: str = "dataset", baseli
         raise ReportError(f"metric {metric!r}: no column {m.column!r} in the runs; "
                           f"known metrics: {sorted(METRICS)} or any numeric column")
     values = pd.to_numeric(df[m.column], errors="coerce") * m.scale
+
+    def extra(suffix: str, scale: float = m.scale) -> pd.Series:
+        """A statistics column of this metric (see eval.report_stats.add_intervals), scaled; NaN when absent."""
+        name = f"{m.column}_{suffix}"
+        return pd.to_numeric(df[name], errors="coerce") * scale if name in df.columns else pd.Series(float("nan"), index=df.index)
+
     long = pd.DataFrame({"group": df[group_dim].astype(str), "reduction": df["reduction"].astype(str),
-                         "column": df[col_dim].astype(str), "value": values,
+                         "column": df[col_dim].astype(str), "value": values, "lo": extra("lo"), "hi": extra("hi"),
+                         "delta": extra("delta"), "delta_lo": extra("delta_lo"), "delta_hi": extra("delta_hi"),
+                         "delta_p": extra("delta_p", 1.0),
                          "incomplete": ~df["complete"].astype(bool) if "complete" in df.columns else False,
                          "is_baseline": df["reduction"].map(lambda t: is_baseline(t, baseline))})
     base = long[long["is_baseline"]].drop_duplicates(["group", "column"], keep="last")
@@ -96,7 +120,8 @@ def build_table(df: pd.DataFrame, metric: str, columns: str = "dataset", baselin
                 continue
             label = reduction_label(r)
             index.append(f"{short_model(g) if columns == 'dataset' else g} | {label}" if multi else label)
-            body.append([format_cell(e.value, e.baseline_value, m, bool(e.is_baseline), bool(e.incomplete))
+            body.append([format_cell(e.value, e.baseline_value, m, bool(e.is_baseline), bool(e.incomplete),
+                                     (e.lo, e.hi), (e.delta, e.delta_lo, e.delta_hi, e.delta_p))
                          if e is not None else "" for e in entries])
     table = pd.DataFrame(body, index=pd.Index(index, name="Method"), columns=pretty_cols, dtype=object)
     table.attrs.update(metric=m.name, label=m.label, columns=columns)
