@@ -1,4 +1,4 @@
-"""Diffusion classifier core (Li et al., ICCV 2023), adaptive protocol of protocol.md §1, without the CLI.
+"""Diffusion classifier core (Li et al., ICCV 2023), adaptive protocol of docs/protocol.md §1, without the CLI.
 
 Timestep grid and staged elimination (:class:`Schedule`), per-image noise (:func:`image_seed`,
 :func:`make_noise`), per-sample errors, :func:`classify_image` for one encoded image, and the

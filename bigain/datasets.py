@@ -1,4 +1,4 @@
-"""Evaluation datasets of protocol.md §4 (under ``$DATASET_ROOT``), the testbed's Fashion-MNIST, and user folders.
+"""Evaluation datasets of docs/protocol.md §4 (under ``$DATASET_ROOT``), the testbed's Fashion-MNIST, and user folders.
 
     ds = build_dataset("pets", root="/data", img_size=512)
     image, label = ds[0]          # image: float (C, H, W) in [-1, 1]; label: classidx (list for multi-label)

@@ -7,7 +7,7 @@
 
 `classidx` is the label the dataset loader returns (ImageNet-100 uses ImageNet-1k ids, so a
 class-conditional ImageNet model can be conditioned on it directly). Templates follow
-protocol.md §4.
+docs/protocol.md §4.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Paper-style tables and speed/quality trade-off plots from any set of runs (issue 7, part 3).
+"""Paper-style tables and speed/quality trade-off plots from any set of runs.
 
 Inputs are any mix of summary CSVs (`bigain.classify`, `bigain.generate`, `eval.speed`'s
 speed.csv), run folders (holding `result*.json`, `metrics.json`, `summary.csv`) and folders that

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Zero-shot classification with DiT-XL/2-512 (class-conditional, 512 px) under token reduction (protocol.md §1, §5).
+# Zero-shot classification with DiT-XL/2-512 (class-conditional, 512 px) under token reduction (docs/protocol.md §1, §5).
 #
 # Edit the configuration block (or set its variables in the environment), then keep exactly one
 # example block uncommented (Baseline is active). Every flag is documented by
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 LAUNCH=${LAUNCH:-$PY}                        # or "accelerate launch --multi_gpu --num_processes N"
 DATASET=${DATASET:-imagenet100}              # imagenet100 or imagenet (DiT knows the ImageNet-1k classes); fmnist for the testbed DiT
-DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (protocol.md §4)
+DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (docs/protocol.md §4)
 VERSION=${VERSION:-dit-512}                  # dit-512 = facebook/DiT-XL-2-512; also dit-256 (IMG_SIZE=256)
 MODEL_PATH=${MODEL_PATH:-}                   # local diffusers folder (e.g. bigain/assets/testbed/dit-fmnist); overrides VERSION
 IMG_SIZE=${IMG_SIZE:-512}

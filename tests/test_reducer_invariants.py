@@ -1,4 +1,4 @@
-"""Invariants 3-13 of methods.md, checked on the pure reducer functions."""
+"""Invariants 3-13 of docs/methods.md, checked on the pure reducer functions."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -183,7 +183,7 @@ def test_shrunk_specs_are_named_and_checked():
         get_spec("sd2", num_layers=4)
 
 
-# --- the engine's fast paths keep outputs bit-identical (issue 6, "make it fast") -----------
+# --- the engine's fast paths keep outputs bit-identical -----------
 
 def reference_merge(metric, dst_idx, ratio):
     """The engine's merge/unmerge before optimisation: element-wise gathers + scatter_reduce(mean)."""

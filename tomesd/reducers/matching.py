@@ -1,4 +1,4 @@
-"""Bipartite soft matching shared by ToMe and BiGain_TM: steps 2-5 of methods.md.
+"""Bipartite soft matching shared by ToMe and BiGain_TM: steps 2-5 of docs/methods.md.
 
 Destinations are given (one per complete block, per sample); sources are all other tokens.
 The `r` sources whose best cosine similarity to a destination is highest are averaged into
