@@ -8,7 +8,7 @@ import tomesd
 from tomesd import registry
 from tomesd.options import TokenPlacementOptions
 from tiny_models import (
-    dit_inputs, pixart_inputs, sd2_sized_unet, tiny_dit, tiny_pixart, tiny_sd_unet, tiny_sdxl_unet, unet_inputs,
+    IDLE, METHODS, dit_inputs, pixart_inputs, sd2_sized_unet, tiny_dit, tiny_pixart, tiny_sd_unet, tiny_sdxl_unet, unet_inputs,
 )
 
 BACKBONES = {
@@ -17,14 +17,6 @@ BACKBONES = {
     "dit": (tiny_dit, dit_inputs, {}),
     "pixart": (tiny_pixart, pixart_inputs, {}),
 }
-METHODS = {
-    "tome": {"ratio": 0.5},
-    "bigain_tm": {"ratio": 0.5},
-    "todo": {"df": 2},
-    "bigain_td": {"alpha": 0.5},
-    "sito": {"ratio": 0.5},
-}
-IDLE = {"tome": {"ratio": 0.0}, "bigain_tm": {"ratio": 0.0}, "todo": {"df": 1}, "bigain_td": {"df": 1}, "sito": {"ratio": 0.0}}
 
 
 @pytest.fixture(scope="module")

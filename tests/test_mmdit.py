@@ -9,6 +9,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
 import tomesd
 from tomesd.joint_attention import JointRope, joint_attention
+from tiny_models import IDLE, METHODS
 from tiny_mmdit import TEXT_TOKENS, flux_image_ids, flux_inputs, image_tokens, sd3_inputs, tiny_flux, tiny_sd3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -18,14 +19,6 @@ BACKBONES = {
     "sd35": (lambda: tiny_sd3(dual=True), sd3_inputs),
     "flux": (lambda: tiny_flux(), flux_inputs),
 }
-METHODS = {
-    "tome": {"ratio": 0.5},
-    "bigain_tm": {"ratio": 0.5},
-    "todo": {"df": 2},
-    "bigain_td": {"alpha": 0.5},
-    "sito": {"ratio": 0.5},
-}
-IDLE = {"tome": {"ratio": 0.0}, "bigain_tm": {"ratio": 0.0}, "todo": {"df": 1}, "bigain_td": {"df": 1}, "sito": {"ratio": 0.0}}
 PER_SAMPLE = {
     "tome": {"ratio": 0.6, "use_rand": False},
     "bigain_tm": {"ratio": 0.6},

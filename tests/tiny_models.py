@@ -98,3 +98,14 @@ def pixart_inputs(batch: int = 2, size: tuple[int, int] = (16, 16), seed: int = 
         "timestep": torch.linspace(999, 1, batch).round().long(),
         "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
     }
+
+
+# Every method at a setting that reduces, and at its idle setting (ratio 0 / df 1), for backbone tests.
+METHODS = {
+    "tome": {"ratio": 0.5},
+    "bigain_tm": {"ratio": 0.5},
+    "todo": {"df": 2},
+    "bigain_td": {"alpha": 0.5},
+    "sito": {"ratio": 0.5},
+}
+IDLE = {"tome": {"ratio": 0.0}, "bigain_tm": {"ratio": 0.0}, "todo": {"df": 1}, "bigain_td": {"df": 1}, "sito": {"ratio": 0.0}}
