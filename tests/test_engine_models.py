@@ -8,7 +8,7 @@ import tomesd
 from tomesd import registry
 from tomesd.options import TokenPlacementOptions
 from tiny_models import (
-    IDLE, METHODS, dit_inputs, pixart_inputs, sd2_sized_unet, tiny_dit, tiny_pixart, tiny_sd_unet, tiny_sdxl_unet, unet_inputs,
+    IDLE, METHODS, PER_SAMPLE, dit_inputs, pixart_inputs, sd2_sized_unet, tiny_dit, tiny_pixart, tiny_sd_unet, tiny_sdxl_unet, unet_inputs,
 )
 
 BACKBONES = {
@@ -49,13 +49,6 @@ def test_method_on_backbone(models, backbone, method):
     assert torch.equal(idle, base), "idle setting must equal the baseline"
 
 
-PER_SAMPLE = {
-    "tome": {"ratio": 0.6, "use_rand": False},
-    "bigain_tm": {"ratio": 0.6},
-    "todo": {"df": 2, "stop_threshold": 0.3},
-    "bigain_td": {"alpha_schedule": True, "stop_threshold": 0.2},
-    "sito": {"ratio": 0.6},
-}
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))

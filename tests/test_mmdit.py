@@ -9,7 +9,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
 import tomesd
 from tomesd.joint_attention import JointRope, joint_attention
-from tiny_models import IDLE, METHODS
+from tiny_models import IDLE, METHODS, PER_SAMPLE
 from tiny_mmdit import TEXT_TOKENS, flux_image_ids, flux_inputs, image_tokens, sd3_inputs, tiny_flux, tiny_sd3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -18,13 +18,6 @@ BACKBONES = {
     "sd3": (lambda: tiny_sd3(), sd3_inputs),
     "sd35": (lambda: tiny_sd3(dual=True), sd3_inputs),
     "flux": (lambda: tiny_flux(), flux_inputs),
-}
-PER_SAMPLE = {
-    "tome": {"ratio": 0.6, "use_rand": False},
-    "bigain_tm": {"ratio": 0.6},
-    "todo": {"df": 2, "stop_threshold": 0.3},
-    "bigain_td": {"alpha_schedule": True, "stop_threshold": 0.2},
-    "sito": {"ratio": 0.6},
 }
 
 
