@@ -32,51 +32,10 @@ from tqdm.auto import tqdm
 from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
 from bigain.cli import check_output_dir, nonneg_float, nonneg_int, positive_int, run_cli
 from bigain.config import add_config_arg, atomic_write_text, parse_args_with_config
+from bigain.settings import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
 
 TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
 MODELS = {"dit": TESTBED / "dit-fmnist", "unet": TESTBED / "unet-fmnist"}
-PAPER_SETTINGS: list[tuple[str, dict[str, Any]]] = [
-    ("none", {}),
-    ("tome", {"ratio": 0.7}),
-    ("bigain_tm", {"ratio": 0.7}),
-    ("todo", {"df": 2}),
-    ("bigain_td", {"alpha": 0.5, "df": 2}),
-    ("sito", {"ratio": 0.7}),
-]
-SWEEP_SETTINGS: list[tuple[str, dict[str, Any]]] = (
-    [(m, {"ratio": r}) for m in ("tome", "bigain_tm", "sito") for r in (0.3, 0.5)]
-    + [("todo", {"df": 4}), ("bigain_td", {"alpha": 0.5, "df": 4})]
-)
-# --compare: the paired comparison at two strengths per method (headline pairs: BiGain_TM vs ToMe, BiGain_TD vs ToDo)
-COMPARE_SETTINGS: list[tuple[str, dict[str, Any]]] = (
-    [("none", {})]
-    + [(m, {"ratio": r}) for r in (0.5, 0.7) for m in ("tome", "bigain_tm")]
-    + [(m, {"alpha": 0.5, "df": d} if m == "bigain_td" else {"df": d}) for d in (2, 4) for m in ("todo", "bigain_td")]
-    + [("sito", {"ratio": r}) for r in (0.5, 0.7)]
-)
-# --compression: how classification and generation degrade as compression grows (merging ratio, K/V downsampling)
-COMPRESSION_SETTINGS: list[tuple[str, dict[str, Any]]] = (
-    [("none", {})] + [("tome", {"ratio": r}) for r in (0.1, 0.3, 0.5, 0.7, 0.75)]
-    + [("todo", {"df": d}) for d in (2, 3, 4)]
-)
-SETTING_GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "paper": PAPER_SETTINGS, "sweep": SWEEP_SETTINGS, "compare": COMPARE_SETTINGS, "compression": COMPRESSION_SETTINGS,
-    "headline": PAPER_SETTINGS[:5],
-}
-LABELS = {"none": "Baseline", "tome": "ToMe", "bigain_tm": "BiGain_TM", "todo": "ToDo", "bigain_td": "BiGain_TD",
-          "sito": "SiTo"}
-
-
-def setting_label(method: str, options: dict[str, Any]) -> str:
-    """'BiGain_TM r=0.7' style label."""
-    short = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md"}
-    opts = " ".join(f"{short.get(k, k)}={v}" for k, v in options.items())
-    return f"{LABELS.get(method, method)} {opts}".strip()
-
-
-def setting_tag(method: str, options: dict[str, Any]) -> str:
-    """Folder name of a setting."""
-    return "_".join([method] + [f"{k}{v}" for k, v in sorted(options.items())])
 
 
 def method_flags(method: str, options: dict[str, Any]) -> list[str]:
@@ -261,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="shorthand for --settings compare compression")
     p.add_argument("--unet_max_downsample", type=int, default=None, choices=[1, 2],
                    help="U-Net placement: reduce transformer blocks at levels <= this (default: the method's, 1)")
-    p.add_argument("--methods", nargs="+", default=None, choices=list(LABELS),
+    p.add_argument("--methods", nargs="+", default=None, choices=list(PAPER_METHODS),
                    help="only these methods (default: all six; the baseline is always included)")
     p.add_argument("--n_images", type=positive_int, default=50, help="test images classified per setting (default: 50; --full: all)")
     p.add_argument("--n_samples", type=positive_int, nargs="+", default=[5, 20], help="adaptive protocol timesteps")

@@ -13,14 +13,9 @@ from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DCon
 
 import tomesd
 from bigain.cli import nonneg_int, run_cli
+from bigain.settings import PAPER_SETTINGS
 
-DEMO_METHODS = {
-    "tome": {"ratio": 0.7},
-    "bigain_tm": {"ratio": 0.7},
-    "todo": {"df": 2},
-    "bigain_td": {"alpha": 0.5},
-    "sito": {"ratio": 0.7},
-}
+DEMO_METHODS = {method: options for method, options in PAPER_SETTINGS if method != "none"}  # the paper's settings
 
 
 def demo_models(seed: int = 0) -> dict[str, tuple[torch.nn.Module, dict, dict]]:

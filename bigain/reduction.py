@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import tomesd
 from bigain.cli import finite_float, nonneg_int, positive_int
+from bigain.settings import setting_tag
 
 # flag -> (type, help). `None`-typed entries are booleans given as true/false.
 REDUCTION_FLAGS: dict[str, tuple[Any, str]] = {
@@ -116,14 +117,8 @@ def apply_reduction(model: Any, args: argparse.Namespace, seed: Optional[int] = 
 def run_reduction_tag(args: argparse.Namespace) -> str:
     """Folder name of a CLI run's reducer settings (method, explicit options, reducer seed)."""
     method = tomesd.canonical_name(args.method)
-    tag = reduction_tag(method, reduction_kwargs(method, vars(args)))
+    tag = setting_tag(method, reduction_kwargs(method, vars(args)))
     if method != "none" and getattr(args, "reduction_seed", None) is not None:
         tag += f"_rseed{args.reduction_seed}"
     return tag
 
-
-def reduction_tag(method: str, options: dict[str, Any]) -> str:
-    """Short, filesystem-safe name encoding the method and its explicit settings."""
-    method = tomesd.canonical_name(method)
-    parts = [method] + [f"{k}{'-'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in sorted(options.items())]
-    return "_".join(parts).replace("/", "-").replace(" ", "")

@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bigain.benchmark import MODELS, PAPER_SETTINGS, setting_label
+from bigain.benchmark import MODELS
+from bigain.settings import PAPER_SETTINGS, setting_label
 from bigain.config import atomic_write_text
 
 TIMESTEPS = (100, 300, 500, 700, 900)

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from bigain.cli import check_output_dir, nonneg_int, positive_int, run_cli
 from bigain.config import atomic_write_text, option_actions, read_yaml_mapping, validate_config
-from bigain.reduction import reduction_kwargs, reduction_tag
+from bigain.reduction import reduction_kwargs
+from bigain.settings import setting_tag
 
 # task -> CLI module (with build_parser() and main(argv)), its run-folder flag and summary-CSV flag
 TASKS: dict[str, tuple[str, str, str]] = {
@@ -108,7 +109,7 @@ def expand_grid(options: dict[str, Any]) -> list[dict[str, Any]]:
 def method_tag(options: dict[str, Any]) -> str:
     """Folder-safe name of a method setting, e.g. `bigain_tm_ratio0.7` (baseline: `none`)."""
     method = options.get("method", "none")
-    return reduction_tag(method, reduction_kwargs(method, options))
+    return setting_tag(method, reduction_kwargs(method, options))
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def count_reducer_ops(model: torch.nn.Module, method: str, options: dict, args: 
     spans = OpSpans(mode)
     report = tomesd.apply_patch(model, method=method, seed=seed, **options)
     try:
-        with torch.no_grad(), timed_reducers(spans):
+        with torch.no_grad(), timed_reducers(model, spans):
             model(*args, **kwargs)
     finally:
         tomesd.remove_patch(model)

@@ -7,15 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import tomesd
+
 TASKS = ("classify", "generate", "speed")
 BASELINE_TAGS = ("none", "baseline")
 KEY = ("task", "model", "dataset", "reduction")
 
-# Method tag -> display name; the order is the row order of every table.
+# Method tag (name or alias) -> display name, from the registry's labels; upstream tomesd's ToMe besides.
 METHOD_NAMES: dict[str, str] = {
-    "none": "Baseline", "baseline": "Baseline", "tome": "ToMe", "bigain_tm": "BiGain_TM", "lgtm": "BiGain_TM",
-    "todo": "ToDo", "bigain_td": "BiGain_TD", "iekvd": "BiGain_TD", "sito": "SiTo", "upstream": "upstream ToMe",
+    **{m: tomesd.method_label(m) for m in tomesd.list_methods(include_aliases=True)}, "upstream": "upstream ToMe",
 }
+# Row order of every table.
 METHOD_ORDER = ("none", "baseline", "tome", "upstream", "bigain_tm", "lgtm", "todo", "bigain_td", "iekvd", "sito")
 # Option names a reduction tag may carry (bigain.reduction.REDUCTION_FLAGS, plus the reducer seed).
 OPTION_KEYS = (

@@ -47,7 +47,7 @@ from bigain.cli import check_output_dir, fraction, nonneg_int, positive_int, run
 
 from .speed_cases import BASELINE, DF_METHODS, METHODS, PRESET_FLAGS, PRESETS, RATIO_METHODS, Case, Setting, grid, \
     make_settings, parse_model, preset_cases  # noqa: F401
-from .speed_timing import BREAKDOWN_CALLS, PHASE_FUNCTIONS, PHASES, Spans, TimedProcessor, attention_backend, \
+from .speed_timing import BREAKDOWN_CALLS, PHASES, Spans, TimedProcessor, attention_backend, \
     benchmark_case, count_reducer_flops, load_upstream_module, median, patched, reduced_blocks, run_benchmark, sync, \
     timed_attn1, timed_call, timed_reducers, token_summary  # noqa: F401
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from bigain.settings import PAPER_SETTINGS, declared_order, speed_label
+
 from .model_zoo import ModelSpec, get_spec
 
 METHODS = ("tome", "bigain_tm", "todo", "bigain_td", "sito", "upstream")
@@ -35,15 +37,7 @@ class Setting:
 
     @property
     def label(self) -> str:
-        if self.method == "none":
-            return "baseline (SDPA)"
-        short = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md", "blocks": "blocks", "plan_reuse": "plans"}
-        parts = []
-        for key, value in self.options:
-            if key == "max_downsample" and value == 1:
-                continue
-            parts.append(f"{short.get(key, key)}={value}")
-        return " ".join([self.method, *parts])
+        return speed_label(self.method, dict(self.options))
 
     def tome_equivalent(self) -> "Setting":
         """The ToMe setting this upstream setting mirrors (and vice versa)."""
@@ -51,6 +45,12 @@ class Setting:
 
 
 BASELINE = Setting("none")
+
+
+def paper_settings(*placement: tuple[str, Any], **extra: tuple[tuple[str, Any], ...]) -> tuple[Setting, ...]:
+    """The paper's five reducing settings (`bigain.settings.PAPER_SETTINGS`), options in each method's declared
+    order, then `extra[method]` options, then `placement` (e.g. `("max_downsample", 1)`)."""
+    return tuple(Setting(m, declared_order(m, o) + extra.get(m, ()) + placement) for m, o in PAPER_SETTINGS if m != "none")
 
 
 def make_settings(family: str, methods: Sequence[str] = METHODS, ratios: Sequence[float] = (0.3, 0.5, 0.7),
@@ -119,25 +119,17 @@ def preset_cases(name: str) -> list[Case]:
         return grid(["tiny-sd"], [128], [2], **one) + grid(["tiny-dit"], [128], [2], **one)
     if name == "cpu-small":  # a few minutes per case on 2 shared cores: fewer settings, small sizes
         md1 = (("max_downsample", 1),)
-        sd = (Setting("tome", (("ratio", 0.5),) + md1), Setting("tome", (("ratio", 0.7),) + md1),
-              Setting("bigain_tm", (("ratio", 0.7),) + md1), Setting("todo", (("df", 2),) + md1),
-              Setting("bigain_td", (("df", 2), ("alpha", 0.5)) + md1), Setting("sito", (("ratio", 0.7),) + md1),
-              Setting("sito", (("ratio", 0.7), ("graph", "blocks")) + md1),
+        sd = (Setting("tome", (("ratio", 0.5),) + md1), *paper_settings(*md1),
+              paper_settings(*md1, sito=(("graph", "blocks"),))[-1],
               Setting("upstream", (("ratio", 0.5),) + md1), Setting("upstream", (("ratio", 0.7),) + md1))
-        dit = (Setting("tome", (("ratio", 0.7),)), Setting("bigain_tm", (("ratio", 0.7),)), Setting("todo", (("df", 2),)),
-               Setting("bigain_td", (("df", 2), ("alpha", 0.5))), Setting("sito", (("ratio", 0.7),)))
+        dit = paper_settings()
         return [Case("sd2@w0.25", 256, 1, sd), Case("sd2@w0.25", 512, 1, sd), Case("dit-xl-2-256@L4", 256, 2, dit)]
     if name == "cpu-sd2-512":  # the real SD 2 U-Net (865M) at 512 px on one CPU thread, key settings
         md1 = (("max_downsample", 1),)
-        sd = (Setting("tome", (("ratio", 0.7),) + md1), Setting("bigain_tm", (("ratio", 0.7),) + md1),
-              Setting("todo", (("df", 2),) + md1), Setting("bigain_td", (("df", 2), ("alpha", 0.5)) + md1),
-              Setting("sito", (("ratio", 0.7), ("graph", "blocks")) + md1), Setting("upstream", (("ratio", 0.7),) + md1))
+        sd = (*paper_settings(*md1, sito=(("graph", "blocks"),)), Setting("upstream", (("ratio", 0.7),) + md1))
         return [Case("sd2", 512, 1, sd)]
     if name == "cpu-mmdit":  # full-width SD3-medium / Flux.1-schnell blocks at reduced depth, every block patched
-        mmdit = (Setting("tome", (("ratio", 0.5), ("blocks", "all"))), Setting("bigain_tm", (("ratio", 0.7), ("blocks", "all"))),
-                 Setting("todo", (("df", 2), ("blocks", "all"))),
-                 Setting("bigain_td", (("df", 2), ("alpha", 0.5), ("blocks", "all"))),
-                 Setting("sito", (("ratio", 0.7), ("blocks", "all"))))
+        mmdit = (Setting("tome", (("ratio", 0.5), ("blocks", "all"))), *paper_settings(("blocks", "all"))[1:])
         return [Case("sd3-medium@L2", 512, 1, mmdit), Case("flux-schnell@L1", 512, 1, mmdit)]
     if name == "cpu-reuse":  # plan_reuse="level" next to per-block planning, smallest sizes that show it
         tm = lambda m, *extra: Setting(m, (("ratio", 0.7),) + extra + (("max_downsample", 1),))  # noqa: E731

@@ -5,8 +5,6 @@ Split out of `eval.speed` (which re-exports every public name).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import importlib
 import json
 import statistics
 import time
@@ -16,14 +14,13 @@ import torch
 
 import tomesd
 from tomesd.backbones import find_backbone
-from tomesd.reducers.base import KVPlan, TokenPlan
+from tomesd.reducers.base import PHASES
 
 from .flops import FlopSpans, count_flops
 from .model_zoo import ModelSpec, build_model, make_inputs
 from .op_count import count_reducer_ops
 from .speed_cases import BASELINE, Case, Setting, parse_model
 
-PHASES = ("plan", "score", "match", "reduce", "restore", "kv")
 BREAKDOWN_CALLS = 3  # instrumented calls per setting; the breakdown is their per-phase median
 
 
@@ -143,58 +140,13 @@ def timed_attn1(model: torch.nn.Module, spans: Spans) -> Iterator[None]:
             attn.processor = processor
 
 
-def _timed_fn(fn: Callable, spans: Spans, phase: str) -> Callable:
-    def wrapper(*args, **kwargs):
-        with spans.span(phase):
-            return fn(*args, **kwargs)
-    wrapper.__wrapped__ = fn
-    return wrapper
+def timed_reducers(model: torch.nn.Module, spans: Any) -> contextlib.AbstractContextManager:
+    """Record every reducer phase of the patched `model` (`PHASES`: plan, and within it score and match;
+    reduce, restore, kv) under `spans.span(phase)`, through the engine's `tomesd.trace_reducers` hook.
 
-
-# Engine functions whose time is reported as a phase of planning (module, attribute, phase).
-PHASE_FUNCTIONS = [
-    ("tomesd.reducers.lgtm", "laplacian_scores", "score"),
-    ("tomesd.reducers.sito", "cosine_graph", "score"),
-    ("tomesd.reducers.sito", "graph_degrees", "score"),
-    ("tomesd.reducers.sito", "base_token_scores", "score"),
-    ("tomesd.reducers.tome", "bipartite_merge_plan", "match"),
-    ("tomesd.reducers.lgtm", "bipartite_merge_plan", "match"),
-]
-
-
-@contextlib.contextmanager
-def timed_reducers(spans: Spans) -> Iterator[None]:
-    """Time every reducer's `plan`, the listed scoring/matching functions and the plan closures."""
-    saved: list[tuple[Any, str, Any]] = []
-
-    def swap(owner: Any, name: str, new: Any) -> None:
-        saved.append((owner, name, owner.__dict__[name]))
-        setattr(owner, name, new)
-
-    for module_name, attr, phase in PHASE_FUNCTIONS:
-        module = importlib.import_module(module_name)
-        if attr in module.__dict__:
-            swap(module, attr, _timed_fn(module.__dict__[attr], spans, phase))
-    for method in tomesd.list_methods():
-        cls = tomesd.get_reducer(method)
-        original = cls.__dict__["plan"].__func__
-
-        def plan(ctx, opts, _original=original):
-            with spans.span("plan"):
-                result = _original(ctx, opts)
-            if isinstance(result, TokenPlan):
-                return dataclasses.replace(result, reduce=_timed_fn(result.reduce, spans, "reduce"),
-                                           restore=_timed_fn(result.restore, spans, "restore"))
-            if isinstance(result, KVPlan):
-                return dataclasses.replace(result, kv_source=_timed_fn(result.kv_source, spans, "kv"))
-            return result
-
-        swap(cls, "plan", staticmethod(plan))
-    try:
-        yield
-    finally:
-        for owner, name, value in reversed(saved):
-            setattr(owner, name, value)
+    `spans` is a `Spans` (time), `eval.flops.FlopSpans` (FLOPs) or `eval.op_count.OpSpans` (ATen ops).
+    """
+    return tomesd.trace_reducers(model, spans.span)
 
 
 def count_reducer_flops(model: torch.nn.Module, setting: Setting, args: tuple, kwargs: dict, seed: int) -> int:
@@ -204,7 +156,7 @@ def count_reducer_flops(model: torch.nn.Module, setting: Setting, args: tuple, k
     similarities, SiTo's graph, the Laplacian; gathers and sorts count 0.
     """
     spans = FlopSpans()
-    with torch.no_grad(), patched(model, setting, seed, None), timed_reducers(spans):
+    with torch.no_grad(), patched(model, setting, seed, None), timed_reducers(model, spans):
         model(*args, **kwargs)
     return sum(v for (_, phase), v in spans.counts.items() if phase in ("plan", "reduce", "restore", "kv"))
 
@@ -343,7 +295,7 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
                 for s in settings:
                     spans = Spans(device)
                     with patched(model, s, seed, upstream), timed_attn1(model, spans):
-                        with (timed_reducers(spans) if s.engine == "bigain" else contextlib.nullcontext()):
+                        with (timed_reducers(model, spans) if s.engine == "bigain" else contextlib.nullcontext()):
                             t_total = timed_call(model, args, kwargs, device)
                     totals = spans.totals_ms()
                     totals[("", "total")] = t_total

@@ -126,6 +126,10 @@ class Spy:
     seen: list = []
 
     @staticmethod
+    def needs_host_timesteps(opts):
+        return True  # a reducer may branch on timesteps in Python: it gets a host copy
+
+    @staticmethod
     def plan(ctx, opts):
         Spy.seen.append((ctx.timesteps.clone(), ctx.height, ctx.width, ctx.level))
         return None

@@ -5,8 +5,8 @@
     tomesd.remove_patch(pipe)
 """
 from .options import option_defaults
-from .patch import PatchReport, apply_patch, get_patch, patched, remove_patch, reseed
-from .registry import canonical_name, get_reducer, list_methods, register_reducer
+from .patch import PatchReport, apply_patch, get_patch, patched, remove_patch, reseed, trace_reducers
+from .registry import canonical_name, get_reducer, list_methods, method_label, register_reducer
 
 __version__ = "0.2.0"
 
@@ -17,6 +17,6 @@ def method_options(method: str) -> dict:
 
 
 __all__ = [
-    "PatchReport", "apply_patch", "canonical_name", "get_patch", "get_reducer", "list_methods", "method_options",
-    "patched", "register_reducer", "remove_patch", "reseed",
+    "PatchReport", "apply_patch", "canonical_name", "get_patch", "get_reducer", "list_methods", "method_label",
+    "method_options", "patched", "register_reducer", "remove_patch", "reseed", "trace_reducers",
 ]

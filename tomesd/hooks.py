@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .reducers.base import KVPlan, Plan, ReductionContext, TokenPlan
+from .reducers.base import KVPlan, Plan, ReductionContext, TokenPlan, Tracer, run_phase, traced_plan
 from .rng import CounterRandom
 
 
@@ -44,6 +44,7 @@ class RuntimeState:
     tables: dict = field(default_factory=dict)  # this call's shared random draws (tomesd.rng)
     calls: int = 0  # Python count of calls, kept only when plans are reused across calls
     plans: dict = field(default_factory=dict)  # reuse key -> (signature, plan)
+    trace: Optional[Tracer] = None  # `tomesd.trace_reducers`: called around each reducer phase (None: no tracing)
     _host_timesteps: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
@@ -74,8 +75,8 @@ class RuntimeState:
     def host_timesteps(self) -> Optional[Tensor]:
         """CPU copy of the timesteps, made on first use and kept for the rest of the forward.
 
-        Only custom reducers that branch on timesteps in Python (`timesteps_on_host = True`, the
-        default) ask for it; the built-in reducers never do.
+        Only reducers that branch on timesteps in Python (`needs_host_timesteps(opts)` True) ask for
+        it; the built-in reducers never do.
         """
         if self._host_timesteps is None and self.timesteps is not None:
             self._host_timesteps = self.timesteps.to("cpu")
@@ -168,22 +169,24 @@ class BlockHook:
                 if cached is None or cached[0] != signature:
                     cached = (signature, self.make_plan(metric, height, width))
                     self.runtime.plans[self.reuse_key] = cached
-                self.plan = cached[1]
+                self.plan = traced_plan(cached[1], self.runtime.trace)
             else:
-                self.plan = self.make_plan(metric, height, width)
+                self.plan = traced_plan(self.make_plan(metric, height, width), self.runtime.trace)
             self.planned, self.metric = True, None  # do not keep activations alive past planning
         return self.plan
 
     def make_plan(self, metric: Tensor, height: int, width: int) -> Plan:
-        """Run the reducer's planning on `metric`."""
-        # Reducers that never branch on timesteps in Python (`timesteps_on_host = False`, or a
-        # function of the options returning False) get them where they live: no device sync.
-        on_host = getattr(self.reducer, "timesteps_on_host", True)
-        on_host = on_host(self.options) if callable(on_host) else on_host
+        """Run the reducer's planning on `metric` (inside the tracer's "plan" phase when one is attached).
+
+        Reducers that never branch on timesteps in Python get them where they live: no device sync.
+        The plan is cached untraced; `plan_for` wraps it for the tracer of the current forward.
+        """
+        on_host = self.reducer.needs_host_timesteps(self.options)
         timesteps = self.runtime.host_timesteps() if on_host else self.runtime.timesteps
+        trace = self.runtime.trace
         ctx = ReductionContext(metric=metric, height=height, width=width, timesteps=timesteps,
-                               random=self.runtime.random(self.stream), level=self.level)
-        return self.reducer.plan(ctx, self.options)
+                               random=self.runtime.random(self.stream), level=self.level, trace=trace)
+        return run_phase(trace, "plan", self.reducer.plan, ctx, self.options)
 
 
 def attend_compressed_kv(inner: Any, attn: nn.Module, hidden: Tensor, plan: KVPlan, attention_mask: Any,

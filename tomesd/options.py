@@ -68,6 +68,43 @@ class TokenPlacementOptions(PlacementOptions):
     merge_mlp: bool = False
 
 
+@dataclass(frozen=True)
+class MergeOptions(TokenPlacementOptions):
+    """Shared by the merging and pruning reducers (ToMe, BiGain_TM, SiTo): `ratio` of the tokens removed
+    (upstream default 0.5) and the `sx x sy` stride blocks that each keep one destination/base token."""
+
+    ratio: float = 0.5
+    sx: int = 2
+    sy: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ratio("ratio", self.ratio)
+        check_positive_int("sx", self.sx)
+        check_positive_int("sy", self.sy)
+
+
+@dataclass(frozen=True)
+class DownsampleOptions(PlacementOptions):
+    """Shared by the K/V downsampling reducers (ToDo, BiGain_TD): factor `df` at level 1, `df_level2`
+    at level 2 (None = df). Each subclass declares `stop_threshold` (checked by `check_stop_threshold`)
+    as its last option, after its own, so the option order users see is the published one."""
+
+    df: int = 2
+    df_level2: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int("df", self.df)
+        optional_factor("df_level2", self.df_level2)
+
+
+def check_stop_threshold(value: Optional[float]) -> None:
+    """None (no timestep gate) or a number in [0, 1]."""
+    if value is not None and not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"stop_threshold={value!r} must be in [0, 1] or None (no gate)")
+
+
 def build_options(cls: type, method: str, values: dict[str, Any]) -> Any:
     """Instantiate `cls` from `values`, rejecting unknown keys with the list of allowed ones."""
     allowed = [f.name for f in fields(cls)]

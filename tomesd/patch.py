@@ -15,6 +15,7 @@ from .hooks import BlockHook, FeedForwardChunking, ReducingAttnProcessor, Runtim
     make_capture_hook
 from .mmdit import install_mmdit
 from .options import as_dict, build_options
+from .reducers.base import Tracer
 from .registry import canonical_name, get_reducer
 
 PATCH_ATTR = "_bigain_patch"
@@ -216,6 +217,26 @@ def reseed(model: Any, seed: Optional[int]) -> None:
     handle = get_patch(model)
     if handle is not None:
         handle.runtime.reseed(seed)
+
+
+@contextlib.contextmanager
+def trace_reducers(model: Any, tracer: Tracer) -> Iterator[None]:
+    """Call `tracer(phase)` (a context manager) around every reducer phase of the patched `model` while active.
+
+    Phases: "plan" (a reducer's whole `plan`), inside it "score" (Laplacian, SiTo graph and scores) and
+    "match" (bipartite matching), then "reduce" / "restore" (token plans) and "kv" (K/V source). E.g.
+    `with tomesd.trace_reducers(pipe, lambda phase: torch.profiler.record_function(phase)): pipe(...)`.
+    Without a patch (or method "none") there is nothing to trace; untraced forwards pay nothing.
+    """
+    handle = get_patch(model)
+    if handle is None:
+        yield
+        return
+    previous, handle.runtime.trace = handle.runtime.trace, tracer
+    try:
+        yield
+    finally:
+        handle.runtime.trace = previous
 
 
 @contextlib.contextmanager

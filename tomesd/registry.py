@@ -1,7 +1,10 @@
-"""The reducer registry: one dict, a decorator that refuses duplicates, aliases, clear errors."""
+"""The reducer registry: one dict, a decorator that checks the `Reducer` protocol and refuses
+duplicates, aliases, display labels, clear errors."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
+
+from .reducers.base import check_reducer
 
 _REDUCERS: dict[str, type] = {}
 _ALIASES: dict[str, str] = {}
@@ -9,10 +12,15 @@ _ALIASES: dict[str, str] = {}
 T = TypeVar("T", bound=type)
 
 
-def register_reducer(name: str, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
-    """Class decorator: make a reducer available to `apply_patch(method=name)`."""
+def register_reducer(name: str, aliases: tuple[str, ...] = (), label: Optional[str] = None) -> Callable[[T], T]:
+    """Class decorator: make a reducer available to `apply_patch(method=name)`.
+
+    `label` is the method's display name in tables and plots (default: `name`). The class must satisfy
+    `tomesd.reducers.base.Reducer` (TypeError otherwise).
+    """
 
     def wrap(cls: T) -> T:
+        check_reducer(cls)
         for key in (name, *aliases):
             if key in _REDUCERS or key in _ALIASES:
                 raise ValueError(f"reducer name {key!r} is already registered")
@@ -20,6 +28,7 @@ def register_reducer(name: str, aliases: tuple[str, ...] = ()) -> Callable[[T], 
         for alias in aliases:
             _ALIASES[alias] = name
         cls.name = name
+        cls.label = label if label is not None else name
         return cls
 
     return wrap
@@ -37,6 +46,11 @@ def canonical_name(method: str) -> str:
 def get_reducer(method: str) -> type:
     """The reducer class registered under `method` (or its alias)."""
     return _REDUCERS[canonical_name(method)]
+
+
+def method_label(method: str) -> str:
+    """Display label of a method or alias (`"bigain_tm"` / `"lgtm"` -> `"BiGain_TM"`)."""
+    return get_reducer(method).label
 
 
 def list_methods(include_aliases: bool = False) -> list[str]:

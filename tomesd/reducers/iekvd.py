@@ -11,19 +11,17 @@ from typing import Optional
 
 from torch import Tensor
 
-from ..options import PlacementOptions, check_positive_int, optional_factor
+from ..options import DownsampleOptions, check_stop_threshold
 from ..registry import register_reducer
 from .base import Plan, ReductionContext
 from .grid import from_grid, to_grid
-from .todo import check_stop_threshold, downsample_grid, kv_plan, level_factor
+from .todo import downsample_grid, kv_plan, level_factor
 
 
 @dataclass(frozen=True)
-class IEKVDOptions(PlacementOptions):
+class IEKVDOptions(DownsampleOptions):
     """`alpha` blend (1 = ToDo nearest, 0 = avg pool, no clamping); optional timestep schedule."""
 
-    df: int = 2
-    df_level2: Optional[int] = None
     alpha: float = 0.5
     alpha_schedule: bool = False
     alpha_start: float = 0.1
@@ -32,8 +30,6 @@ class IEKVDOptions(PlacementOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("df", self.df)
-        optional_factor("df_level2", self.df_level2)
         for name in ("alpha", "alpha_start", "alpha_end"):
             if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a number")
@@ -62,14 +58,17 @@ def blended_kv_source(x: Tensor, height: int, width: int, df: int, alpha: Tensor
     return from_grid(nearest.mul_(alpha).add_(average.mul_(1.0 - alpha)))
 
 
-@register_reducer("bigain_td", aliases=("iekvd",))
+@register_reducer("bigain_td", aliases=("iekvd",), label="BiGain_TD")
 class IEKVD:
     """Interpolate-extrapolate K/V downsampling."""
 
     Options = IEKVDOptions
     plan_kind = "kv"
     default_blocks = "published"
-    timesteps_on_host = False  # gate and alpha schedule work on the device: no host copy, no sync
+
+    @staticmethod
+    def needs_host_timesteps(opts: IEKVDOptions) -> bool:
+        return False  # gate and alpha schedule work on the device: no host copy, no sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: IEKVDOptions) -> Plan:

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..options import TokenPlacementOptions, check_choice, check_positive_int, check_ratio
+from ..options import MergeOptions, check_choice
 from ..registry import register_reducer
-from .base import Plan, ReductionContext
+from .base import Plan, ReductionContext, run_phase
 from .grid import block_positions, static_tensor, to_grid
 from .matching import bipartite_merge_plan
 from .tome import merged_token_count
@@ -22,20 +22,14 @@ LAPLACIAN_NORMS = ("l1", "l2")
 
 
 @dataclass(frozen=True)
-class LGTMOptions(TokenPlacementOptions):
+class LGTMOptions(MergeOptions):
     """`laplacian_norm` aggregates channels; `strip_layout` reproduces the published code's view bug."""
 
-    ratio: float = 0.5
-    sx: int = 2
-    sy: int = 2
     laplacian_norm: str = "l1"
     strip_layout: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_ratio("ratio", self.ratio)
-        check_positive_int("sx", self.sx)
-        check_positive_int("sy", self.sy)
         check_choice("laplacian_norm", self.laplacian_norm, LAPLACIAN_NORMS)
 
 
@@ -78,24 +72,27 @@ def strip_layout_destinations(scores: Tensor, height: int, width: int, sx: int, 
     return positions[torch.arange(positions.shape[0], device=scores.device), choice]
 
 
-@register_reducer("bigain_tm", aliases=("lgtm",))
+@register_reducer("bigain_tm", aliases=("lgtm",), label="BiGain_TM")
 class LGTM:
     """Laplacian-gated token merging: block-argmin destinations, then ToMe's matching."""
 
     Options = LGTMOptions
     plan_kind = "token"
     default_blocks = "published"
-    timesteps_on_host = False  # never reads timesteps: no host copy, no device sync
+
+    @staticmethod
+    def needs_host_timesteps(opts: LGTMOptions) -> bool:
+        return False  # never reads timesteps: no host copy, no device sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: LGTMOptions) -> Plan:
         if opts.ratio <= 0 or (ctx.height // opts.sy) * (ctx.width // opts.sx) == 0:
             return None
         with torch.no_grad():
-            scores = laplacian_scores(ctx.metric, ctx.height, ctx.width, opts.laplacian_norm)
+            scores = run_phase(ctx.trace, "score", laplacian_scores, ctx.metric, ctx.height, ctx.width, opts.laplacian_norm)
             choose = strip_layout_destinations if opts.strip_layout else block_argmin_destinations
             dst_idx = choose(scores, ctx.height, ctx.width, opts.sx, opts.sy)
-        return bipartite_merge_plan(ctx.metric, dst_idx, opts.ratio)
+        return run_phase(ctx.trace, "match", bipartite_merge_plan, ctx.metric, dst_idx, opts.ratio)
 
     @staticmethod
     def kept_tokens(height: int, width: int, opts: LGTMOptions, level: int = 1) -> int:

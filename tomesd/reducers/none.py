@@ -12,13 +12,17 @@ class NoOptions:
     """The baseline takes no options."""
 
 
-@register_reducer("none", aliases=("baseline",))
+@register_reducer("none", aliases=("baseline",), label="Baseline")
 class NoReduction:
     """Never reduces; `apply_patch(method="none")` removes any patch and installs nothing."""
 
     Options = NoOptions
     plan_kind = "none"
     default_blocks = "all"
+
+    @staticmethod
+    def needs_host_timesteps(opts: NoOptions) -> bool:
+        return False
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: NoOptions) -> Plan:

@@ -19,31 +19,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..options import TokenPlacementOptions, check_choice, check_positive_int, check_ratio
+from ..options import MergeOptions, check_choice
 from ..registry import register_reducer
 from ..rng import CounterRandom, draw_normal
-from .base import Plan, ReductionContext, TokenPlan
+from .base import Plan, ReductionContext, TokenPlan, run_phase
 from .grid import block_positions, complement_indices, gather_tokens
 from .matching import merge_count, restore_by_map
 from .tome import merged_token_count
 
 
 @dataclass(frozen=True)
-class SiToOptions(TokenPlacementOptions):
+class SiToOptions(MergeOptions):
     """`ratio` of tokens pruned; score = sim_beta * graph degree + noise_alpha * N(0, 1) noise."""
 
-    ratio: float = 0.5
-    sx: int = 2
-    sy: int = 2
     noise_alpha: float = 0.1
     sim_beta: float = 1.0
     graph: str = "full"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_ratio("ratio", self.ratio)
-        check_positive_int("sx", self.sx)
-        check_positive_int("sy", self.sy)
         check_choice("graph", self.graph, GRAPH_MODES)
         if float(self.noise_alpha) < 0:
             raise ValueError(f"noise_alpha={self.noise_alpha!r} must be >= 0")
@@ -96,14 +90,24 @@ def columns(rows: Tensor, index: Tensor) -> Tensor:
     return rows.gather(2, index.unsqueeze(1).expand(-1, rows.shape[1], -1))
 
 
-@register_reducer("sito")
+def graph_and_scores(unit: Tensor, opts: SiToOptions, random: Optional[CounterRandom]) -> tuple[Optional[Tensor], Tensor]:
+    """The cosine graph (B, N, N) ("full"; None for "blocks") and the base-token scores (B, N) of `unit` tokens."""
+    graph = cosine_graph(unit) if opts.graph == "full" else None
+    degrees = None if graph is not None else graph_degrees(unit)
+    return graph, base_token_scores(graph, opts.sim_beta, opts.noise_alpha, random, degrees=degrees)
+
+
+@register_reducer("sito", label="SiTo")
 class SiTo:
     """Similarity-based token pruning (prune before the layer, copy back after)."""
 
     Options = SiToOptions
     plan_kind = "token"
     default_blocks = "all"
-    timesteps_on_host = False  # never reads timesteps: no host copy, no device sync
+
+    @staticmethod
+    def needs_host_timesteps(opts: SiToOptions) -> bool:
+        return False  # never reads timesteps: no host copy, no device sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: SiToOptions) -> Plan:
@@ -117,9 +121,7 @@ class SiTo:
         with torch.no_grad():
             unit = F.normalize(metric, dim=-1)
             full = opts.graph == "full"
-            graph = cosine_graph(unit) if full else None  # (B, N, N)
-            score = base_token_scores(graph, opts.sim_beta, opts.noise_alpha, ctx.random,
-                                      degrees=None if full else graph_degrees(unit))
+            graph, score = run_phase(ctx.trace, "score", graph_and_scores, unit, opts, ctx.random)
             block_choice = score[:, positions].argmax(-1)  # (B, D)
             base_idx = positions[torch.arange(num_base, device=metric.device), block_choice]
             other_idx = complement_indices(base_idx, num_tokens)

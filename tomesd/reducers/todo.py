@@ -7,7 +7,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..options import PlacementOptions, check_choice, check_positive_int, optional_factor
+from ..options import DownsampleOptions, check_choice, check_stop_threshold
 from ..registry import register_reducer
 from .base import KVPlan, Plan, ReductionContext
 from .grid import from_grid, to_grid
@@ -16,28 +16,18 @@ DOWNSAMPLE_MODES = ("nearest-exact", "nearest", "avg_pool", "max_pool", "area", 
 
 
 @dataclass(frozen=True)
-class ToDoOptions(PlacementOptions):
+class ToDoOptions(DownsampleOptions):
     """`df` downsample factor (level 1; `df_level2` for level 2, default = df); `mode` pooling;
     `stop_threshold` (default None: no gate, every sample compressed) compresses only samples with
     `t/1000 > stop_threshold`; the gate runs both attentions and picks per sample (no host sync)."""
 
-    df: int = 2
-    df_level2: Optional[int] = None
     mode: str = "nearest-exact"
     stop_threshold: Optional[float] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("df", self.df)
-        optional_factor("df_level2", self.df_level2)
         check_choice("mode", self.mode, DOWNSAMPLE_MODES)
         check_stop_threshold(self.stop_threshold)
-
-
-def check_stop_threshold(value: Optional[float]) -> None:
-    """None (no timestep gate) or a number in [0, 1]."""
-    if value is not None and not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"stop_threshold={value!r} must be in [0, 1] or None (no gate)")
 
 
 def downsample_tokens(x: Tensor, height: int, width: int, df: int, mode: str) -> Tensor:
@@ -85,14 +75,17 @@ def kv_plan(ctx: ReductionContext, df: int, stop_threshold: Optional[float], sou
     return KVPlan(kv_source=source, kv_tokens=(ctx.height // df) * (ctx.width // df), active=active)
 
 
-@register_reducer("todo")
+@register_reducer("todo", label="ToDo")
 class ToDo:
     """Token downsampling of keys/values (nearest-exact by default)."""
 
     Options = ToDoOptions
     plan_kind = "kv"
     default_blocks = "published"
-    timesteps_on_host = False  # the gate is a device mask: no host copy, no sync
+
+    @staticmethod
+    def needs_host_timesteps(opts: ToDoOptions) -> bool:
+        return False  # the gate is a device mask: no host copy, no sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: ToDoOptions) -> Plan:

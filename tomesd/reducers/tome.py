@@ -5,28 +5,19 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import TokenPlacementOptions, check_positive_int, check_ratio
+from ..options import MergeOptions
 from ..registry import register_reducer
 from ..rng import draw_randint
-from .base import Plan, ReductionContext
+from .base import Plan, ReductionContext, run_phase
 from .grid import block_positions, num_blocks, static_tensor
 from .matching import bipartite_merge_plan, merge_count
 
 
 @dataclass(frozen=True)
-class ToMeOptions(TokenPlacementOptions):
+class ToMeOptions(MergeOptions):
     """`ratio` of tokens merged (upstream default 0.5); `sx, sy` block strides; random dst offsets."""
 
-    ratio: float = 0.5
-    sx: int = 2
-    sy: int = 2
     use_rand: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_ratio("ratio", self.ratio)
-        check_positive_int("sx", self.sx)
-        check_positive_int("sy", self.sy)
 
 
 def merged_token_count(height: int, width: int, ratio: float, sx: int, sy: int) -> int:
@@ -35,14 +26,17 @@ def merged_token_count(height: int, width: int, ratio: float, sx: int, sy: int) 
     return n - merge_count(n, ratio, num_blocks(height, width, sx, sy))
 
 
-@register_reducer("tome")
+@register_reducer("tome", label="ToMe")
 class ToMe:
     """Random (or top-left) destination per block, shared by the batch; cosine bipartite merging."""
 
     Options = ToMeOptions
     plan_kind = "token"
     default_blocks = "published"
-    timesteps_on_host = False  # never reads timesteps: no host copy, no device sync
+
+    @staticmethod
+    def needs_host_timesteps(opts: ToMeOptions) -> bool:
+        return False  # never reads timesteps: no host copy, no device sync
 
     @staticmethod
     def plan(ctx: ReductionContext, opts: ToMeOptions) -> Plan:
@@ -61,7 +55,7 @@ class ToMe:
         first = static_tensor(("block_starts", num_dst, slots, str(device)),
                               lambda: torch.arange(num_dst, device=device) * slots)
         dst_idx = torch.take(positions, offsets + first).expand(batch, -1)  # one destination per block
-        return bipartite_merge_plan(ctx.metric, dst_idx, opts.ratio)
+        return run_phase(ctx.trace, "match", bipartite_merge_plan, ctx.metric, dst_idx, opts.ratio)
 
     @staticmethod
     def kept_tokens(height: int, width: int, opts: ToMeOptions, level: int = 1) -> int:
