@@ -23,7 +23,7 @@ import tomesd
 
 from .flops import count_flops
 from .model_zoo import ModelSpec, build_model, get_spec, make_inputs, model_class
-from .speed_cases import Setting
+from .speed_cases import Setting, paper_settings
 
 Kind = tuple
 
@@ -87,10 +87,9 @@ def full_depth_flops(spec: ModelSpec, settings: Sequence[Setting], resolution: O
     return out
 
 
-DEFAULT_SETTINGS = (Setting("none"), Setting("tome", (("ratio", 0.5),)), Setting("bigain_tm", (("ratio", 0.7),)),
-                    Setting("todo", (("df", 2),)), Setting("bigain_td", (("df", 2), ("alpha", 0.5))),
-                    Setting("sito", (("ratio", 0.7),)), Setting("tome", (("ratio", 0.5), ("blocks", "all"))),
-                    Setting("todo", (("df", 2), ("blocks", "all"))))
+# ToMe at the upstream default 0.5, the paper's other four reducing settings, two with every block patched.
+DEFAULT_SETTINGS = (Setting("none"), Setting("tome", (("ratio", 0.5),)), *paper_settings()[1:],
+                    Setting("tome", (("ratio", 0.5), ("blocks", "all"))), Setting("todo", (("df", 2), ("blocks", "all"))))
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -10,6 +10,7 @@ import tomesd
 from tomesd import registry
 from tomesd.options import DownsampleOptions, MergeOptions, TokenPlacementOptions
 from tomesd.reducers.base import PHASES, check_reducer
+from tiny_mmdit import flux_inputs, tiny_flux
 from tiny_models import METHODS, dit_inputs, tiny_dit, tiny_sd_unet, unet_inputs
 
 LABELS = {"none": "Baseline", "tome": "ToMe", "bigain_tm": "BiGain_TM", "todo": "ToDo", "bigain_td": "BiGain_TD",
@@ -116,10 +117,15 @@ EXPECTED_PHASES = {
 }
 
 
+BACKBONES = {"sd": (tiny_sd_unet, unet_inputs, {}), "flux": (tiny_flux, flux_inputs, {"blocks": "all"})}
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("method", list(METHODS))
-def test_tracer_sees_each_phase_and_changes_nothing(method):
-    model, x = tiny_sd_unet(), unet_inputs(batch=2)
-    with torch.no_grad(), tomesd.patched(model, method=method, seed=0, **METHODS[method]) as report:
+def test_tracer_sees_each_phase_and_changes_nothing(method, backbone):
+    build, make_inputs, placement = BACKBONES[backbone]
+    model, x = build(), make_inputs(batch=2)
+    with torch.no_grad(), tomesd.patched(model, method=method, seed=0, **METHODS[method], **placement) as report:
         tomesd.reseed(model, 0)
         plain = model(**x).sample
         tomesd.reseed(model, 0)

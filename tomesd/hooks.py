@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .reducers.base import KVPlan, Plan, ReductionContext, TokenPlan, Tracer, run_phase, traced_plan
+from .reducers.base import KVPlan, Plan, ReductionContext, Reducer, TokenPlan, Tracer, run_phase, traced_plan
 from .rng import CounterRandom
 
 
@@ -128,7 +128,7 @@ class BlockHook:
     shares with other blocks or calls (`plan_reuse="level"`: its level).
     """
 
-    def __init__(self, reducer: type, options: Any, runtime: RuntimeState, level: int, patch_size: int,
+    def __init__(self, reducer: Reducer, options: Any, runtime: RuntimeState, level: int, patch_size: int,
                  metric_from_block_input: bool, stream: int = 0) -> None:
         self.reducer, self.options, self.runtime = reducer, options, runtime
         self.level, self.patch_size, self.stream = level, patch_size, stream

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .backbones import Backbone, BlockSite, mmdit_kind
 from .hooks import BlockHook, FeedForwardChunking, install_mlp_hooks, make_capture_hook, per_sample_timesteps
 from .joint_attention import JointRope, check_stock_processor, joint_attention
-from .reducers.base import KVPlan, TokenPlan
+from .reducers.base import KVPlan, Reducer, TokenPlan
 
 TensorFn = Callable[[Tensor], Tensor]
 
@@ -209,7 +209,7 @@ def install_single_stream_mlp(block: nn.Module, hook: BlockHook) -> list[Any]:
     return [block.proj_mlp.register_forward_pre_hook(before), block.act_mlp.register_forward_hook(after)]
 
 
-def check_placement(reducer: type, options: Any) -> None:
+def check_placement(reducer: Reducer, options: Any) -> None:
     """Reject placements that would do nothing (or mean nothing) on MMDiT, before installing anything."""
     if reducer.plan_kind != "token":
         return
@@ -220,7 +220,7 @@ def check_placement(reducer: type, options: Any) -> None:
         raise ValueError("merge_attn=False and merge_mlp=False would patch nothing; enable one of them")
 
 
-def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: type, options: Any, handle: Any,
+def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: Reducer, options: Any, handle: Any,
                         positions: ImagePositions, wrap: Callable[..., None], stream: int = 0) -> None:
     """Hook one SD3/Flux block (random stream `stream`): its attention processor(s) and, with `merge_mlp`, its MLP."""
     block = site.block
@@ -243,7 +243,7 @@ def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: type, opti
                 handle.handles.append(FeedForwardChunking(block))
 
 
-def install_mmdit(backbone: Backbone, sites: list[BlockSite], reducer: type, options: Any, handle: Any,
+def install_mmdit(backbone: Backbone, sites: list[BlockSite], reducer: Reducer, options: Any, handle: Any,
                   wrap: Callable[..., None]) -> None:
     """Install a reducer in an SD3/Flux transformer: capture hook on the model, then each block."""
     check_placement(reducer, options)

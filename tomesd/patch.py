@@ -15,7 +15,7 @@ from .hooks import BlockHook, FeedForwardChunking, ReducingAttnProcessor, Runtim
     make_capture_hook
 from .mmdit import install_mmdit
 from .options import as_dict, build_options
-from .reducers.base import Tracer
+from .reducers.base import Reducer, Tracer
 from .registry import canonical_name, get_reducer
 
 PATCH_ATTR = "_bigain_patch"
@@ -70,7 +70,7 @@ class PatchHandle:
     handles: list[Any] = field(default_factory=list)
 
 
-def summarize_levels(backbone: Backbone, sites: list[BlockSite], reducer: type, options: Any,
+def summarize_levels(backbone: Backbone, sites: list[BlockSite], reducer: Reducer, options: Any,
                      size: Optional[tuple[int, int]] = None) -> dict[int, LevelSummary]:
     """Blocks per level and tokens kept at latent `size` (default: the config's latent size, when known)."""
     size = size or backbone.reference_size
@@ -120,7 +120,7 @@ def wrap_attention(attn: nn.Module, hook: BlockHook, self_attention: bool, handl
     handle.handles.append(attn.register_forward_pre_hook(rewrap))
 
 
-def install_block(site: BlockSite, backbone: Backbone, reducer: type, options: Any, handle: PatchHandle,
+def install_block(site: BlockSite, backbone: Backbone, reducer: Reducer, options: Any, handle: PatchHandle,
                   stream: int = 0) -> None:
     """Hook one transformer block according to the method's plan kind and placement options."""
     block = site.block

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional, TypeVar
 
-from .reducers.base import check_reducer
+from .reducers.base import Reducer, check_reducer
 
-_REDUCERS: dict[str, type] = {}
+_REDUCERS: dict[str, Reducer] = {}
 _ALIASES: dict[str, str] = {}
 
 T = TypeVar("T", bound=type)
@@ -43,7 +43,7 @@ def canonical_name(method: str) -> str:
     return key
 
 
-def get_reducer(method: str) -> type:
+def get_reducer(method: str) -> Reducer:
     """The reducer class registered under `method` (or its alias)."""
     return _REDUCERS[canonical_name(method)]
 

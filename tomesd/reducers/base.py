@@ -105,6 +105,8 @@ class Reducer(Protocol):
     Options: ClassVar[type]  # frozen dataclass of validated options (`tomesd.options`)
     plan_kind: ClassVar[PlanKind]
     default_blocks: ClassVar[DefaultBlocks]
+    name: ClassVar[str]  # set by `register_reducer`
+    label: ClassVar[str]  # display label, set by `register_reducer`
 
     @staticmethod
     def needs_host_timesteps(opts: Any) -> bool:
