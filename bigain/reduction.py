@@ -35,7 +35,8 @@ REDUCTION_FLAGS: dict[str, tuple[Any, str]] = {
     "merge_attn": (None, "token methods: reduce self-attention"),
     "merge_crossattn": (None, "token methods: also reduce cross-attention"),
     "merge_mlp": (None, "token methods: also reduce the feed-forward"),
-    "plan_reuse": (str, "block (plan every patched block) or level (one plan per U-Net level / token grid per call)"),
+    "plan_reuse": (str, "block (plan every patched block), level (one plan per U-Net level / token grid per call) "
+                        "or group<k> (one plan per k consecutive patched blocks of a level, e.g. group2)"),
     "plan_every": (int, "token methods: plan on every k-th denoiser call, reuse the last plans in between"),
 }
 

@@ -56,6 +56,7 @@ BAD = [
     ("bigain.classify", CLS + ["--method", "tome", "--ratio", "inf"], "--ratio"),
     ("bigain.classify", CLS + ["--method", "tome", "--blocks", ","], "names no block"),
     ("bigain.classify", CLS + ["--method", "todo", "--df", "0"], "--df"),
+    ("bigain.classify", CLS + ["--method", "bigain_tm", "--plan_reuse", "group0"], "group<k>"),
     ("bigain.classify", CLS + ["--output_dir", "{file}"], "--output_dir"),
     ("bigain.classify", CLS + ["--summary_csv", "{dir}"], "--summary_csv"),
     ("bigain.classify", CLS + ["--run_dir", "{file}/sub"], "--run_dir"),

@@ -88,6 +88,51 @@ def test_level_reuse_changes_outputs_only_through_the_shared_plan():
     assert not torch.equal(outs["block"], outs["level"])  # later blocks really use the first block's plan
 
 
+# --- plan_reuse="group<k>" -------------------------------------------------------------------
+def test_group_plans_are_shared_by_k_consecutive_blocks_and_equal_recomputed_plans():
+    runtime, hooks = hooks_at_one_level("group2", n=5)
+    metrics = [torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(i)) for i in range(5)]
+    plans = []
+    for hook, metric in zip(hooks, metrics):
+        hook.on_block_start(None, (metric,), {})
+        plans.append(hook.plan_for(metric))
+    assert plans[0] is plans[1] and plans[2] is plans[3]  # blocks 0-1, 2-3 and 4 of the level
+    assert len({id(p) for p in plans}) == 3
+    probe = torch.randn(2, 64, 5)
+    for first in (0, 2, 4):  # each group's plan is the one its first block makes from its own metric
+        fresh = LGTM.plan(ReductionContext(metrics[first], 8, 8, None), LGTMOptions(ratio=0.5))
+        assert torch.equal(plans[first].reduce(probe), fresh.reduce(probe))
+        assert torch.equal(plans[first].restore(plans[first].reduce(probe)), fresh.restore(fresh.reduce(probe)))
+
+
+@pytest.mark.parametrize("reuse,plans_per_call", [("group1", 4), ("group2", 2), ("group3", 2), ("group4", 1), ("level", 1)])
+def test_group_reuse_plans_once_per_group_of_consecutive_blocks(monkeypatch, reuse, plans_per_call):
+    model, x = tiny_dit(num_layers=4), dit_inputs(batch=2)
+    counter = CountingPlans(monkeypatch, "bigain_tm")
+    report = tomesd.apply_patch(model, method="bigain_tm", ratio=0.5, blocks="all", plan_reuse=reuse)
+    outs = run(model, x, 2)
+    tomesd.remove_patch(model)
+    assert len(report.blocks) == 4 and counter.calls == 2 * plans_per_call
+    assert torch.equal(outs[0], outs[1])
+    if reuse == "group1":  # one block per group is per-block planning
+        tomesd.apply_patch(model, method="bigain_tm", ratio=0.5, blocks="all")
+        assert torch.equal(run(model, x, 1)[0], outs[0])
+        tomesd.remove_patch(model)
+
+
+def test_groups_count_blocks_within_each_unet_level(monkeypatch):
+    model, x = tiny_sd_unet(), unet_inputs(batch=2)
+    counter = CountingPlans(monkeypatch, "tome")
+    report = tomesd.apply_patch(model, method="tome", max_downsample=2, plan_reuse="group2", seed=0)
+    run(model, x, 1)
+    tomesd.remove_patch(model)
+    per_level = {}
+    for name in report.blocks:  # 3 blocks at ds 1 (down, up x2) and at ds 2: 2 groups each
+        per_level.setdefault("down_blocks.0" in name or "up_blocks.2" in name, []).append(name)
+    assert sorted(len(v) for v in per_level.values()) == [3, 3]
+    assert counter.calls == 4
+
+
 # --- plan_every=k -------------------------------------------------------------------------
 def test_plan_every_reuses_plans_between_replans_and_reseed_restarts(monkeypatch):
     model, x = tiny_dit(), dit_inputs(batch=2)
@@ -134,6 +179,8 @@ def test_plan_every_replans_when_the_batch_changes(monkeypatch):
 
 
 @pytest.mark.parametrize("bad,match", [(dict(plan_reuse="step"), "plan_reuse"), (dict(plan_every=0), "plan_every"),
+                                       (dict(plan_reuse="group0"), "group<k>"), (dict(plan_reuse="group"), "group<k>"),
+                                       (dict(plan_reuse="group02"), "group<k>"), (dict(plan_reuse=2), "group<k>"),
                                        (dict(method="todo", plan_every=2), "token methods")])
 def test_bad_plan_reuse_options(bad, match):
     kwargs = dict(method="tome")

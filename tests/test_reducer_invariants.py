@@ -281,3 +281,31 @@ def test_bad_options_raise(bad):
 def test_bad_df_raises():
     with pytest.raises(ValueError, match="df"):
         ToDoOptions(df=0)
+
+
+# --- index helpers of the matching (fewer launches, same indices) ------------------------------
+def test_sources_then_destinations_is_the_complement_then_the_destinations():
+    from tomesd.reducers.grid import complement_indices, sources_then_destinations
+
+    gen = torch.Generator().manual_seed(3)
+    for batch, n, d in ((1, 16, 4), (3, 63, 12), (2, 4096, 1024)):
+        dst = torch.stack([torch.randperm(n, generator=gen)[:d] for _ in range(batch)])  # per sample, any order
+        expected = torch.cat([complement_indices(dst, n), dst], 1)
+        assert torch.equal(sources_then_destinations(dst, n), expected)
+    shared = dst[:1].expand(2, -1)  # ToMe: destinations shared by the batch (an expanded view)
+    assert torch.equal(sources_then_destinations(shared, 4096), torch.cat([complement_indices(shared, 4096), shared], 1))
+
+
+def test_derived_randint_is_derive_of_each_streams_draws():
+    counter = torch.tensor(5)
+    tables = {}
+
+    def derive(x):
+        return x * 10 + 1
+
+    for stream in range(4):
+        shared = CounterRandom(9, counter, stream, None, 4, tables).derived_randint(4, 7, torch.device("cpu"), "t", derive)
+        own = CounterRandom(9, counter, stream, None, 4, {}).randint(4, (7,), torch.device("cpu"))
+        alone = CounterRandom(9, counter, stream).derived_randint(4, 7, torch.device("cpu"), "t", derive)
+        assert torch.equal(shared, derive(own)) and torch.equal(alone, derive(own))
+    assert sum(k[0] == "derived" for k in tables if isinstance(k, tuple)) == 1  # derived once for all streams

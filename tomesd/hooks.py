@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from .options import plan_reuse_span
 from .reducers.base import KVPlan, Plan, ReductionContext, Reducer, TokenPlan, Tracer, run_phase, traced_plan
 from .rng import CounterRandom
 
@@ -45,6 +46,7 @@ class RuntimeState:
     calls: int = 0  # Python count of calls, kept only when plans are reused across calls
     plans: dict = field(default_factory=dict)  # reuse key -> (signature, plan)
     trace: Optional[Tracer] = None  # `tomesd.trace_reducers`: called around each reducer phase (None: no tracing)
+    blocks_per_level: dict = field(default_factory=dict)  # level -> patched blocks hooked so far (install order)
     _host_timesteps: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
@@ -125,7 +127,9 @@ class BlockHook:
     """State of one patched block: its metric for this forward and the plan made from it.
 
     `stream` numbers the block inside its patch (its random stream); `reuse_key` names the plan it
-    shares with other blocks or calls (`plan_reuse="level"`: its level).
+    shares with other blocks or calls (`plan_reuse="level"`: its level; `"group<k>"`: its level and
+    its rank among the level's patched blocks // k). Hooks are made in execution order, so the rank
+    counts the level's blocks hooked before this one.
     """
 
     def __init__(self, reducer: Reducer, options: Any, runtime: RuntimeState, level: int, patch_size: int,
@@ -133,7 +137,10 @@ class BlockHook:
         self.reducer, self.options, self.runtime = reducer, options, runtime
         self.level, self.patch_size, self.stream = level, patch_size, stream
         self.metric_from_block_input = metric_from_block_input
-        self.reuse_key = ("level", level) if runtime.plan_reuse == "level" else ("block", stream)
+        rank = runtime.blocks_per_level.get(level, 0)
+        runtime.blocks_per_level[level] = rank + 1
+        span = plan_reuse_span(runtime.plan_reuse)
+        self.reuse_key = ("block", stream) if span == 1 else ("level", level, rank // span if span else 0)
         self.metric: Optional[Tensor] = None
         self.plan: Plan = None
         self.planned = False

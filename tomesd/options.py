@@ -6,7 +6,23 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional, Sequence, Union
 
 BlockSpec = Union[None, str, Sequence[int]]
-PLAN_REUSE = ("block", "level")
+PLAN_REUSE = ("block", "level")  # and "group<k>", k >= 1 (see `plan_reuse_span`)
+
+
+def plan_reuse_span(value: Any) -> int:
+    """Patched blocks of a level that share one plan: "block" -> 1, "level" -> 0 (all), "group<k>" -> k.
+
+    ValueError naming the allowed spellings for anything else.
+    """
+    if value == "block":
+        return 1
+    if value == "level":
+        return 0
+    digits = value[len("group"):] if isinstance(value, str) and value.startswith("group") else ""
+    if digits.isdigit() and digits == str(int(digits)) and int(digits) >= 1:
+        return int(digits)
+    raise ValueError(f"plan_reuse={value!r} is not allowed; choose 'block', 'level' or 'group<k>' "
+                     f"(one plan per k consecutive patched blocks of a level, k >= 1, e.g. 'group2')")
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -34,7 +50,8 @@ class PlacementOptions:
 
     `blocks`: None = the method's default pattern, "all", or a list of block indices.
     `plan_reuse`: "block" plans every patched block; "level" makes one plan per U-Net level (per token
-    grid on DiT/PixArt) per forward, at the level's first patched block, and reuses it in the others.
+    grid on DiT/PixArt) per forward, at the level's first patched block, and reuses it in the others;
+    "group<k>" (e.g. "group2") makes a new plan every k patched blocks of a level (deep DiTs).
     `plan_every`: plans on every k-th denoiser call and reuses the last plans in between (token
     methods; the call counter restarts with `tomesd.reseed`).
     """
@@ -46,7 +63,7 @@ class PlacementOptions:
 
     def __post_init__(self) -> None:
         check_positive_int("max_downsample", self.max_downsample)
-        check_choice("plan_reuse", self.plan_reuse, PLAN_REUSE)
+        plan_reuse_span(self.plan_reuse)
         check_positive_int("plan_every", self.plan_every)
         if isinstance(self.blocks, str):
             check_choice("blocks", self.blocks, ["all"])

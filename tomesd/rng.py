@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Hashable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -92,12 +92,34 @@ class CounterRandom:
         count = math.prod(shape)
         if self.tables is None:
             return (self.bits(count, device) % high).view(*shape)
+        return self.all_streams_randint(high, count, device)[self.stream].view(*shape)
+
+    def all_streams_randint(self, high: int, count: int, device: torch.device) -> Tensor:
+        """(streams, count) draws of every stream of the call (row s: stream s), reduced once per call."""
         key = ("randint", high, count, str(device))
+        table = self.tables.get(key) if self.tables is not None else None
+        if table is None:
+            table = (CounterRandom(self.seed, self.counter, 0, self.key, 1).window(
+                0, self.streams * count, count, device) % high).view(self.streams, count)
+            if self.tables is not None:
+                self.tables[key] = table
+        return table
+
+    def derived_randint(self, high: int, count: int, device: torch.device, name: Hashable,
+                        derive: Callable[[Tensor], Tensor]) -> Tensor:
+        """`derive(self.randint(high, (count,)))`, made once per call for all streams when `tables` is shared.
+
+        `derive` maps (..., count) int64 draws to (..., K) values row by row (e.g. ToMe's destination
+        indices; `name` keys it with whatever else it depends on): applied to the (streams, count)
+        draws of the call, after which each stream only selects its row (fewer launches per block).
+        """
+        if self.tables is None:
+            return derive(self.randint(high, (count,), device))
+        key = ("derived", name, high, count, str(device))
         table = self.tables.get(key)
-        if table is None:  # reduced once for all streams of the call
-            table = self.tables[key] = CounterRandom(self.seed, self.counter, 0, self.key, 1).window(
-                0, self.streams * count, count, device) % high
-        return table[self.stream * count:(self.stream + 1) * count].view(*shape)
+        if table is None:
+            table = self.tables[key] = derive(self.all_streams_randint(high, count, device))
+        return table[self.stream]
 
     def normal(self, shape: Sequence[int], device: torch.device) -> Tensor:
         """float32 standard normal (Box-Muller on two uniform draws per value)."""

@@ -62,6 +62,21 @@ def complement_indices(chosen: Tensor, num_tokens: int) -> Tensor:
     return order[:, : num_tokens - chosen.shape[1]]
 
 
+def sources_then_destinations(dst_idx: Tensor, num_tokens: int) -> Tensor:
+    """(B, N) token order per sample: every index not in `dst_idx` (ascending), then `dst_idx` in its order.
+
+    One scatter of ranks 1..D into cached zeros and one stable sort (sources keep rank 0, so they
+    stay ascending): what `cat([complement_indices(dst_idx), dst_idx])` gives, in two launches.
+    """
+    batch, num_dst = dst_idx.shape
+    device = dst_idx.device
+    zeros = static_tensor(("zeros_i32", batch, num_tokens, str(device)),
+                          lambda: torch.zeros(batch, num_tokens, dtype=torch.int32, device=device))
+    ranks = static_tensor(("ranks_i32", batch, num_dst, str(device)),
+                          lambda: torch.arange(1, num_dst + 1, dtype=torch.int32, device=device).expand(batch, -1))
+    return torch.sort(zeros.scatter(1, dst_idx, ranks), dim=1, stable=True).indices
+
+
 def to_grid(x: Tensor, height: int, width: int) -> Tensor:
     """(B, N, C) tokens -> (B, C, h, w) image."""
     batch, _, channels = x.shape

@@ -60,7 +60,13 @@ def block_argmin_destinations(scores: Tensor, height: int, width: int, sx: int, 
     """Index of the lowest-score token of every complete block, per sample (B, num_blocks)."""
     positions = block_positions(height, width, sx, sy, scores.device)
     per_block = scores[:, positions]  # (B, D, sy*sx)
-    return positions[torch.arange(positions.shape[0], device=scores.device), per_block.argmin(-1)]
+    return positions[block_rows(positions), per_block.argmin(-1)]
+
+
+def block_rows(positions: Tensor) -> Tensor:
+    """`arange(num_blocks)` on the positions' device, cached: the row index of `positions[rows, choice]`."""
+    return static_tensor(("arange", 0, positions.shape[0], str(positions.device)),
+                         lambda: torch.arange(positions.shape[0], device=positions.device))
 
 
 def strip_layout_destinations(scores: Tensor, height: int, width: int, sx: int, sy: int) -> Tensor:
@@ -69,7 +75,7 @@ def strip_layout_destinations(scores: Tensor, height: int, width: int, sx: int, 
     cropped = scores.view(-1, height, width)[:, : hsy * sy, : wsx * sx].reshape(-1, hsy, wsx, sy * sx)
     positions = block_positions(height, width, sx, sy, scores.device)
     choice = cropped.argmin(-1).reshape(scores.shape[0], -1)
-    return positions[torch.arange(positions.shape[0], device=scores.device), choice]
+    return positions[block_rows(positions), choice]
 
 
 @register_reducer("bigain_tm", aliases=("lgtm",), label="BiGain_TM")

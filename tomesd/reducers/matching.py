@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .base import TokenPlan
-from .grid import batch_offsets, complement_indices, gather_tokens, static_tensor, take_rows
+from .grid import batch_offsets, gather_tokens, sources_then_destinations, static_tensor, take_rows
 
 
 def merge_count(num_tokens: int, ratio: float, num_dst: int) -> int:
@@ -53,15 +53,18 @@ def row_max(scores: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def merge_counts(add_rows: Tensor, batch: int, out_len: int, dtype: torch.dtype) -> Tensor:
-    """(B, out_len, 1) tokens per merged slot: 1 for kept sources, 1 + merged sources for destinations.
+    """(B*out_len, 1) tokens per merged slot: 1 for kept sources, 1 + merged sources for destinations.
 
     Ones index-added in the tensor's dtype, exactly like `scatter_reduce(..., "mean", include_self=True)`
     builds its divisor (whole numbers: exact), so the division is bit-identical; kept rows divide by 1.
+    One out-of-place `index_add` on cached ones.
     """
-    ones = static_tensor(("ones", add_rows.numel(), dtype, str(add_rows.device)),
-                         lambda: torch.ones(add_rows.numel(), 1, dtype=dtype, device=add_rows.device))
-    counts = torch.ones(batch * out_len, 1, dtype=dtype, device=add_rows.device).index_add_(0, add_rows, ones)
-    return counts.view(batch, out_len, 1)
+    device = add_rows.device
+    ones = static_tensor(("ones", add_rows.numel(), dtype, str(device)),
+                         lambda: torch.ones(add_rows.numel(), 1, dtype=dtype, device=device))
+    base = static_tensor(("ones", batch * out_len, dtype, str(device)),
+                         lambda: torch.ones(batch * out_len, 1, dtype=dtype, device=device))
+    return base.index_add(0, add_rows, ones)
 
 
 def slot_rows(batch: int, out_len: int, device: torch.device) -> Tensor:
@@ -69,12 +72,18 @@ def slot_rows(batch: int, out_len: int, device: torch.device) -> Tensor:
     return static_tensor(("slots", batch * out_len, str(device)), lambda: torch.arange(batch * out_len, device=device))
 
 
+def destination_slots(batch: int, num_src: int, num_dst: int, device: torch.device) -> Tensor:
+    """(B, D) positions S .. S + D - 1 of the destinations in `sources_then_destinations` order, cached."""
+    return static_tensor(("dst_slots", batch, num_src, num_dst, str(device)),
+                         lambda: torch.arange(num_src, num_src + num_dst, device=device).expand(batch, -1))
+
+
 def bipartite_merge_plan(metric: Tensor, dst_idx: Tensor, ratio: float) -> Optional[TokenPlan]:
     """Match sources to the destinations `dst_idx` (B, D) on `metric` (B, N, C); None when idle.
 
     All index work happens here, once per layer call, on flat row indices into the (B*N, C) input
     and (B*out_len, C) output, with offsets and slot indices cached per size (fewer launches):
-    `merge` is one row gather, one `index_add_` and one division; `unmerge` one row gather.
+    `merge` is two row gathers, one `index_add_` and one division; `unmerge` one row gather.
     Ties of the match scores go to the lower source index (stable sort).
     """
     batch, num_tokens, _ = metric.shape
@@ -87,24 +96,25 @@ def bipartite_merge_plan(metric: Tensor, dst_idx: Tensor, ratio: float) -> Optio
     num_kept = num_src - r
     out_len = num_kept + num_dst
     with torch.no_grad():
-        token_offsets = batch_offsets(batch, num_tokens, device)
-        src_rows = complement_indices(dst_idx, num_tokens) + token_offsets  # (B, S) ascending
-        dst_rows = dst_idx + token_offsets
+        # (B, N) flat rows: sources ascending, then destinations in block order.
+        rows = sources_then_destinations(dst_idx, num_tokens) + batch_offsets(batch, num_tokens, device)
         # One gather of source and destination rows, L2-normalised in place (the values of F.normalize).
-        unit = normalize_rows_(take_rows(metric, torch.cat([src_rows, dst_rows], 1).view(-1)))
-        scores = torch.bmm(unit[:, :num_src], unit[:, num_src:].transpose(1, 2))  # (B, S, D) cosine similarities
+        unit = normalize_rows_(take_rows(metric, rows.view(-1)))
+        src_unit, dst_unit = unit.split([num_src, num_dst], 1)
+        scores = torch.bmm(src_unit, dst_unit.transpose(1, 2))  # (B, S, D) cosine similarities
         best_score, best_dst = row_max(scores)
         order = torch.sort(best_score, dim=-1, descending=True, stable=True).indices
-        merged_local = order[:, :r]
-        kept_local = torch.sort(order[:, r:], dim=-1).values  # kept sources stay in token order
-        merged_rows = src_rows.gather(1, merged_local)
-        take = torch.cat([src_rows.gather(1, kept_local), dst_rows], 1)  # kept sources, then destinations
+        merged_local, kept_by_score = order.split([r, num_kept], 1)
+        kept_local = torch.sort(kept_by_score, dim=-1).values  # kept sources stay in token order
+        merged_rows = rows.gather(1, merged_local).view(-1)
+        # Kept sources, then destinations: one gather from `rows`.
+        take = rows.gather(1, torch.cat([kept_local, destination_slots(batch, num_src, num_dst, device)], 1)).view(-1)
         # Output row of each merged source's destination.
-        add_rows = best_dst.gather(1, merged_local) + batch_offsets(batch, out_len, device, shift=num_kept)
-        take, merged_rows, add_rows = take.view(-1), merged_rows.view(-1), add_rows.view(-1)
+        add_rows = (best_dst.gather(1, merged_local) + batch_offsets(batch, out_len, device, shift=num_kept)).view(-1)
         # Every input row -> the output row it is restored from (kept/destination: its slot; merged: its dst).
-        restore_rows = torch.empty(batch * num_tokens, dtype=torch.long, device=device).scatter_(
-            0, torch.cat([take, merged_rows]), torch.cat([slot_rows(batch, out_len, device), add_rows]))
+        unset = static_tensor(("restore_rows", batch * num_tokens, str(device)),
+                              lambda: torch.zeros(batch * num_tokens, dtype=torch.long, device=device))
+        restore_rows = unset.scatter(0, take, slot_rows(batch, out_len, device)).scatter_(0, merged_rows, add_rows)
         counts = merge_counts(add_rows, batch, out_len, metric.dtype)
 
     def merge(x: Tensor) -> Tensor:
@@ -113,7 +123,7 @@ def bipartite_merge_plan(metric: Tensor, dst_idx: Tensor, ratio: float) -> Optio
         flat = x.reshape(-1, channels)
         out = flat.index_select(0, take)
         out.index_add_(0, add_rows, flat.index_select(0, merged_rows))
-        return out.view(batch, out_len, channels).div_(counts if x.dtype == counts.dtype else counts.to(x.dtype))
+        return out.div_(counts if x.dtype == counts.dtype else counts.to(x.dtype)).view(batch, out_len, channels)
 
     def unmerge(z: Tensor) -> Tensor:
         return take_rows(z, restore_rows)

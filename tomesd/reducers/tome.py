@@ -7,7 +7,6 @@ import torch
 
 from ..options import MergeOptions
 from ..registry import register_reducer
-from ..rng import draw_randint
 from .base import Plan, ReductionContext, run_phase
 from .grid import block_positions, num_blocks, static_tensor
 from .matching import bipartite_merge_plan, merge_count
@@ -48,13 +47,23 @@ class ToMe:
             return None
         # Upstream rule: odd batches (e.g. no CFG pair) use the deterministic top-left destination.
         num_dst, slots = positions.shape
-        if opts.use_rand and batch % 2 == 0:
-            offsets = draw_randint(ctx.random, slots, (num_dst,), device)
-        else:
-            offsets = static_tensor(("zeros", num_dst, str(device)), lambda: torch.zeros(num_dst, dtype=torch.long, device=device))
         first = static_tensor(("block_starts", num_dst, slots, str(device)),
                               lambda: torch.arange(num_dst, device=device) * slots)
-        dst_idx = torch.take(positions, offsets + first).expand(batch, -1)  # one destination per block
+
+        def destinations(offsets: torch.Tensor) -> torch.Tensor:
+            """Slot offsets (..., D) -> token index of each block's destination (..., D)."""
+            return torch.take(positions, offsets + first)
+
+        if opts.use_rand and batch % 2 == 0:
+            if ctx.random is None:
+                dst = destinations(torch.randint(slots, (num_dst,), device=device))
+            else:  # made once per call for every block on this grid; each block selects its row
+                dst = ctx.random.derived_randint(slots, num_dst, device, ("tome", ctx.height, ctx.width, opts.sx, opts.sy),
+                                                 destinations)
+        else:  # the top-left position of every block, cached
+            dst = static_tensor(("top_left", ctx.height, ctx.width, opts.sx, opts.sy, str(device)),
+                                lambda: positions[:, 0].contiguous())
+        dst_idx = dst.expand(batch, -1)  # one destination per block, shared by the batch
         return run_phase(ctx.trace, "match", bipartite_merge_plan, ctx.metric, dst_idx, opts.ratio)
 
     @staticmethod
