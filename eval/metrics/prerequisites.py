@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from eval import extractors as ext
-from eval.inception import IS_UNAVAILABLE_MESSAGE, InceptionWeights, resolve_inception_weights
-from eval.references import REFERENCES, Reference, resolve_reference
+from bigain.hub import hub_offline
+from eval.metrics import extractors as ext
+from eval.metrics.clip_score import clip_unavailable_reason
+from eval.metrics.inception import IS_UNAVAILABLE_MESSAGE, InceptionWeights, resolve_inception_weights
+from eval.metrics.references import REFERENCES, Reference, resolve_reference
 
 __all__ = ["REFERENCE_METRICS", "INCEPTION_METRICS", "DOMAIN_METRICS", "MetricPlan", "MetricsUnavailableError",
            "plan_metrics", "read_records"]
@@ -74,8 +76,6 @@ def read_records(files: Sequence[Path]) -> list[dict]:
 
 def _offline() -> bool:
     """No network use wanted: BIGAIN_OFFLINE or the hub's offline variables."""
-    from bigain.hub import hub_offline
-
     return os.environ.get("BIGAIN_OFFLINE", "0") not in ("", "0") or hub_offline()
 
 
@@ -131,8 +131,6 @@ def _clip(plan: MetricPlan, clip_model: str | None) -> None:
     """Skip CLIP score when its model is neither a usable local folder nor cached nor downloadable."""
     if "clip" not in plan.requested:
         return
-    from eval.clip_score import clip_unavailable_reason
-
     reason = clip_unavailable_reason(clip_model, offline=_offline())
     if reason:
         plan.skip(["clip"], reason)

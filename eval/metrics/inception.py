@@ -37,6 +37,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
+from bigain.hub import hub_offline
 from bigain.records import file_digest
 
 __all__ = [
@@ -167,8 +168,6 @@ def _hub_checkpoint() -> Path:
 
 def _offline() -> bool:
     """BIGAIN_OFFLINE, or the hub's offline variables (HF_HUB_OFFLINE ...): no download attempt."""
-    from bigain.hub import hub_offline
-
     return os.environ.get("BIGAIN_OFFLINE", "0") not in ("", "0") or hub_offline()
 
 

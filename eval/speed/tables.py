@@ -1,0 +1,158 @@
+"""Outputs of `eval.speed`: speed.csv / blocks.csv columns, the markdown tables, the speed-up plot, meta.json.
+
+Every table says the weights are random (`RANDOM_WEIGHTS_NOTE`): timing does not depend on them.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+RANDOM_WEIGHTS_NOTE = "random weights (architecture-only timing; no checkpoint loaded)"
+
+# Columns of speed.csv, in order (tests check them).
+COLUMNS = [
+    "model", "model_note", "family", "resolution", "latent", "batch", "dtype", "device", "attention", "engine",
+    "method", "setting", "options", "blocks", "tokens", "reduced_tokens", "latency_ms", "baseline_ms",
+    "speedup", "flops_g", "baseline_flops_g", "ideal_speedup", "measured_over_ideal", "attn_share",
+    "attn_base_ms", "attn_patched_ms", "overhead_ms", "overhead_share", "overhead_flops_g", "overhead_flop_share",
+    "plan_ms", "score_ms", "match_ms",
+    "reduce_ms", "restore_ms", "kv_ms", "peak_mem_mb", "upstream_speedup", "repeats",
+    "ops_per_block", "kernels_per_block", "cuda_graphs",
+]
+BLOCK_COLUMNS = ["model", "resolution", "batch", "setting", "block", "tokens", "attn_base_ms", "attn_patched_ms",
+                 "plan_ms", "score_ms", "match_ms", "reduce_ms", "restore_ms", "kv_ms", "overhead_ms",
+                 "overhead_share"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables, plot
+# ----------------------------------------------------------------------------------------------
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else format(value, spec)
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The headline table (one line per setting; upstream rows also feed the `upstream x` column)."""
+    header = ["model", "px", "batch", "setting", "ms", "speed-up", "FLOP-ideal", "meas/ideal", "upstream x",
+              "GFLOPs", "attn share", "overhead", "overhead/attn", "its FLOPs/attn", "ops/block", "peak MB"]
+    lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Speed-ups are vs the unpatched SDPA baseline in the same process "
+             "(median of per-round ratios); attn share = baseline time in the attn1 layers the setting reduces; "
+             "overhead = reducer planning + gather/scatter (ms, and as a share of those layers' baseline time); "
+             "its FLOPs/attn = the reducer's own FLOPs (matching, graph, Laplacian) as a share of those layers' "
+             "FLOPs, the floor under overhead/attn; ops/block = ATen ops the reducer dispatches per patched block "
+             "and call, of which non-view in brackets (a CPU-measurable stand-in for GPU kernel launches).",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["model"], str(r["resolution"]), str(r["batch"]), r["setting"], _fmt(r["latency_ms"], ".1f"),
+            _fmt(r["speedup"]) + "x", _fmt(r["ideal_speedup"]) + "x", _fmt(r["measured_over_ideal"]),
+            _fmt(r["upstream_speedup"]) + ("x" if not math.isnan(r["upstream_speedup"]) else ""),
+            _fmt(r["flops_g"], ".1f"), _fmt(100 * r["attn_share"], ".0f") + "%" if not math.isnan(r["attn_share"]) else "n/a",
+            _fmt(r["overhead_ms"], ".1f"),
+            _fmt(100 * r["overhead_share"], ".1f") + "%" if not math.isnan(r["overhead_share"]) else "n/a",
+            _fmt(100 * r["overhead_flop_share"], ".1f") + "%" if not math.isnan(r["overhead_flop_share"]) else "n/a",
+            ops_cell(r), _fmt(r["peak_mem_mb"], ".0f"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def ops_cell(row: dict) -> str:
+    """'60 (39)': ATen ops per block, non-view ops in brackets; n/a for baseline/upstream."""
+    ops, kernels = row.get("ops_per_block", float("nan")), row.get("kernels_per_block", float("nan"))
+    return "n/a" if isinstance(ops, float) and math.isnan(ops) else f"{ops:.0f} ({kernels:.0f})"
+
+
+def block_markdown(block_rows: Sequence[dict]) -> str:
+    """Per-block reducer overhead (ms) with the block's baseline attn1 time."""
+    header = ["model", "px", "batch", "setting", "block", "attn base", "attn patched", "plan", "score", "match",
+              "reduce", "restore", "kv", "overhead/attn"]
+    lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Milliseconds, median of 3 instrumented calls; plan includes score and match.",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in block_rows:
+        lines.append("| " + " | ".join([
+            r["model"], str(r["resolution"]), str(r["batch"]), r["setting"], r["block"],
+            *(_fmt(r[k], ".2f") for k in ("attn_base_ms", "attn_patched_ms", "plan_ms", "score_ms", "match_ms",
+                                            "reduce_ms", "restore_ms", "kv_ms")),
+            _fmt(100 * r["overhead_share"], ".1f") + "%",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def plot(rows: Sequence[dict], path: Path) -> None:
+    """Speed-up vs resolution, one panel per model x batch, one line per setting; FLOP-ideal dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["model"], r["batch"]) for r in rows})
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.5 * cols, 4.2 * nrows), squeeze=False)
+    for ax, (model, batch) in zip(axes.flat, panels):
+        sub = [r for r in rows if r["model"] == model and r["batch"] == batch and r["engine"] != "baseline"]
+        for i, setting in enumerate(dict.fromkeys(r["setting"] for r in sub)):
+            pts = sorted((r["resolution"], r["speedup"], r["ideal_speedup"]) for r in sub if r["setting"] == setting)
+            color = f"C{i % 10}"
+            xs = [p[0] for p in pts]
+            ax.plot(xs, [p[1] for p in pts], "o-", color=color, label=setting)
+            ax.plot(xs, [p[2] for p in pts], "x--", color=color, alpha=0.6)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_title(f"{model}, batch {batch}", fontsize=9)
+        ax.set_xlabel("resolution (px)")
+        ax.set_ylabel("speed-up vs SDPA baseline")
+        ax.legend(fontsize=6, ncol=2)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"measured (solid) and FLOP-ideal (dashed) speed-up; {RANDOM_WEIGHTS_NOTE}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Hardware and versions for the report."""
+    import diffusers
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    }
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        info["cpu"], info["cpu_count"] = (names[0] if names else info["cpu"]), os.cpu_count()
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def write_outputs(rows: Sequence[dict], block_rows: Sequence[dict], out: Path, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "speed.csv", rows, COLUMNS)
+    write_csv(out / "blocks.csv", block_rows, BLOCK_COLUMNS)
+    (out / "speed.md").write_text(markdown_table(rows) + "\n")
+    (out / "blocks.md").write_text(block_markdown(block_rows) + "\n")
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if rows:
+        plot(rows, out / "speed.png")
