@@ -1,7 +1,7 @@
 """Speed tool: latency, FLOPs, memory and reducer overhead of every method against the unpatched SDPA baseline.
 
 Command line: `python -m eval.speed` (see `eval/speed/__main__.py`). Modules: `cases` (settings, models,
-presets), `timing` (instruments), `run` (one case, a whole run), `tables` (CSV/markdown/plot outputs),
+presets), `timing` (instruments, one case, a whole run), `tables` (CSV/markdown/plot outputs),
 `model_zoo` (full-size architectures with random weights), `op_count` (ATen ops per reducer), `upstream`
 (upstream tomesd 0.1.3 side by side), `sito_precision` (a one-off measurement).
 """
@@ -9,9 +9,8 @@ from .cases import BASELINE, METHODS, PRESET_FLAGS, PRESETS, Case, Setting, grid
     preset_cases
 from .model_zoo import MODEL_SPECS, ModelSpec, build_model, get_spec, list_models, make_inputs
 from .op_count import count_reducer_ops
-from .run import benchmark_case, run_benchmark
 from .tables import BLOCK_COLUMNS, COLUMNS, RANDOM_WEIGHTS_NOTE, block_markdown, markdown_table, write_outputs
-from .timing import count_reducer_flops, patched, timed_reducers
+from .timing import benchmark_case, count_reducer_flops, patched, run_benchmark, timed_reducers
 from .upstream import install_upstream, load_upstream
 
 __all__ = [

@@ -1,26 +1,7 @@
-"""`python -m eval.speed`: speed, FLOPs and memory of token reduction against the unpatched SDPA baseline (docs/protocol.md §3).
+"""Speed, FLOPs and memory of token reduction against the unpatched SDPA baseline (docs/protocol.md §3).
 
-For each model x resolution x batch ("case") the baseline and every method setting are timed in
-the same process, interleaved round by round (each round times one call of every setting in a
-rotated order), so slow drifts of a shared machine hit all settings alike. Per row:
-
-* latency: median over rounds; speed-up = median over rounds of baseline / patched time in the
-  same round (CUDA events on GPU, `time.perf_counter` on CPU, after warm-up calls);
-* FLOPs per call (`eval.flops`, SDPA included) and the FLOP-ideal speed-up baseline / patched,
-  and measured / ideal;
-* attention share: the part of the baseline's time spent in the attn1 layers the setting reduces;
-* reducer overhead: planning (scoring, matching, index building) plus reduce / restore
-  (gather / scatter) or the K/V downsample, from the median of 3 instrumented calls, as a share of the
-  baseline time of the layers they reduce; the same per block goes to `blocks.csv`;
-* peak memory: CUDA `max_memory_allocated` above the resting level (n/a on CPU);
-* ops/block: ATen ops the reducer dispatches per patched block and call, non-view ops in brackets
-  (`eval.speed.op_count`; a CPU-measurable stand-in for GPU kernel launches);
-* `--cuda_graphs` (CUDA only): each setting's forward is captured once in a CUDA graph and replays
-  are timed (a patched forward has no sync and no host-side random state);
-* upstream tomesd 0.1.3 (when unpacked, see `eval.speed.upstream`) at every ToMe setting, as its own
-  rows and as the `upstream x` column of the matching ToMe row.
-
-Weights are random (`eval.speed.model_zoo`): timing does not depend on them, and every table says so.
+Every method setting is timed against the baseline in the same process, interleaved round by round; the
+columns are described in `eval.speed.tables`. Weights are random (`eval.speed.model_zoo`).
 
     python -m eval.speed --preset cpu-small --out results/speed/cpu-small
     python -m eval.speed --preset gpu --out results/speed/gpu            # fp16, CUDA
@@ -42,9 +23,8 @@ from bigain.cli import check_output_dir, fraction, nonneg_int, positive_int, run
 from bigain.config import add_config_arg, parse_args_with_config
 
 from .cases import METHODS, PRESET_FLAGS, PRESETS, Case, grid, make_settings, parse_model, preset_cases
-from .run import run_benchmark
 from .tables import RANDOM_WEIGHTS_NOTE, environment, markdown_table, write_outputs
-from .timing import BREAKDOWN_CALLS
+from .timing import BREAKDOWN_CALLS, run_benchmark
 
 DEFAULTS: dict[str, Any] = {
     "preset": None, "models": None, "methods": list(METHODS), "ratios": [0.3, 0.5, 0.7], "dfs": [2, 4],

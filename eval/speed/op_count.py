@@ -18,9 +18,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import tomesd
 
+from . import timing
 from .cases import parse_model
 from .model_zoo import build_model, make_inputs
-from .timing import timed_reducers
 
 OP_PHASES = ("plan", "reduce", "restore", "kv")
 
@@ -76,7 +76,7 @@ def count_reducer_ops(model: torch.nn.Module, method: str, options: dict, args: 
     spans = OpSpans(mode)
     report = tomesd.apply_patch(model, method=method, seed=seed, **options)
     try:
-        with torch.no_grad(), timed_reducers(spans):
+        with torch.no_grad(), timing.timed_reducers(spans):
             model(*args, **kwargs)
     finally:
         tomesd.remove_patch(model)
