@@ -15,7 +15,7 @@ from PIL import Image
 
 pytest.importorskip("torch_fidelity")
 
-from eval import metrics as M  # noqa: E402
+from eval.metrics import compute as M  # noqa: E402
 from eval.metrics import inception as inc  # noqa: E402
 from eval.metrics.__main__ import main as metrics_main  # noqa: E402
 from eval.metrics.prerequisites import plan_metrics  # noqa: E402
