@@ -5,6 +5,8 @@ presets), `timing` (instruments, one case, a whole run), `tables` (CSV/markdown/
 `model_zoo` (full-size architectures with random weights), `op_count` (ATen ops per reducer), `upstream`
 (upstream tomesd 0.1.3 side by side), `sito_precision` (a one-off measurement).
 """
+import warnings
+
 from .cases import BASELINE, METHODS, PRESET_FLAGS, PRESETS, Case, Setting, grid, make_settings, parse_model, \
     preset_cases
 from .model_zoo import MODEL_SPECS, ModelSpec, build_model, get_spec, list_models, make_inputs
@@ -20,3 +22,8 @@ __all__ = [
     "markdown_table", "block_markdown", "write_outputs", "count_reducer_flops", "patched", "timed_reducers",
     "install_upstream", "load_upstream",
 ]
+
+# `python -m eval.speed.op_count` / `python -m eval.speed.upstream` run a module this package has already imported
+# (its API needs them); runpy warns about that, but the module then runs as a script normally.
+warnings.filterwarnings("ignore", message=r"'eval\.speed\.\w+' found in sys\.modules after import of package "
+                        r"'eval\.speed'", category=RuntimeWarning)
