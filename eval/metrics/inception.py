@@ -52,6 +52,7 @@ __all__ = [
     "load_state_dict_file",
     "resolve_inception_weights",
     "build_inception",
+    "offline_wanted",
 ]
 
 INCEPTION_EXTRACTOR = "bigain-inception-v3-compat"
@@ -166,7 +167,7 @@ def _hub_checkpoint() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / TF_WEIGHTS_NAME
 
 
-def _offline() -> bool:
+def offline_wanted() -> bool:
     """BIGAIN_OFFLINE, or the hub's offline variables (HF_HUB_OFFLINE ...): no download attempt."""
     return os.environ.get("BIGAIN_OFFLINE", "0") not in ("", "0") or hub_offline()
 
@@ -177,7 +178,7 @@ def _try_download() -> Path | None:
     torch hub announces "Downloading: ..." before it knows whether the download works; that line is
     held back (a failed attempt falls back to the offline weights silently) and one line reports success.
     """
-    if _offline():
+    if offline_wanted():
         return None
     try:
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
