@@ -1,7 +1,7 @@
 """What the main job (`bigain.benchmark`) writes: tables with 95% intervals and paired tests, plots, pictures.
 
 `add_statistics` reads the per-image classification records and the generated images of every setting
-(`eval.report_stats`) and adds to each benchmark row: accuracy / class consistency with Wilson intervals,
+(`eval.report.outcomes`) and adds to each benchmark row: accuracy / class consistency with Wilson intervals,
 domain FID with a bootstrap interval, and the paired difference from the baseline and from the paired
 method (BiGain_TM vs ToMe, BiGain_TD vs ToDo) with bootstrap intervals and exact McNemar p-values.
 `write_outputs` then writes benchmark.csv/.md, tradeoffs.png (error bars), a sample grid and a per-class
@@ -15,7 +15,8 @@ from typing import Any, Optional
 import pandas as pd
 
 from bigain.config import atomic_write_text
-from eval.report_plots import per_class_heatmap, sample_grid, save_figure
+from eval.report import outcomes as rs
+from eval.report.plots import per_class_heatmap, sample_grid, save_figure
 
 __all__ = ["add_statistics", "format_table", "format_differences", "plot_tradeoffs", "plot_compression",
            "write_outputs"]
@@ -26,8 +27,6 @@ MARKERS = {"none": "*", "tome": "o", "bigain_tm": "s", "todo": "^", "bigain_td":
 def add_statistics(rows: list[dict], out: Path, n_boot: int = 2000, extractor: str = "fmnist-reference",
                    reference: str = "fmnist-test") -> dict[str, pd.DataFrame]:
     """Add interval and paired-test columns to `rows` (in place); returns per-class accuracy per model."""
-    from eval import report_stats as rs
-
     ref = None
     per_class: dict[str, pd.DataFrame] = {}
     for model in dict.fromkeys(r["model"] for r in rows):

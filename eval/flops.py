@@ -78,7 +78,7 @@ def attention_layer_flops(num_queries: int, num_keys: int, channels: int, batch:
 class FlopSpans:
     """`Spans`-compatible collector that counts FLOPs instead of time: (block, phase) -> FLOPs.
 
-    Used with `eval.speed_timing.timed_reducers` to count the reducers' own work (scoring,
+    Used with `eval.speed.timing.timed_reducers` to count the reducers' own work (scoring,
     matching), i.e. the FLOP floor of their overhead. Nested spans each count their own ops.
     """
 

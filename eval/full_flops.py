@@ -21,9 +21,9 @@ import torch
 
 import tomesd
 
-from .flops import count_flops
-from .model_zoo import ModelSpec, build_model, get_spec, make_inputs, model_class
-from .speed_cases import Setting, paper_settings
+from eval.flops import count_flops
+from eval.speed.cases import Setting, paper_settings
+from eval.speed.model_zoo import ModelSpec, build_model, get_spec, make_inputs, model_class
 
 Kind = tuple
 

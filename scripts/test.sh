@@ -9,5 +9,5 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 || echo "note: dataset-fashion-mnist not installed"
 fi
 # Upstream tomesd 0.1.3, unpacked as `tomesd_upstream` for the parity test (skips if unavailable).
-python -m eval.upstream >/dev/null 2>&1 || echo "note: upstream tomesd unavailable; parity test will skip"
+python -m eval.speed.upstream >/dev/null 2>&1 || echo "note: upstream tomesd unavailable; parity test will skip"
 python -m pytest -q tests "$@"

@@ -8,8 +8,8 @@ from PIL import Image
 
 from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
 from bigain.records import ImageRecord, record_path, save_record
-from eval import report_stats as rs
 from eval import stats
+from eval.report import outcomes as rs
 
 
 def write_classification(run_dir: Path, correct: np.ndarray, labels: np.ndarray, fingerprint: str = "fp") -> None:
@@ -133,7 +133,7 @@ def test_partner_tags():
 
 
 def test_eval_report_shows_intervals_paired_tests_and_per_class_heatmap(tmp_path):
-    from eval import report
+    from eval.report.__main__ import main as report_main
 
     labels = np.arange(40) % 10
     base = np.arange(40) % 4 != 0  # 30 / 40
@@ -147,7 +147,7 @@ def test_eval_report_shows_intervals_paired_tests_and_per_class_heatmap(tmp_path
                   "dataset": "d", "method": method, "reduction": tag, "run_dir": str(run), "complete": True}
         (run / "result.json").write_text(json.dumps(result))
     out = tmp_path / "report"
-    report.main([str(tmp_path / "runs"), "--out", str(out), "--formats", "md"])
+    report_main([str(tmp_path / "runs"), "--out", str(out), "--formats", "md"])
     table = (out / "classify_accuracy.md").read_text()
     w = stats.wilson_interval(20, 40)
     assert f"| BiGain_TM (r=0.7) | 50.0 [{100 * w.low:.1f}, {100 * w.high:.1f}] (-25.0 [" in table
@@ -157,7 +157,7 @@ def test_eval_report_shows_intervals_paired_tests_and_per_class_heatmap(tmp_path
     assert "Paired comparisons" in (out / "report.md").read_text()
     assert (out / "per_class_accuracy_m_d.png").stat().st_size > 1000
     plain = tmp_path / "plain"
-    report.main([str(tmp_path / "runs"), "--out", str(plain), "--formats", "md", "--no_stats"])
+    report_main([str(tmp_path / "runs"), "--out", str(plain), "--formats", "md", "--no_stats"])
     assert "[" not in (plain / "classify_accuracy.md").read_text() and not (plain / "paired.md").exists()
 
 

@@ -17,19 +17,25 @@ CLIS = ["bigain.classify", "bigain.generate", "bigain.benchmark", "bigain.sweep"
         "eval.speed", "eval.report", "eval.metrics"]
 
 
+def _cli_module(name: str):
+    """The module holding a CLI's `main`: a package's `__main__` (the eval tools), else the module itself."""
+    module = importlib.import_module(name)
+    return importlib.import_module(f"{name}.__main__") if hasattr(module, "__path__") else module
+
+
 @pytest.fixture
 def no_model_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any model load, benchmark or timing run fails the test."""
     import bigain.benchmark
     import bigain.models
-    import eval.speed
+    import eval.speed.__main__ as speed_cli
 
     def fail(*a, **k):
         pytest.fail("model work started before the input was checked")
 
     monkeypatch.setattr(bigain.models, "load_model", fail)
     monkeypatch.setattr(bigain.benchmark, "benchmark_model", fail)
-    monkeypatch.setattr(eval.speed, "run_benchmark", fail)
+    monkeypatch.setattr(speed_cli, "run_benchmark", fail)
 
 
 def _paths(tmp_path: Path) -> dict[str, str]:
@@ -110,7 +116,7 @@ def test_bad_input_is_error_exit_2_before_model_work(module, argv, needle, tmp_p
     paths = _paths(tmp_path)
     for key, value in paths.items():
         argv = [a.replace(key, value) for a in argv]
-    main = importlib.import_module(module).main
+    main = _cli_module(module).main
     with pytest.raises(SystemExit) as info:
         run_cli(main, argv)
     err = capsys.readouterr().err
@@ -145,7 +151,7 @@ def test_real_bugs_keep_their_traceback():
 @pytest.mark.parametrize("module", CLIS)
 def test_every_cli_entry_point_uses_run_cli(module):
     """`python -m <cli>` goes through run_cli (the table above calls the same main)."""
-    tree = ast.parse(Path(importlib.import_module(module).__file__).read_text())
+    tree = ast.parse(Path(_cli_module(module).__file__).read_text())
     mains = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
     assert mains and "run_cli(main)" in ast.unparse(mains[0]), module
 

@@ -125,7 +125,8 @@ def test_sweep_sharding_partitions_runs(tmp_path, tiny_dit_dir):
     assert marker["options"]["method"] == "tome"
 
 
-@pytest.mark.parametrize("module", ["bigain.classify", "bigain.generate", "eval.metrics", "eval.report", "bigain.benchmark"])
+@pytest.mark.parametrize("module", ["bigain.classify", "bigain.generate", "eval.metrics.__main__",
+                                    "eval.report.__main__", "eval.speed.__main__", "bigain.benchmark"])
 def test_every_cli_rejects_a_bad_config_before_work(tmp_path, module):
     import importlib
 

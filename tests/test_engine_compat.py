@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import tomesd
-from eval.upstream import load_upstream
+from eval.speed.upstream import load_upstream
 from tiny_models import dit_inputs, tiny_dit, tiny_sd_unet, unet_inputs
 
 
@@ -11,7 +11,7 @@ from tiny_models import dit_inputs, tiny_dit, tiny_sd_unet, unet_inputs
 def test_tome_no_rand_matches_upstream_tomesd(ratio, max_downsample):
     upstream = load_upstream()
     if upstream is None:
-        pytest.skip("upstream tomesd not unpacked (python -m eval.upstream installs it)")
+        pytest.skip("upstream tomesd not unpacked (python -m eval.speed.upstream installs it)")
     model = tiny_sd_unet()
     x = unet_inputs(batch=2)
     args = (x["sample"], x["timestep"], x["encoder_hidden_states"])  # upstream needs positional calls

@@ -6,7 +6,7 @@ import pytest
 import tomesd
 from eval.flops import count_flops
 from eval.full_flops import DEFAULT_SETTINGS, full_depth_flops, patched_blocks
-from eval.model_zoo import build_model, get_spec, make_inputs, shrink
+from eval.speed.model_zoo import build_model, get_spec, make_inputs, shrink
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +45,7 @@ def test_full_size_patterns_from_the_meta_model():
 def test_full_size_mmdit_configs_have_the_published_parameter_counts(name, params):
     import torch
 
-    from eval.model_zoo import model_class
+    from eval.speed.model_zoo import model_class
 
     with torch.device("meta"):
         model = model_class(get_spec(name))(**get_spec(name).config)
@@ -53,7 +53,7 @@ def test_full_size_mmdit_configs_have_the_published_parameter_counts(name, param
 
 
 def test_cpu_mmdit_preset_builds_its_cases():
-    from eval.speed_cases import parse_model, preset_cases
+    from eval.speed.cases import parse_model, preset_cases
 
     cases = preset_cases("cpu-mmdit")
     assert [c.model for c in cases] == ["sd3-medium@L2", "flux-schnell@L1"]
@@ -64,11 +64,11 @@ def test_cpu_mmdit_preset_builds_its_cases():
 def test_speed_benchmark_times_sd3_and_flux(tmp_path):
     import math
 
-    from eval import speed
+    from eval.speed.__main__ import main as speed_main
 
-    rows = speed.main(["--models", "tiny-sd3", "tiny-flux", "--resolutions", "128", "--batches", "2", "--methods",
-                       "tome", "todo", "--ratios", "0.5", "--dfs", "2", "--repeats", "1", "--warmup", "0",
-                       "--threads", "1", "--out", str(tmp_path)])
+    rows = speed_main(["--models", "tiny-sd3", "tiny-flux", "--resolutions", "128", "--batches", "2", "--methods",
+                      "tome", "todo", "--ratios", "0.5", "--dfs", "2", "--repeats", "1", "--warmup", "0",
+                      "--threads", "1", "--out", str(tmp_path)])
     patched = [r for r in rows if r["method"] != "none"]
     assert {r["model"] for r in patched} == {"tiny-sd3", "tiny-flux"} and len(patched) == 4
     assert all(r["ideal_speedup"] > 1 and r["family"] == "mmdit" for r in patched)

@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("torch_fidelity")
 
-from eval import inception as inc  # noqa: E402
+from eval.metrics import inception as inc  # noqa: E402
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x  # noqa: E402
 
 

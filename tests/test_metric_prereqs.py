@@ -15,9 +15,10 @@ from PIL import Image
 
 pytest.importorskip("torch_fidelity")
 
-from eval import inception as inc  # noqa: E402
-from eval import metrics as M  # noqa: E402
-from eval.prerequisites import plan_metrics  # noqa: E402
+from eval.metrics import compute as M  # noqa: E402
+from eval.metrics import inception as inc  # noqa: E402
+from eval.metrics.__main__ import main as metrics_main  # noqa: E402
+from eval.metrics.prerequisites import plan_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,7 +57,7 @@ def offline(tmp_path, monkeypatch, weights) -> dict:
 def test_missing_clip_model_keeps_fid_and_exits_3(offline, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     with pytest.raises(SystemExit) as ex:
-        M.main(["--gen", str(offline["gen"]), "--ref", str(offline["ref"]), "--metrics", "fid", "clip",
+        metrics_main(["--gen", str(offline["gen"]), "--ref", str(offline["ref"]), "--metrics", "fid", "clip",
                 "--out", str(out), *offline["args"]])
     assert ex.value.code == M.EXIT_SKIPPED == 3
     res = json.loads(out.read_text())
@@ -85,19 +86,19 @@ def test_all_prerequisites_are_checked_before_any_computation(offline, monkeypat
 def test_check_mode_runs_before_generation(offline, tmp_path, capsys):
     later = tmp_path / "not-generated-yet" / "images"
     with pytest.raises(SystemExit) as ex:
-        M.main(["--check", "--gen", str(later), "--ref", str(offline["ref"]), "--metrics", "fid", "is", "clip",
+        metrics_main(["--check", "--gen", str(later), "--ref", str(offline["ref"]), "--metrics", "fid", "is", "clip",
                 *offline["args"]])
     assert ex.value.code == 3 and not later.exists()
     err = capsys.readouterr().err
     assert "will compute: fid" in err and "will skip is: Inception Score needs" in err and "will skip clip:" in err
-    res = M.main(["--check", "--gen", str(later), "--ref", str(offline["ref"]), "--metrics", "fid", "kid",
+    res = metrics_main(["--check", "--gen", str(later), "--ref", str(offline["ref"]), "--metrics", "fid", "kid",
                   *offline["args"]])
     assert res == {M.KEY_SKIPPED: {}}
     with pytest.raises(SystemExit) as ex:  # a typo in --ref is bad input, not a skip
-        M.main(["--check", "--gen", str(later), "--ref", "no-such-set", "--metrics", "fid", *offline["args"]])
+        metrics_main(["--check", "--gen", str(later), "--ref", "no-such-set", "--metrics", "fid", *offline["args"]])
     assert ex.value.code == 2
     with pytest.raises(SystemExit) as ex:
-        M.main(["--check", "--strict", "--gen", str(later), "--ref", str(offline["ref"]), "--metrics", "fid", "clip",
+        metrics_main(["--check", "--strict", "--gen", str(later), "--ref", str(offline["ref"]), "--metrics", "fid", "clip",
                 *offline["args"]])
     assert ex.value.code == 2
 

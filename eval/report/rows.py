@@ -1,7 +1,4 @@
-"""Reading runs for the report: summary CSVs, run folders, speed CSVs; normalising, de-duplicating, derived columns.
-
-Split out of `eval.report` (which re-exports every public name).
-"""
+"""Reading runs for the report: summary CSVs, run folders, speed CSVs; normalising, de-duplicating, derived columns."""
 from __future__ import annotations
 
 import json
@@ -12,7 +9,7 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
-from .report_tags import COLUMN_ALIASES, GENERATION_METRICS, KEY, TASKS, ReportError, is_baseline, parse_reduction
+from .tags import COLUMN_ALIASES, GENERATION_METRICS, KEY, TASKS, ReportError, is_baseline, parse_reduction
 
 NUMERIC = ("accuracy", "images", "expected_images", "calls_per_image", "model_time_s", "images_per_s",
            "images_written", "items", "model_time_per_image_s", "flops_per_call_per_image", "flops_per_image",

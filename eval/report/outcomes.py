@@ -22,7 +22,14 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from bigain.records import load_record
 from eval import stats
+from eval.metrics import extractors as ext
+from eval.metrics.compute import _extract, _options, _reference_features
+from eval.metrics.inception import atomic_save_safetensors
+from eval.metrics.prerequisites import read_records
+from eval.metrics.references import ImageSource, list_images, resolve_reference
+from eval.report.tags import reduction_label, short_model
 
 __all__ = [
     "ClassificationOutcomes", "GenerationOutcomes", "classification_outcomes", "generation_outcomes",
@@ -53,7 +60,6 @@ class GenerationOutcomes:
 
 def classification_outcomes(run_dir: str | Path) -> Optional[ClassificationOutcomes]:
     """The valid records of a classification run (its fingerprint, its first `expected` images); None if none."""
-    from bigain.records import load_record
 
     run_dir = Path(run_dir)
     result = _read_json(run_dir / "result.json") or _read_json(run_dir / "config.json")
@@ -96,10 +102,6 @@ def generation_outcomes(gen_dir: str | Path, extractor: str = "fmnist-reference"
     import torch
     from safetensors.torch import load_file
 
-    from eval import extractors as ext
-    from eval.inception import atomic_save_safetensors
-    from eval.metrics import _extract, read_records
-    from eval.references import ImageSource, list_images
 
     gen_dir = Path(gen_dir)
     images = gen_dir / "images" if (gen_dir / "images").is_dir() else gen_dir
@@ -134,9 +136,6 @@ def generation_outcomes(gen_dir: str | Path, extractor: str = "fmnist-reference"
 def domain_reference_stats(reference: str = "fmnist-test", extractor: str = "fmnist-reference",
                            size: int = 32) -> stats.ReferenceStats:
     """Fixed reference statistics of the domain FID (features from eval.metrics' cached reference extraction)."""
-    from eval import extractors as ext
-    from eval.metrics import _options, _reference_features
-    from eval.references import resolve_reference
 
     ref = resolve_reference(reference, None)
     fd = _reference_features(ref, size, ext.build_domain_extractor(extractor, ["features"]), ext.fidelity_name(extractor),
@@ -291,8 +290,6 @@ def add_intervals(df: pd.DataFrame, baseline: str = "none", reference: str = "fm
 
 def paired_markdown(df: pd.DataFrame) -> str:
     """Markdown table of the paired-method comparisons (rows with `pair_with`); '' when there are none."""
-    from eval.report_tags import reduction_label, short_model
-
     if "pair_with" not in df.columns:
         return ""
     lines = []

@@ -1,7 +1,4 @@
-"""Benchmark cases for `eval.speed`: method settings, models (possibly shrunk), case grids and named presets.
-
-Split out of `eval.speed` (which re-exports every public name).
-"""
+"""Benchmark cases for `eval.speed`: method settings, models (possibly shrunk), case grids and named presets."""
 from __future__ import annotations
 
 from dataclasses import dataclass

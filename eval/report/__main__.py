@@ -23,26 +23,17 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .report_plots import MARKERS, per_class_plots, tradeoff_plots  # noqa: F401
-from .report_rows import NUMERIC, RUN_FILES, SUMMARY_FILES, add_derived, collect_rows  # noqa: F401
-from .report_tables import build_table, format_cell, iter_tables, table_values, tex_escape, to_csv, \
-    to_latex, to_markdown, write_table, write_tables  # noqa: F401
-from .report_tags import BASELINE_TAGS, COLUMN_ALIASES, DEFAULT_METRICS, GENERATION_METRICS, KEY, METHOD_NAMES, \
-    METHOD_ORDER, METRICS, MODEL_NAMES, OPTION_KEYS, OPTION_SHORT, TASKS, Metric, ReportError, get_metric, \
-    is_baseline, parse_reduction, reduction_label, reduction_sort_key, short_model  # noqa: F401
+from bigain.cli import check_output_dir, run_cli
+from bigain.config import add_config_arg, parse_args_with_config
 
-__all__ = [
-    "DEFAULTS", "TASKS", "METRICS", "DEFAULT_METRICS", "Metric", "ReportError", "collect_rows", "add_derived",
-    "parse_reduction", "reduction_label", "build_table", "table_values", "iter_tables", "write_table", "write_tables",
-    "tradeoff_plots", "build_parser", "main",
-]
+from .outcomes import add_intervals, paired_markdown
+from .plots import per_class_plots, tradeoff_plots
+from .rows import collect_rows
+from .tables import _atomic_write_text, write_tables
+from .tags import METRICS, TASKS, ReportError
 
 DEFAULTS: dict[str, Any] = {"columns": "dataset", "formats": ("md", "csv", "tex"), "baseline": "none"}
 
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     """CLI options; defaults come from DEFAULTS."""
@@ -61,17 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the 95%% intervals and paired tests read from the runs' per-image records and images")
     p.add_argument("--domain_reference", default="fmnist-test",
                    help="reference set of the domain FID intervals (a name eval.metrics knows; default fmnist-test)")
-    from bigain.config import add_config_arg
-
     add_config_arg(p)
     return p
 
 
 def write_paired(df: Any, out: Path) -> list[Path]:
     """paired.md (BiGain vs its counterpart at the same compression), also appended to report.md; [] if no pairs."""
-    from .report_stats import paired_markdown
-    from .report_tables import _atomic_write_text
-
     text = paired_markdown(df)
     if not text:
         return []
@@ -85,17 +71,11 @@ def write_paired(df: Any, out: Path) -> list[Path]:
 
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     """CLI: collect rows, write tables (and plots), print what was written."""
-    from bigain.config import parse_args_with_config
-
     args = parse_args_with_config(build_parser(), argv)
-    from bigain.cli import check_output_dir
-
     check_output_dir(args.out, "--out")
     try:
         df = collect_rows(args.runs, baseline=args.baseline)
         if not args.no_stats:
-            from .report_stats import add_intervals
-
             df = add_intervals(df, args.baseline, args.domain_reference)
         written = write_tables(df, args.out, args.metric, args.columns, args.formats, args.task, args.baseline)
         if args.task:
@@ -116,6 +96,4 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from bigain.cli import run_cli
-
     run_cli(main)

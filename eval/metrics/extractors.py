@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from bigain.testbed.reference_classifier import load_reference_classifier
+
 __all__ = [
     "DomainExtractorSpec",
     "DOMAIN_EXTRACTORS",
@@ -139,12 +141,6 @@ def build_domain_extractor(name: str, features: list[str]) -> FeatureExtractorBa
 
 def _fmnist_reference_classifier() -> nn.Module:
     """The testbed's Fashion-MNIST reference CNN (``bigain.testbed.reference_classifier``)."""
-    try:
-        from bigain.testbed.reference_classifier import load_reference_classifier
-    except ImportError as e:
-        raise RuntimeError(
-            "the testbed reference classifier (bigain/testbed/reference_classifier.py) is not available"
-        ) from e
     return load_reference_classifier()
 
 

@@ -1,7 +1,4 @@
-"""Names in the report: tasks, methods and reduction tags, model names, column aliases and table metrics.
-
-Split out of `eval.report` (which re-exports every public name).
-"""
+"""Names in the report: tasks, methods and reduction tags, model names, column aliases and table metrics."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -14,45 +14,27 @@ rotated order), so slow drifts of a shared machine hit all settings alike. Per r
   baseline time of the layers they reduce; the same per block goes to `blocks.csv`;
 * peak memory: CUDA `max_memory_allocated` above the resting level (n/a on CPU);
 * ops/block: ATen ops the reducer dispatches per patched block and call, non-view ops in brackets
-  (`eval.op_count`; a CPU-measurable stand-in for GPU kernel launches);
-* `--cuda-graphs` (CUDA only): each setting's forward is captured once in a CUDA graph and replays
+  (`eval.speed.op_count`; a CPU-measurable stand-in for GPU kernel launches);
+* `--cuda_graphs` (CUDA only): each setting's forward is captured once in a CUDA graph and replays
   are timed (a patched forward has no sync and no host-side random state);
-* upstream tomesd 0.1.3 (when unpacked, see `eval.upstream`) at every ToMe setting, as its own
+* upstream tomesd 0.1.3 (when unpacked, see `eval.speed.upstream`) at every ToMe setting, as its own
   rows and as the `upstream x` column of the matching ToMe row.
 
-Weights are random (`eval.model_zoo`): timing does not depend on them, and every table says so.
+Weights are random (`eval.speed.model_zoo`): timing does not depend on them, and every table says so.
 
-    python -m eval.speed --preset cpu-small --out results/speed/cpu-small
-    python -m eval.speed --preset gpu --out results/speed/gpu            # fp16, CUDA
-    python -m eval.speed --preset gpu --models sd2 --batches 2 --cuda-graphs --out results/speed/gpu-graphs
-    python -m eval.speed --models sd2@w0.25 --methods tome todo --ratios 0.5 --resolutions 512 --batches 2
+This module writes those rows: speed.csv / blocks.csv, the markdown tables, the speed-up plot, meta.json.
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import json
 import math
 import os
 import platform
-import sys
-import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
-
-from bigain.cli import check_output_dir, fraction, nonneg_int, positive_int, run_cli
-
-from .speed_cases import BASELINE, DF_METHODS, METHODS, PRESET_FLAGS, PRESETS, RATIO_METHODS, Case, Setting, grid, \
-    make_settings, parse_model, preset_cases  # noqa: F401
-from .speed_timing import BREAKDOWN_CALLS, PHASES, Spans, TimedProcessor, attention_backend, \
-    benchmark_case, count_reducer_flops, load_upstream_module, median, patched, reduced_blocks, run_benchmark, sync, \
-    timed_attn1, timed_call, timed_reducers, token_summary  # noqa: F401
-
-__all__ = ["DEFAULTS", "PRESETS", "Setting", "Case", "make_settings", "benchmark_case", "run_benchmark",
-           "markdown_table", "COLUMNS", "main"]
 
 RANDOM_WEIGHTS_NOTE = "random weights (architecture-only timing; no checkpoint loaded)"
 
@@ -69,13 +51,6 @@ COLUMNS = [
 BLOCK_COLUMNS = ["model", "resolution", "batch", "setting", "block", "tokens", "attn_base_ms", "attn_patched_ms",
                  "plan_ms", "score_ms", "match_ms", "reduce_ms", "restore_ms", "kv_ms", "overhead_ms",
                  "overhead_share"]
-
-DEFAULTS: dict[str, Any] = {
-    "preset": None, "models": None, "methods": list(METHODS), "ratios": [0.3, 0.5, 0.7], "dfs": [2, 4],
-    "max_downsample": [1], "blocks": ["published"], "resolutions": None, "batches": None, "dtype": "float32",
-    "device": "cpu", "repeats": 5, "warmup": 1, "out": "results/speed", "upstream": True, "breakdown": True,
-    "flops_batch1": True, "seed": 0, "threads": None, "cuda_graphs": False,
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,109 +178,3 @@ def write_outputs(rows: Sequence[dict], block_rows: Sequence[dict], out: Path, m
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if rows:
         plot(rows, out / "speed.png")
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------
-
-def cases_from_args(args: argparse.Namespace) -> list[Case]:
-    settings_args = dict(methods=args.methods, ratios=args.ratios, dfs=args.dfs,
-                         max_downsamples=args.max_downsample, block_patterns=args.blocks)
-    if args.preset:
-        cases = preset_cases(args.preset)
-        explicit = [k for k in ("methods", "ratios", "dfs", "max_downsample", "blocks")
-                    if getattr(args, k) != DEFAULTS[k]]
-        if explicit:  # the setting flags given replace the preset's setting grid
-            cases = [dataclasses.replace(c, settings=tuple(make_settings(parse_model(c.model).family, **settings_args)))
-                     for c in cases]
-        if args.models:
-            cases = [c for c in cases if c.model in args.models]
-        if args.resolutions:
-            cases = [c for c in cases if c.resolution in args.resolutions]
-        if args.batches:
-            cases = [c for c in cases if c.batch in args.batches]
-        return cases
-    if not args.models:
-        raise ValueError("give --preset or --models")
-    resolutions = args.resolutions or [parse_model(args.models[0]).resolution]
-    return grid(args.models, resolutions, args.batches or [2], **settings_args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.speed", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(PRESETS), default=DEFAULTS["preset"],
-                   help="; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
-    p.add_argument("--models", nargs="+", default=DEFAULTS["models"],
-                   help="model_zoo names, optionally shrunk: sd2@w0.25 (U-Net widths), dit-xl-2-256@L4 (blocks)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=DEFAULTS["methods"])
-    p.add_argument("--ratios", nargs="+", type=fraction, default=DEFAULTS["ratios"])
-    p.add_argument("--dfs", nargs="+", type=positive_int, default=DEFAULTS["dfs"])
-    p.add_argument("--max-downsample", nargs="+", type=positive_int, default=DEFAULTS["max_downsample"])
-    p.add_argument("--blocks", nargs="+", choices=["published", "all"], default=DEFAULTS["blocks"],
-                   help="DiT/PixArt block patterns")
-    p.add_argument("--resolutions", nargs="+", type=positive_int, default=DEFAULTS["resolutions"])
-    p.add_argument("--batches", nargs="+", type=positive_int, default=DEFAULTS["batches"], help="default 2 (the CFG pair)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=DEFAULTS["dtype"])
-    p.add_argument("--device", default=DEFAULTS["device"])
-    p.add_argument("--repeats", type=positive_int, default=DEFAULTS["repeats"], help="timed rounds (median)")
-    p.add_argument("--warmup", type=nonneg_int, default=DEFAULTS["warmup"], help="warm-up calls per setting")
-    p.add_argument("--threads", type=positive_int, default=DEFAULTS["threads"],
-                   help="torch CPU threads (default: torch's choice); 1 on a shared machine, where waiting "
-                        "for a busy second core stalls every parallel op")
-    p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"])
-    p.add_argument("--out", default=DEFAULTS["out"])
-    p.add_argument("--dry-run", action="store_true", help="list the cases and the number of forward calls, run nothing")
-    p.add_argument("--no-upstream", dest="upstream", action="store_false", help="skip upstream tomesd")
-    p.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the instrumented calls (overhead breakdown)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="time CUDA-graph replays of each setting's forward (fixed shapes; needs --device cuda)")
-    p.add_argument("--flops-full-batch", dest="flops_batch1", action="store_false",
-                   help="count FLOPs at the full batch (default: batch 1, scaled; FLOPs are linear in batch)")
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.cuda_graphs and not str(args.device).startswith("cuda"):
-        parser.error(f"--cuda-graphs needs a CUDA device (--device cuda), got --device {args.device}")
-    for key, value in PRESET_FLAGS.get(args.preset, {}).items():
-        if getattr(args, key) == DEFAULTS[key]:
-            setattr(args, key, value)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cases = cases_from_args(args)
-    if not cases:
-        raise ValueError("no case left: the --models / --resolutions / --batches filters exclude every preset case")
-    if not args.dry_run:
-        check_output_dir(args.out, "--out")
-    if args.dry_run:
-        per_setting = args.warmup + args.repeats + 2 + BREAKDOWN_CALLS * int(args.breakdown)  # + 2 FLOP counts
-        runs = sum(len(c.settings) + 1 for c in cases)
-        for c in cases:
-            print(f"{c.model} {c.resolution}px batch {c.batch}: baseline + {len(c.settings)} settings")
-        print(f"{len(cases)} cases, {runs} setting runs, {runs * per_setting} forward calls "
-              f"({per_setting} per setting run) on {args.device} in {args.dtype}")
-        return []
-    device = torch.device(args.device)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    t0 = time.perf_counter()
-    rows, block_rows = run_benchmark(cases, dtype=args.dtype, device=device, repeats=args.repeats,
-                                     warmup=args.warmup, seed=args.seed, upstream=args.upstream,
-                                     breakdown=args.breakdown, flops_batch1=args.flops_batch1, log=log,
-                                     cuda_graphs=args.cuda_graphs)
-    meta = {"command": "python -m eval.speed " + " ".join(sys.argv[1:] if argv is None else argv),
-            "weights": RANDOM_WEIGHTS_NOTE, "environment": environment(device), "seconds": time.perf_counter() - t0,
-            "cases": [{"model": c.model, "resolution": c.resolution, "batch": c.batch,
-                       "settings": [s.label for s in c.settings]} for c in cases]}
-    write_outputs(rows, block_rows, Path(args.out), meta)
-    print(markdown_table(rows))
-    log(f"wrote {args.out}/speed.csv, speed.md, blocks.csv, blocks.md, speed.png, meta.json "
-        f"({meta['seconds']:.0f} s)")
-    return rows
-
-
-if __name__ == "__main__":
-    run_cli(main)

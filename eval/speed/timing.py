@@ -1,7 +1,4 @@
-"""Timing for `eval.speed`: interleaved rounds, FLOPs, attention share, reducer overhead breakdown, upstream runs.
-
-Split out of `eval.speed` (which re-exports every public name).
-"""
+"""Timing for `eval.speed`: interleaved rounds, FLOPs, attention share, reducer overhead breakdown, upstream runs."""
 from __future__ import annotations
 
 import contextlib
@@ -16,10 +13,12 @@ import tomesd
 from tomesd.backbones import find_backbone
 from tomesd.reducers.base import PHASES
 
-from .flops import FlopSpans, count_flops
+from eval.flops import FlopSpans, count_flops
+
+from . import op_count
+from .cases import BASELINE, Case, Setting, parse_model
 from .model_zoo import ModelSpec, build_model, make_inputs
-from .op_count import count_reducer_ops
-from .speed_cases import BASELINE, Case, Setting, parse_model
+from .upstream import load_upstream
 
 BREAKDOWN_CALLS = 3  # instrumented calls per setting; the breakdown is their per-phase median
 
@@ -144,7 +143,7 @@ def timed_reducers(model: torch.nn.Module, spans: Any) -> contextlib.AbstractCon
     """Record every reducer phase of the patched `model` (`PHASES`: plan, and within it score and match;
     reduce, restore, kv) under `spans.span(phase)`, through the engine's `tomesd.trace_reducers` hook.
 
-    `spans` is a `Spans` (time), `eval.flops.FlopSpans` (FLOPs) or `eval.op_count.OpSpans` (ATen ops).
+    `spans` is a `Spans` (time), `eval.flops.FlopSpans` (FLOPs) or `eval.speed.op_count.OpSpans` (ATen ops).
     """
     return tomesd.trace_reducers(model, spans.span)
 
@@ -167,7 +166,6 @@ def count_reducer_flops(model: torch.nn.Module, setting: Setting, args: tuple, k
 
 def load_upstream_module() -> Optional[Any]:
     try:
-        from .upstream import load_upstream
         return load_upstream()
     except Exception:  # pragma: no cover - an unusable upstream copy is reported as absent
         return None
@@ -285,7 +283,7 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
                 flops[s] = count_flops(model, fargs, fkwargs).total * case.batch // flop_batch
             if s.engine == "bigain":
                 reducer_flops[s] = count_reducer_flops(model, s, fargs, fkwargs, seed) * case.batch / flop_batch
-                op_counts[s] = count_reducer_ops(model, s.method, s.kwargs, args, kwargs, seed)
+                op_counts[s] = op_count.count_reducer_ops(model, s.method, s.kwargs, args, kwargs, seed)
         # Instrumented calls (interleaved like the timing rounds): attn1 time per block and reducer
         # phases, each the median over the calls so one noisy call does not set the overhead share.
         phase_ms: dict[Setting, dict[tuple[str, str], float]] = {}
@@ -373,7 +371,7 @@ def run_benchmark(cases: Sequence[Case], *, dtype: str | torch.dtype = "float32"
     device = torch.device(device)
     up = load_upstream_module() if upstream else None
     if upstream and up is None:
-        log("upstream tomesd not unpacked (python -m eval.upstream); its column stays empty")
+        log("upstream tomesd not unpacked (python -m eval.speed.upstream); its column stays empty")
     rows: list[dict] = []
     block_rows: list[dict] = []
     current: tuple[Optional[str], Any, Any] = (None, None, None)

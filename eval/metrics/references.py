@@ -18,6 +18,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from bigain.datasets import DATASETS, build_dataset
+from bigain.testbed.data import SUBSET_PATH
+
 __all__ = ["IMAGE_EXTS", "REFERENCES", "Reference", "ImageSource", "list_images", "resize_center_crop",
            "register_reference", "dataset_reference", "resolve_reference"]
 
@@ -91,8 +94,6 @@ class _ArrayImage:
 @register_reference("fmnist-test")
 def _fmnist_test(dataset_root: str | None) -> Reference:
     """The testbed's 1,000-image Fashion-MNIST test subset, zero-padded 28 -> 32 like the models' data."""
-    from bigain.testbed.data import SUBSET_PATH
-
     with np.load(SUBSET_PATH) as d:
         imgs = np.pad(d["images"], ((0, 0), (2, 2), (2, 2)))
     h = hashlib.sha1(imgs.tobytes()).hexdigest()[:16]
@@ -117,8 +118,6 @@ class _DatasetImage:
 
 def dataset_reference(name: str, dataset_root: str | None, split: str | None = None) -> Reference:
     """Real images of a protocol dataset (``bigain.datasets``: its evaluation split under DATASET_ROOT)."""
-    from bigain.datasets import build_dataset
-
     ds = build_dataset(name, root=dataset_root, split=split, names_from_metadata=True)
     first = getattr(ds, "metadata_classnames", [])[:3]
     ident = f"dataset:{name}:{ds.split}:{dataset_root or os.environ.get('DATASET_ROOT', '')}:{len(ds)}:{first}"
@@ -128,10 +127,6 @@ def dataset_reference(name: str, dataset_root: str | None, split: str | None = N
 
 def _register_datasets() -> None:
     """Every ``bigain.datasets`` name (except user folders) as a reference set."""
-    try:
-        from bigain.datasets import DATASETS
-    except ImportError:  # eval used without bigain
-        return
     for name in DATASETS:
         if name != "folder" and name not in REFERENCES:
             register_reference(name)(lambda root, _n=name: dataset_reference(_n, root))

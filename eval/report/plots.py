@@ -1,7 +1,4 @@
-"""Report trade-off plots: accuracy vs speed-up, FID vs speed-up, accuracy vs FID (PNGs).
-
-Split out of `eval.report` (which re-exports every public name).
-"""
+"""Report trade-off plots: accuracy vs speed-up, FID vs speed-up, accuracy vs FID (PNGs)."""
 from __future__ import annotations
 
 import math
@@ -12,8 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from .report_rows import add_derived
-from .report_tags import METHOD_NAMES, METHOD_ORDER, OPTION_SHORT, _option_text, is_baseline, parse_reduction, \
+from .outcomes import classification_outcomes, per_class_accuracy
+from .rows import add_derived
+from .tags import METHOD_NAMES, METHOD_ORDER, OPTION_SHORT, _option_text, is_baseline, parse_reduction, \
     reduction_label, reduction_sort_key, short_model
 
 # ----------------------------------------------------------------------------------------------
@@ -51,7 +49,7 @@ def _scatter_panel(ax: Any, points: pd.DataFrame, x: str, y: str, title: str, ba
         rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
         name = "Baseline" if base else METHOD_NAMES.get(method, method)
         lo, hi = getattr(row, f"{y}_lo", float("nan")), getattr(row, f"{y}_hi", float("nan"))
-        if not (pd.isna(lo) or pd.isna(hi)):  # 95% interval (eval.report_stats)
+        if not (pd.isna(lo) or pd.isna(hi)):  # 95% interval (eval.report.outcomes)
             yv = getattr(row, y)
             ax.errorbar(getattr(row, x), yv, yerr=[[max(0.0, yv - lo)], [max(0.0, hi - yv)]], fmt="none",
                         ecolor="0.3" if base else colors[rank % len(colors)], capsize=3, lw=1, zorder=1)
@@ -226,8 +224,6 @@ def sample_grid(rows: list[tuple[str, Path]], path: Path, per_class: int = 1, ti
 
 def per_class_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """A per-class accuracy heatmap for every classification model x dataset whose runs hold per-image records."""
-    from .report_stats import classification_outcomes, per_class_accuracy
-
     written = []
     cls = df[df["task"] == "classify"] if "run_dir" in df.columns else df.iloc[:0]
     for (model, dataset), part in cls.groupby(["model", "dataset"], sort=False):

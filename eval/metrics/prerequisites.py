@@ -9,14 +9,14 @@ to compute plus, for every other one, why it is skipped and how to provide what 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from eval import extractors as ext
-from eval.inception import IS_UNAVAILABLE_MESSAGE, InceptionWeights, resolve_inception_weights
-from eval.references import REFERENCES, Reference, resolve_reference
+from eval.metrics import extractors as ext
+from eval.metrics.clip_score import clip_unavailable_reason
+from eval.metrics.inception import IS_UNAVAILABLE_MESSAGE, InceptionWeights, offline_wanted, resolve_inception_weights
+from eval.metrics.references import REFERENCES, Reference, resolve_reference
 
 __all__ = ["REFERENCE_METRICS", "INCEPTION_METRICS", "DOMAIN_METRICS", "MetricPlan", "MetricsUnavailableError",
            "plan_metrics", "read_records"]
@@ -72,13 +72,6 @@ def read_records(files: Sequence[Path]) -> list[dict]:
     return records
 
 
-def _offline() -> bool:
-    """No network use wanted: BIGAIN_OFFLINE or the hub's offline variables."""
-    from bigain.hub import hub_offline
-
-    return os.environ.get("BIGAIN_OFFLINE", "0") not in ("", "0") or hub_offline()
-
-
 def _reference(plan: MetricPlan, reference: str | Path | None, dataset_root: str | None) -> None:
     """Resolve the reference set, or skip the metrics that need it."""
     needs = [m for m in plan.requested if m in REFERENCE_METRICS]
@@ -131,9 +124,7 @@ def _clip(plan: MetricPlan, clip_model: str | None) -> None:
     """Skip CLIP score when its model is neither a usable local folder nor cached nor downloadable."""
     if "clip" not in plan.requested:
         return
-    from eval.clip_score import clip_unavailable_reason
-
-    reason = clip_unavailable_reason(clip_model, offline=_offline())
+    reason = clip_unavailable_reason(clip_model, offline=offline_wanted())
     if reason:
         plan.skip(["clip"], reason)
 

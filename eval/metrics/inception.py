@@ -37,6 +37,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
+from bigain.hub import hub_offline
 from bigain.records import file_digest
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "load_state_dict_file",
     "resolve_inception_weights",
     "build_inception",
+    "offline_wanted",
 ]
 
 INCEPTION_EXTRACTOR = "bigain-inception-v3-compat"
@@ -165,10 +167,8 @@ def _hub_checkpoint() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / TF_WEIGHTS_NAME
 
 
-def _offline() -> bool:
+def offline_wanted() -> bool:
     """BIGAIN_OFFLINE, or the hub's offline variables (HF_HUB_OFFLINE ...): no download attempt."""
-    from bigain.hub import hub_offline
-
     return os.environ.get("BIGAIN_OFFLINE", "0") not in ("", "0") or hub_offline()
 
 
@@ -178,7 +178,7 @@ def _try_download() -> Path | None:
     torch hub announces "Downloading: ..." before it knows whether the download works; that line is
     held back (a failed attempt falls back to the offline weights silently) and one line reports success.
     """
-    if _offline():
+    if offline_wanted():
         return None
     try:
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):

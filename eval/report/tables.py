@@ -1,7 +1,4 @@
-"""Report tables: cells with baseline deltas, paper-style tables, markdown/CSV/LaTeX rendering and writing.
-
-Split out of `eval.report` (which re-exports every public name).
-"""
+"""Report tables: cells with baseline deltas, paper-style tables, markdown/CSV/LaTeX rendering and writing."""
 from __future__ import annotations
 
 import os
@@ -12,8 +9,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import pandas as pd
 
-from .report_rows import add_derived
-from .report_tags import DEFAULT_METRICS, METRICS, TASKS, Metric, ReportError, get_metric, is_baseline, \
+from .rows import add_derived
+from .tags import DEFAULT_METRICS, METRICS, TASKS, Metric, ReportError, get_metric, is_baseline, \
     reduction_label, reduction_sort_key, short_model
 
 # ----------------------------------------------------------------------------------------------
@@ -43,7 +40,7 @@ def format_cell(value: float, base: float, metric: Metric, baseline_row: bool, i
                 interval: tuple = (None, None), paired: tuple = (None, None, None, None)) -> str:
     """`71.2 (+3.4)`; empty for a missing value; no delta on the baseline row or without a baseline.
 
-    With statistics (`eval.report_stats.add_intervals`): `71.2 [62.1, 79.0] (+3.4 [-2.0, +8.8] p=0.21)`, the
+    With statistics (`eval.report.outcomes.add_intervals`): `71.2 [62.1, 79.0] (+3.4 [-2.0, +8.8] p=0.21)`, the
     95% interval of the value and the paired difference from the baseline (interval, McNemar p for rates).
     """
     if value is None or pd.isna(value):
@@ -83,7 +80,7 @@ def table_values(df: pd.DataFrame, metric: str, columns: str = "dataset", baseli
     values = pd.to_numeric(df[m.column], errors="coerce") * m.scale
 
     def extra(suffix: str, scale: float = m.scale) -> pd.Series:
-        """A statistics column of this metric (see eval.report_stats.add_intervals), scaled; NaN when absent."""
+        """A statistics column of this metric (see eval.report.outcomes.add_intervals), scaled; NaN when absent."""
         name = f"{m.column}_{suffix}"
         return pd.to_numeric(df[name], errors="coerce") * scale if name in df.columns else pd.Series(float("nan"), index=df.index)
 
