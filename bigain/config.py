@@ -27,6 +27,19 @@ def option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action
     return {a.dest: a for a in parser._actions if a.dest not in SKIPPED_DESTS and a.dest is not argparse.SUPPRESS}
 
 
+def option_dest(parser: argparse.ArgumentParser, key: str) -> Optional[str]:
+    """The dest of the option a config key names: the dest itself or any of its flag spellings (an alias such
+    as `cpu_threads` for `--threads`), dashes or underscores; None when the parser has no such option."""
+    actions = option_actions(parser)
+    name = str(key).replace("-", "_")
+    if name in actions:
+        return name
+    for dest, action in actions.items():
+        if any(flag.lstrip("-").replace("-", "_") == name for flag in action.option_strings):
+            return dest
+    return None
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file whose top level is a mapping (safe loader; empty file = {})."""
     path = Path(path)
@@ -115,12 +128,14 @@ def coerce_value(action: argparse.Action, value: Any) -> Any:
 
 
 def validate_config(data: dict[str, Any], parser: argparse.ArgumentParser, source: str) -> dict[str, Any]:
-    """Config mapping -> {dest: value}; ValueError naming the key, the file and the allowed keys."""
+    """Config mapping -> {dest: value}; ValueError naming the key, the file and the allowed keys.
+
+    A key may be an option's dest or any of its flag spellings (old spellings kept as aliases)."""
     actions = option_actions(parser)
     out = {}
     for key, value in data.items():
-        dest = str(key).replace("-", "_")
-        if dest not in actions:
+        dest = option_dest(parser, key)
+        if dest is None:
             raise ValueError(f"{source}: unknown key {key!r}; allowed keys: {sorted(actions)}")
         try:
             out[dest] = coerce_value(actions[dest], value)

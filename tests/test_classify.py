@@ -58,7 +58,7 @@ class CallCounter:
 
 
 def test_default_grid_stages_and_cost():
-    s = C.Schedule((5, 20), (5, 1))
+    s = C.StageSchedule((5, 20), (5, 1))
     assert s.grid() == list(range(25, 1000, 50))
     first, second = s.stage_slots()
     assert [s.grid()[i] for i in first] == [125, 325, 525, 725, 925]
@@ -75,7 +75,7 @@ def test_default_grid_stages_and_cost():
 ])
 def test_schedule_rejects_bad_lists(ns, tk, n_classes, match):
     with pytest.raises(ValueError, match=match):
-        C.Schedule(ns, tk).validate(n_classes)
+        C.StageSchedule(ns, tk).validate(n_classes)
 
 
 def test_noise_depends_only_on_seed_and_index():
@@ -102,7 +102,7 @@ def test_adaptive_keeping_all_classes_equals_brute_force(dit, n_trials):
     """to_keep = all classes until the last stage == argmin over all classes of the mean over all timesteps."""
     n_classes = 10
     cond = dit.condition(class_ids=list(range(n_classes)))
-    schedule = C.Schedule((2, 4), (n_classes, 1), n_trials=n_trials)
+    schedule = C.StageSchedule((2, 4), (n_classes, 1), n_trials=n_trials)
     x0 = torch.rand(1, 1, 16, 16) * 2 - 1
     noise = C.make_noise((1, 16, 16), schedule.num_slots, n_trials, 123)
     res = C.classify_image(dit, x0, cond, schedule, noise, batch_size=7)
@@ -186,7 +186,7 @@ def test_same_errors_alone_reordered_sharded_and_resumed(tmp_path, dit_path, mon
     model = load_model(model_path=dit_path, dtype="fp32", device="cpu")
     tomesd.apply_patch(model.denoiser, method="tome", ratio=0.5, seed=0)
     ds = build_dataset("fmnist", img_size=16)
-    schedule = C.Schedule((2, 4), (3, 1))
+    schedule = C.StageSchedule((2, 4), (3, 1))
     ctx = C.make_context(model, ds.classes, schedule, seed=0, batch_size=32)
     assert ctx.patched
     order = [3, 0, 2]
@@ -208,9 +208,9 @@ def test_same_errors_alone_reordered_sharded_and_resumed(tmp_path, dit_path, mon
 
 
 def test_interrupted_run_recomputes_only_unfinished(tmp_path, dit_path, monkeypatch):
-    import bigain.classify as mod
+    import bigain.runs.classification as mod  # where the run writes records
 
-    calls_per_image = C.Schedule((2, 4), (3, 1)).calls_per_image(10)
+    calls_per_image = C.StageSchedule((2, 4), (3, 1)).calls_per_image(10)
     saved = []
     real_save = mod.save_record
 

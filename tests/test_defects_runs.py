@@ -141,13 +141,15 @@ def test_generate_flops_include_attention_and_match_eval_flops(tmp_path):
 
     from bigain.models import load_model
     from bigain.samplers import SAMPLERS, guided_eps_fn, initial_noise, make_schedule
+    from bigain.generation_items import Item
+    from bigain.runs import sampling
     from eval.flops import count_flops
 
     model = load_model(model_path=build_tiny_pixel_dit(tmp_path / "m"), dtype="fp32", device="cpu")
     schedule = make_schedule("ddim", model.scheduler.config, 2)
-    item = G.Item(0, None, 3)
-    ours = G.count_flops(model, schedule, 4.0, item)
-    cond, uncond = G._conditions(model, [item], 4.0)
+    item = Item(0, None, 3)
+    ours = sampling.count_flops(model, schedule, 4.0, item)
+    cond, uncond = sampling.conditions(model, [item], 4.0)
     x = initial_noise((1, model.in_channels, model.sample_size, model.sample_size), schedule,
                       torch.Generator().manual_seed(0), model.device)
     run = lambda: SAMPLERS["ddim"](guided_eps_fn(model, cond, uncond, 4.0), x, schedule)  # noqa: E731

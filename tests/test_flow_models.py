@@ -104,7 +104,7 @@ class OracleFlow:
 def test_classifier_scores_the_velocity_target_at_the_rectified_flow_noise_levels():
     templates = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     model = OracleFlow(templates)
-    schedule = C.Schedule((2, 4), (2, 1))
+    schedule = C.StageSchedule((2, 4), (2, 1))
     noise = C.make_noise((3, 4, 4), schedule.num_slots, 1, seed=1)
     res = C.classify_image(model, templates[2], {"class": torch.arange(4)}, schedule, noise)
     assert res.pred_row == 2
