@@ -16,7 +16,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+import tomesd
 from bigain.datasets import match_channels
 from bigain.records import ImageRecord
 
@@ -227,8 +229,6 @@ def classify_dataset_image(ctx: RunContext, index: int, image: torch.Tensor, lab
     The noise comes from image_seed(seed, index) and the reducer is reseeded with
     reduction_seed + index, so the record is the same alone, in any order, shard or resume.
     """
-    import tomesd
-
     tic = time.perf_counter()
     model = ctx.model
     if ctx.patched:
@@ -255,8 +255,6 @@ def make_context(model: Any, table: Any, schedule: StageSchedule | None = None, 
     `table` is a bigain.datasets.ClassTable (e.g. ``load_prompts("fmnist")``); whether the
     denoiser is patched is read from tomesd, so patch it (or not) before calling.
     """
-    import tomesd
-
     schedule = schedule or StageSchedule()
     schedule.validate(len(table))
     if loss not in LOSSES:
@@ -270,8 +268,6 @@ def make_context(model: Any, table: Any, schedule: StageSchedule | None = None, 
 def classify_many(ctx: RunContext, images: torch.Tensor | Sequence[torch.Tensor], labels: Sequence[Any],
                   indices: Sequence[int] | None = None, progress: bool = True) -> list[ImageRecord]:
     """Classify in-memory images ([-1, 1], (C, H, W) each); `indices` (default 0..N-1) seed each image's noise."""
-    from tqdm.auto import tqdm
-
     indices = list(range(len(labels))) if indices is None else list(indices)
     records, correct = [], 0
     bar = tqdm(zip(indices, images, labels), total=len(indices), desc="classify", unit="img", disable=not progress)

@@ -13,6 +13,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from bigain.records import atomic_write_bytes
+
 SKIPPED_DESTS = {"help", "config"}
 
 
@@ -180,8 +182,6 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text atomically (temp file in the same folder, then rename)."""
-    from bigain.records import atomic_write_bytes
-
     return atomic_write_bytes(path, text.encode())
 
 

@@ -109,7 +109,6 @@ def test_truncated_png_is_regenerated(tmp_path, cache):
 
 
 def test_benchmark_metrics_are_recomputed_when_generation_settings_change(tmp_path, cache, monkeypatch):
-    import eval.metrics
     from bigain import benchmark
 
     model = build_tiny_pixel_dit(tmp_path / "m")
@@ -120,7 +119,7 @@ def test_benchmark_metrics_are_recomputed_when_generation_settings_change(tmp_pa
         calls.append(steps)
         return {"domain_frechet_distance": float(min(steps)), "class_consistency": 0.5, "report": {}}
 
-    monkeypatch.setattr(eval.metrics, "compute_metrics", fake_metrics)
+    monkeypatch.setattr(benchmark, "compute_metrics", fake_metrics)
     args = argparse.Namespace(images_per_class=1, steps=3, guidance=None, gen_batch_size=10, seed=0, device="cpu",
                               metrics_device="cpu")
     out = tmp_path / "bench" / "generate" / "dit" / "none"
@@ -207,7 +206,7 @@ def test_sweep_cell_reruns_when_its_model_weights_change(tmp_path, cache):
     model = build_tiny_pixel_dit(tmp_path / "m" / "dit", seed=0)
     run = sweep.PlannedRun("generate", "dit", "classes", "none", {"model_path": str(model), "method": "none"},
                            tmp_path / "runs" / "generate" / "dit" / "classes" / "none")
-    sweep.execute(run, tmp_path / "summary.csv", runner=lambda task, argv: None)
+    sweep.execute(run, tmp_path / "summary.csv", runner=lambda task, typed_run: None)
     assert run.is_done()
     build_tiny_pixel_dit(model, seed=1)  # same path, new weights
     assert not run.is_done()

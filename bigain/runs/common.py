@@ -38,6 +38,9 @@ class RunFields:
         unknown = sorted(set(reduction) - set(REDUCTION_FLAGS))
         if unknown:
             raise ValueError(f"unknown reducer option(s) {unknown}; allowed: {sorted(REDUCTION_FLAGS)}")
+        for key, value in reduction.items():  # an int for a float option is a float, as on the command line
+            if getattr(REDUCTION_FLAGS[key][0], "base", None) is float and type(value) is int:
+                reduction[key] = float(value)
         object.__setattr__(self, "reduction", reduction)
 
     @classmethod
