@@ -1,5 +1,5 @@
-"""What every CLI shares: checked numeric argparse types, the model/data/output/shard flag groups, output-path
-checks, the launch shard, the model label, the TF32 switch, and `run_cli` (clean errors).
+"""What every CLI shares: the checked argparse types (bigain.argtypes), the model/data/output/shard flag groups,
+output-path checks, the launch shard, the model label, the TF32 switch, and `run_cli` (clean errors).
 
 Bad input ends as ``error: <message>`` on stderr with exit status 2, before any model is loaded;
 ``--debug`` (or ``BIGAIN_DEBUG=1``) re-raises instead, for a traceback.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import yaml
 
+from bigain.argtypes import finite_float, fraction, nonneg_float, nonneg_int, positive_float, positive_int
 from bigain.models import MODEL_VERSIONS
 
 __all__ = ["BAD_INPUT", "add_data_args", "add_max_images_arg", "add_model_args", "add_output_args", "add_shard_args",
@@ -34,29 +34,6 @@ BAD_INPUT: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, Not
                                               PermissionError, argparse.ArgumentTypeError, yaml.YAMLError)
 
 
-def _checked(base: type, name: str, allowed: str, ok: Callable[[Any], bool]) -> Callable[[Any], Any]:
-    """An argparse `type`: parse with `base`, reject NaN/inf and values failing `ok` with a message saying what is allowed."""
-
-    def parse(text: Any) -> Any:
-        try:
-            value = base(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
-        if (base is float and not math.isfinite(value)) or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
-        return value
-
-    parse.__name__ = name
-    parse.base = base  # config files check values with the same function (bigain.config)
-    return parse
-
-
-positive_int = _checked(int, "positive_int", "an integer >= 1", lambda v: v >= 1)
-nonneg_int = _checked(int, "nonneg_int", "an integer >= 0", lambda v: v >= 0)
-finite_float = _checked(float, "finite_float", "a finite number", lambda v: True)
-nonneg_float = _checked(float, "nonneg_float", "a finite number >= 0", lambda v: v >= 0)
-positive_float = _checked(float, "positive_float", "a finite number > 0", lambda v: v > 0)
-fraction = _checked(float, "fraction", "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -85,7 +85,7 @@ def describe(action: argparse.Action) -> str:
 def coerce_scalar(action: argparse.Action, value: Any) -> Any:
     """One value converted as the option's `type` would, strictly (no bool for int, no int for str)."""
     kind = action.type
-    base = getattr(kind, "base", None)  # a checked type of bigain.cli (positive_int, finite_float, ...)
+    base = getattr(kind, "base", None)  # a checked type of bigain.argtypes (positive_int, finite_float, ...)
     if base is int or base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (base is int and not isinstance(value, int)):
             raise TypeError
