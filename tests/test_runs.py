@@ -2,7 +2,6 @@
 their aliases (command line and config files); the launch shard; benchmark and sweep build the runs the CLIs would."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
