@@ -14,15 +14,14 @@ Results: <output_dir>/<dataset>_<split>/<model>/<reducer>/<settings>/records/<in
 image), config.json, log*.txt; one row per invocation in <output_dir>/summary.csv.
 In Python: ``run_classification(ClassifyRun(...))`` (bigain.runs) does what this command does; in memory
 (e.g. the testbed benchmark): ``ctx = make_context(model, load_prompts("fmnist"), StageSchedule())`` then
-``classify_many(ctx, images, labels)`` -> records; the core is :func:`classify_image`.
+``classify_many(ctx, images, labels)`` -> records (bigain.classifier; the core is ``classify_image``).
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any, Sequence
 
-from bigain.classifier import LOSSES, ClassifyResult, RunContext, StageSchedule, classify_dataset_image, \
-    classify_image, classify_many, image_seed, make_context, make_noise, per_sample_error
+from bigain.classifier import LOSSES, StageSchedule
 from bigain.cli import add_data_args, add_max_images_arg, add_model_args, add_output_args, add_shard_args, nonneg_int, \
     positive_int, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
@@ -30,9 +29,7 @@ from bigain.datasets import DATASETS, INTERPOLATIONS
 from bigain.reduction import add_reduction_args
 from bigain.runs import ClassifyRun, run_classification
 
-__all__ = ["LOSSES", "StageSchedule", "ClassifyResult", "RunContext", "classify_image", "classify_dataset_image",
-           "classify_many", "make_context", "image_seed", "make_noise", "per_sample_error", "build_parser",
-           "validate_args", "main"]
+__all__ = ["build_parser", "validate_args", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
