@@ -29,21 +29,21 @@ from typing import Any, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+import tomesd
 from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
-from bigain.cli import check_output_dir, nonneg_float, nonneg_int, positive_int, run_cli
+from bigain.cli import add_max_images_arg, add_output_args, add_threads_arg, check_output_dir, nonneg_float, nonneg_int, \
+    positive_int, run_cli
 from bigain.config import add_config_arg, atomic_write_text, parse_args_with_config
+from bigain.models import load_model
+from bigain.runs import ClassifyRun, GenerateRun
+from bigain.runs import run_classification as classify_run
+from bigain.runs import run_generation as generate_run
 from bigain.settings import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
+import eval.metrics
+from eval.flops import count_flops
 
 TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
 MODELS = {"dit": TESTBED / "dit-fmnist", "unet": TESTBED / "unet-fmnist"}
-
-
-def method_flags(method: str, options: dict[str, Any]) -> list[str]:
-    """CLI flags for a setting."""
-    flags = ["--method", method]
-    for key, value in options.items():
-        flags += [f"--{key}", str(value)]
-    return flags
 
 
 def select_settings(groups: Sequence[str], sweep: bool, methods: Optional[Sequence[str]]) -> list[tuple[str, dict]]:
@@ -65,17 +65,11 @@ def place_settings(model_name: str, settings: Sequence[tuple[str, dict]], unet_m
 def run_classification(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
     """Adaptive diffusion classification of the first images of the shipped subset (resumable: records carry the
     run's fingerprint, so changed settings or weights are recomputed)."""
-    from bigain import classify
-
-    argv = ["--dataset", "fmnist", "--split", args.split, "--model_path", str(model_path), "--dtype", "fp32", "--device", args.device,
-            "--batch_size", str(args.cls_batch_size), "--n_samples", *map(str, args.n_samples),
-            "--to_keep", *map(str, args.to_keep), "--seed", str(args.seed),
-            "--run_dir", str(out), "--summary_csv", str(out.parent.parent / "summary.csv")]
-    if args.allow_stages_without_new_timesteps:
-        argv.append("--allow_stages_without_new_timesteps")
-    if args.n_images is not None:
-        argv += ["--max_images", str(args.n_images)]
-    return classify.main(argv + method_flags(method, options))
+    return classify_run(ClassifyRun(
+        dataset="fmnist", split=args.split, model_path=str(model_path), dtype="fp32", device=args.device,
+        batch_size=args.cls_batch_size, n_samples=tuple(args.n_samples), to_keep=tuple(args.to_keep), seed=args.seed,
+        allow_stages_without_new_timesteps=args.allow_stages_without_new_timesteps, max_images=args.n_images,
+        run_dir=str(out), summary_csv=str(out.parent.parent / "summary.csv"), method=method, reduction=options))
 
 
 METRIC_SETTINGS = {"reference": "fmnist-test", "metrics": ["domain_fid", "class_consistency"],
@@ -95,17 +89,12 @@ def metrics_key(generation_fingerprint: str, n_images: int) -> dict[str, Any]:
 def run_generation(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
     """A fixed, class-balanced sample set (`--images_per_class` per class), then its metrics, cached under the
     generation run's fingerprint and the metric settings (any change recomputes them)."""
-    from bigain import generate
-    from eval.metrics import compute_metrics
-
     run_dir = generation_run_dir(out, args)
-    argv = ["--model_path", str(model_path), "--classes", *map(str, range(10)),
-            "--images_per_class", str(args.images_per_class), "--steps", str(args.steps), "--dtype", "fp32",
-            "--device", args.device, "--batch_size", str(args.gen_batch_size), "--seed", str(args.seed),
-            "--run_dir", str(run_dir), "--summary_csv", str(out.parent.parent / "summary.csv"), "--no_progress"]
-    if args.guidance is not None:
-        argv += ["--guidance", str(args.guidance)]
-    row = generate.main(argv + method_flags(method, options))
+    row = generate_run(GenerateRun(
+        model_path=str(model_path), classes=tuple(range(10)), images_per_class=args.images_per_class, steps=args.steps,
+        dtype="fp32", device=args.device, batch_size=args.gen_batch_size, seed=args.seed, guidance=args.guidance,
+        run_dir=str(run_dir), summary_csv=str(out.parent.parent / "summary.csv"), no_progress=True,
+        method=method, reduction=options))
     metrics_file = run_dir / "metrics.json"
     key = metrics_key(row["fingerprint"], 10 * args.images_per_class)
     try:
@@ -113,7 +102,7 @@ def run_generation(model_path: Path, method: str, options: dict, out: Path, args
     except (OSError, ValueError):
         cached = {}
     if cached.get("cache_key") != key:
-        scores = compute_metrics(run_dir / "images", METRIC_SETTINGS["reference"],
+        scores = eval.metrics.compute_metrics(run_dir / "images", METRIC_SETTINGS["reference"],
                                  metrics=tuple(METRIC_SETTINGS["metrics"]),
                                  domain_extractor=METRIC_SETTINGS["domain_extractor"], device=args.metrics_device,
                                  skip_unavailable=False)  # never cache a result missing a metric
@@ -134,8 +123,6 @@ def timing_batch(model: Any, batch: int, seed: int) -> tuple[torch.Tensor, torch
 
 def time_settings(model: Any, settings: Sequence[tuple[str, dict]], batch: int, repeats: int, seed: int) -> dict:
     """Median seconds per denoiser call for each setting, methods interleaved within every round."""
-    import tomesd
-
     x, t, cond = timing_batch(model, batch, seed)
     samples: dict[str, list[float]] = {setting_tag(m, o): [] for m, o in settings}
     with torch.no_grad():
@@ -156,9 +143,6 @@ def time_settings(model: Any, settings: Sequence[tuple[str, dict]], batch: int, 
 
 def flops_per_call(model: Any, method: str, options: dict, batch: int, seed: int) -> float:
     """FLOPs of one denoiser call on the timing batch (torch.utils.flop_counter, SDPA counted)."""
-    import tomesd
-    from eval.flops import count_flops
-
     class Call(torch.nn.Module):
         def forward(self, x, t, cond):
             return model.predict_eps(x, t, cond)
@@ -174,8 +158,6 @@ def flops_per_call(model: Any, method: str, options: dict, batch: int, seed: int
 
 def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, dict]], args: argparse.Namespace) -> list[dict]:
     """All settings on one model: classification, generation + metrics, timing, FLOPs."""
-    from bigain.models import load_model
-
     out = Path(args.out)
     rows = []
     for method, options in tqdm(settings, desc=f"benchmark {name}", unit="setting", file=sys.stdout):
@@ -222,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="U-Net placement: reduce transformer blocks at levels <= this (default: the method's, 1)")
     p.add_argument("--methods", nargs="+", default=None, choices=list(PAPER_METHODS),
                    help="only these methods (default: all six; the baseline is always included)")
-    p.add_argument("--n_images", type=positive_int, default=50, help="test images classified per setting (default: 50; --full: all)")
+    add_max_images_arg(p, "test images classified per setting (default: 50; --full: all)", default=50, dest="n_images")
     p.add_argument("--n_samples", type=positive_int, nargs="+", default=[5, 20], help="adaptive protocol timesteps")
     p.add_argument("--allow_stages_without_new_timesteps", action="store_true",
                    help="passed to bigain.classify: accept --n_samples whose later stages add no timestep")
@@ -239,9 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples of the intervals and paired tests (0: plain table without statistics)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--metrics_device", default="cpu", help="device of the metric feature extractor")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: torch's choice; use 1 on a busy shared machine)")
-    p.add_argument("--out", default="outputs/benchmark", help="output folder")
+    add_threads_arg(p, dest="threads")
+    add_output_args(p, "outputs/benchmark", dest="out", run_files=False)
     add_config_arg(p)
     return p
 

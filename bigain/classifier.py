@@ -1,8 +1,8 @@
 """Diffusion classifier core (Li et al., ICCV 2023), adaptive protocol of docs/protocol.md §1, without the CLI.
 
-Timestep grid and staged elimination (:class:`Schedule`), per-image noise (:func:`image_seed`,
+Timestep grid and staged elimination (:class:`StageSchedule`), per-image noise (:func:`image_seed`,
 :func:`make_noise`), per-sample errors, :func:`classify_image` for one encoded image, and the
-in-memory API: ``ctx = make_context(model, load_prompts("fmnist"), Schedule())`` then
+in-memory API: ``ctx = make_context(model, load_prompts("fmnist"), StageSchedule())`` then
 ``classify_many(ctx, images, labels)`` -> records. The command line (run folders, sharding,
 merging, summary rows) is `bigain.classify`, which re-exports every name here.
 """
@@ -16,11 +16,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+import tomesd
 from bigain.datasets import match_channels
 from bigain.records import ImageRecord
 
-__all__ = ["LOSSES", "Schedule", "forward_process", "ClassifyResult", "RunContext", "classify_image", "classify_dataset_image",
+__all__ = ["LOSSES", "StageSchedule", "forward_process", "ClassifyResult", "RunContext", "classify_image", "classify_dataset_image",
            "classify_many", "make_context", "image_seed", "make_noise", "per_sample_error"]
 
 LOSSES = ("l2", "l1", "huber")
@@ -30,7 +32,7 @@ LOSSES = ("l2", "l1", "huber")
 
 
 @dataclass(frozen=True)
-class Schedule:
+class StageSchedule:
     """Timestep grid and staged elimination: stage s scores n_samples[s] grid points and keeps to_keep[s] classes."""
 
     n_samples: tuple[int, ...] = (5, 20)
@@ -144,7 +146,7 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def classify_image(model: Any, x0: torch.Tensor, cond: dict[str, torch.Tensor], schedule: Schedule,
+def classify_image(model: Any, x0: torch.Tensor, cond: dict[str, torch.Tensor], schedule: StageSchedule,
                    noise: torch.Tensor, *, batch_size: int = 32, loss: str = "l2",
                    on_batch: Callable[[int], None] | None = None) -> ClassifyResult:
     """Adaptive diffusion classification of one encoded image.
@@ -212,7 +214,7 @@ class RunContext:
     model: Any
     cond: dict[str, torch.Tensor]
     classidx: np.ndarray  # classidx of each condition row
-    schedule: Schedule
+    schedule: StageSchedule
     seed: int = 0
     reduction_seed: int | None = None  # reducer generator seed base (default: seed); None-patched models ignore it
     batch_size: int = 32
@@ -227,8 +229,6 @@ def classify_dataset_image(ctx: RunContext, index: int, image: torch.Tensor, lab
     The noise comes from image_seed(seed, index) and the reducer is reseeded with
     reduction_seed + index, so the record is the same alone, in any order, shard or resume.
     """
-    import tomesd
-
     tic = time.perf_counter()
     model = ctx.model
     if ctx.patched:
@@ -248,16 +248,14 @@ def classify_dataset_image(ctx: RunContext, index: int, image: torch.Tensor, lab
                        fingerprint=ctx.fingerprint, meta={"survivors": res.survivors, "seed": seed})
 
 
-def make_context(model: Any, table: Any, schedule: Schedule | None = None, *, seed: int = 0,
+def make_context(model: Any, table: Any, schedule: StageSchedule | None = None, *, seed: int = 0,
                  reduction_seed: int | None = None, batch_size: int = 32, loss: str = "l2") -> RunContext:
     """RunContext for in-memory use (e.g. the testbed benchmark): encodes the class table's conditions once.
 
     `table` is a bigain.datasets.ClassTable (e.g. ``load_prompts("fmnist")``); whether the
     denoiser is patched is read from tomesd, so patch it (or not) before calling.
     """
-    import tomesd
-
-    schedule = schedule or Schedule()
+    schedule = schedule or StageSchedule()
     schedule.validate(len(table))
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
@@ -270,8 +268,6 @@ def make_context(model: Any, table: Any, schedule: Schedule | None = None, *, se
 def classify_many(ctx: RunContext, images: torch.Tensor | Sequence[torch.Tensor], labels: Sequence[Any],
                   indices: Sequence[int] | None = None, progress: bool = True) -> list[ImageRecord]:
     """Classify in-memory images ([-1, 1], (C, H, W) each); `indices` (default 0..N-1) seed each image's noise."""
-    from tqdm.auto import tqdm
-
     indices = list(range(len(labels))) if indices is None else list(indices)
     records, correct = [], 0
     bar = tqdm(zip(indices, images, labels), total=len(indices), desc="classify", unit="img", disable=not progress)

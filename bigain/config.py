@@ -13,6 +13,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from bigain.records import atomic_write_bytes
+
 SKIPPED_DESTS = {"help", "config"}
 
 
@@ -25,6 +27,19 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 def option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """dest -> action for every option a config may set."""
     return {a.dest: a for a in parser._actions if a.dest not in SKIPPED_DESTS and a.dest is not argparse.SUPPRESS}
+
+
+def option_dest(parser: argparse.ArgumentParser, key: str) -> Optional[str]:
+    """The dest of the option a config key names: the dest itself or any of its flag spellings (an alias such
+    as `cpu_threads` for `--threads`), dashes or underscores; None when the parser has no such option."""
+    actions = option_actions(parser)
+    name = str(key).replace("-", "_")
+    if name in actions:
+        return name
+    for dest, action in actions.items():
+        if any(flag.lstrip("-").replace("-", "_") == name for flag in action.option_strings):
+            return dest
+    return None
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -70,7 +85,7 @@ def describe(action: argparse.Action) -> str:
 def coerce_scalar(action: argparse.Action, value: Any) -> Any:
     """One value converted as the option's `type` would, strictly (no bool for int, no int for str)."""
     kind = action.type
-    base = getattr(kind, "base", None)  # a checked type of bigain.cli (positive_int, finite_float, ...)
+    base = getattr(kind, "base", None)  # a checked type of bigain.argtypes (positive_int, finite_float, ...)
     if base is int or base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (base is int and not isinstance(value, int)):
             raise TypeError
@@ -115,12 +130,14 @@ def coerce_value(action: argparse.Action, value: Any) -> Any:
 
 
 def validate_config(data: dict[str, Any], parser: argparse.ArgumentParser, source: str) -> dict[str, Any]:
-    """Config mapping -> {dest: value}; ValueError naming the key, the file and the allowed keys."""
+    """Config mapping -> {dest: value}; ValueError naming the key, the file and the allowed keys.
+
+    A key may be an option's dest or any of its flag spellings (old spellings kept as aliases)."""
     actions = option_actions(parser)
     out = {}
     for key, value in data.items():
-        dest = str(key).replace("-", "_")
-        if dest not in actions:
+        dest = option_dest(parser, key)
+        if dest is None:
             raise ValueError(f"{source}: unknown key {key!r}; allowed keys: {sorted(actions)}")
         try:
             out[dest] = coerce_value(actions[dest], value)
@@ -165,8 +182,6 @@ def effective_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text atomically (temp file in the same folder, then rename)."""
-    from bigain.records import atomic_write_bytes
-
     return atomic_write_bytes(path, text.encode())
 
 

@@ -17,6 +17,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from bigain.cli import check_output_dir, run_cli
+from bigain.datasets import build_dataset
+
 __all__ = ["TEMPLATES", "CLASSNAMES", "IMAGENET100_IDS", "class_table", "write_csv", "main"]
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -182,8 +185,6 @@ def write_csv(rows: Sequence[tuple[str, str, int]], path: str | Path) -> Path:
 
 def names_from_dataset_root(dataset: str, root: str) -> list[str]:
     """Class names as the dataset's own metadata gives them (torchvision `.classes` / COCO categories)."""
-    from bigain.datasets import build_dataset
-
     ds = build_dataset(dataset, root=root, names_from_metadata=True)
     return list(ds.metadata_classnames)
 
@@ -193,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(TEMPLATES), choices=list(TEMPLATES),
                    help="built-in datasets to write (default: all)")
-    p.add_argument("--out_dir", default=str(PROMPTS_DIR), help="where <dataset>_prompts.csv go")
+    p.add_argument("--output_dir", "--out_dir", "--out", dest="out_dir", default=str(PROMPTS_DIR),
+                   help="where <dataset>_prompts.csv go")
     p.add_argument("--imagenet_names", default="openai", choices=["openai", "torchvision"],
                    help="ImageNet name list: CLIP's disambiguated names (open_clip) or torchvision's")
     p.add_argument("--from_dataset_root", action="store_true",
@@ -202,8 +204,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--folder", help="write <folder>/prompts.csv for a class-per-sub-folder dataset and exit")
     p.add_argument("--template", default="a photo of a {}.", help="template for --folder ({} = class name)")
     args = p.parse_args(argv)
-    from bigain.cli import check_output_dir
-
     check_output_dir(args.folder or args.out_dir, "--folder" if args.folder else "--out_dir")
     if args.folder:
         folder = Path(args.folder)
@@ -225,6 +225,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from bigain.cli import run_cli
-
     run_cli(main)

@@ -9,7 +9,7 @@ import argparse
 from typing import Any, Optional
 
 import tomesd
-from bigain.cli import finite_float, nonneg_int, positive_int
+from bigain.argtypes import finite_float, nonneg_int, positive_int
 from bigain.settings import setting_tag
 
 # flag -> (type, help). `None`-typed entries are booleans given as true/false.

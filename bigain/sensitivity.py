@@ -28,17 +28,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+import tomesd
 from bigain.benchmark import MODELS
+from bigain.cli import add_max_images_arg, add_output_args
 from bigain.settings import PAPER_SETTINGS, setting_label
 from bigain.config import atomic_write_text
+from bigain.models import load_model
+from bigain.testbed.data import load_test_subset
+from eval.flops import count_flops
 
 TIMESTEPS = (100, 300, 500, 700, 900)
 
 
 def flop_shares(model: Any, method: str, options: dict, x: torch.Tensor, t: torch.Tensor, cond: dict) -> dict:
     """Baseline FLOP shares of the patched blocks and of their self-attention, and the share the reducer removes."""
-    import tomesd
-    from eval.flops import count_flops
 
     class Call(torch.nn.Module):
         def forward(self, x, t, cond):
@@ -90,10 +93,6 @@ def perturbation(base: np.ndarray, reduced: np.ndarray, labels: np.ndarray) -> d
 
 def analyse(name: str, path: Path, settings: Sequence[tuple[str, dict]], n_images: int, seed: int) -> list[dict]:
     """Rows of FLOP shares and error perturbation for each setting of one testbed model."""
-    import tomesd
-    from bigain.models import load_model
-    from bigain.testbed.data import load_test_subset
-
     model = load_model(model_path=str(path), dtype="fp32", device="cpu")
     imgs, labels = load_test_subset()
     images, labels = torch.from_numpy(imgs[:n_images]), labels[:n_images]
@@ -138,9 +137,9 @@ def format_rows(rows: list[dict]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     p = argparse.ArgumentParser(prog="python -m bigain.sensitivity", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--n_images", type=int, default=30, help="test images (default 30)")
+    add_max_images_arg(p, "test images (default 30)", default=30, dest="n_images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="outputs/sensitivity")
+    add_output_args(p, "outputs/sensitivity", dest="out", run_files=False)
     args = p.parse_args(argv)
     if args.n_images < 2:
         print("error: --n_images must be >= 2", file=sys.stderr)

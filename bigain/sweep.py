@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import itertools
 import json
 import sys
@@ -26,15 +25,28 @@ from typing import Any, Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from bigain import classify, generate
 from bigain.cli import check_output_dir, nonneg_int, positive_int, run_cli
-from bigain.config import atomic_write_text, option_actions, read_yaml_mapping, validate_config
+from bigain.config import atomic_write_text, option_actions, option_dest, read_yaml_mapping, validate_config
+from bigain.identity import model_identity
+from bigain.records import file_digest
 from bigain.reduction import reduction_kwargs
+from bigain.runs import ClassifyRun, GenerateRun, run_classification, run_generation
 from bigain.settings import setting_tag
 
-# task -> CLI module (with build_parser() and main(argv)), its run-folder flag and summary-CSV flag
-TASKS: dict[str, tuple[str, str, str]] = {
-    "classify": ("bigain.classify", "run_dir", "summary_csv"),
-    "generate": ("bigain.generate", "run_dir", "summary_csv"),
+
+@dataclass(frozen=True)
+class Task:
+    """A task a sweep can run: its CLI's parser (the schema of its options), its typed run and run function."""
+
+    build_parser: Callable[[], argparse.ArgumentParser]
+    run_type: type
+    run: Callable[[Any], dict]
+
+
+TASKS: dict[str, Task] = {
+    "classify": Task(classify.build_parser, ClassifyRun, run_classification),
+    "generate": Task(generate.build_parser, GenerateRun, run_generation),
 }
 SWEEP_KEYS = {"name", "output_dir", "tasks", "models", "datasets", "methods", "experiment", "options"}
 DONE_MARKER = "sweep_done.json"
@@ -71,9 +83,6 @@ PATH_OPTIONS = ("model_path", "prompts_csv", "prompts_file", "config")
 def input_identities(options: dict[str, Any]) -> dict[str, Any]:
     """Content identity of the local inputs a run's options name: a model folder's weights (bigain.identity), a
     file's sha256; so a sweep cell whose model or prompts changed since it finished is run again."""
-    from bigain.identity import model_identity
-    from bigain.records import file_digest
-
     out: dict[str, Any] = {}
     for key in PATH_OPTIONS:
         values = options.get(key)
@@ -129,7 +138,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
 
 def task_parser(task: str) -> argparse.ArgumentParser:
     """The argparse parser of a task's CLI (the schema its options are validated against)."""
-    return importlib.import_module(TASKS[task][0]).build_parser()
+    return TASKS[task].build_parser()
 
 
 def plan_sweep(path: str | Path, output_dir: Optional[str] = None) -> list[PlannedRun]:
@@ -157,7 +166,7 @@ def options_to_argv(options: dict[str, Any], parser: argparse.ArgumentParser) ->
     actions = option_actions(parser)
     argv: list[str] = []
     for key, value in options.items():
-        action = actions[key.replace("-", "_")]
+        action = actions[option_dest(parser, key) or key]
         flag = next(s for s in action.option_strings if s.startswith("--"))
         if action.nargs == 0:
             if bool(value) != bool(action.default):
@@ -172,21 +181,30 @@ def options_to_argv(options: dict[str, Any], parser: argparse.ArgumentParser) ->
 
 
 def run_argv(run: PlannedRun, summary_csv: Path) -> list[str]:
-    """The full argv of one run's CLI call."""
-    _, run_flag, summary_flag = TASKS[run.task]
+    """The command line of one run (recorded in its done marker; `python -m bigain.<task>` with it does the same)."""
     return options_to_argv(run.options, task_parser(run.task)) + [
-        f"--{run_flag}", str(run.run_dir), f"--{summary_flag}", str(summary_csv)]
+        "--run_dir", str(run.run_dir), "--summary_csv", str(summary_csv)]
 
 
-def execute(run: PlannedRun, summary_csv: Path, runner: Optional[Callable[[str, list[str]], Any]] = None) -> None:
-    """Run one cell through its CLI's `main(argv)` and mark it done."""
-    argv = run_argv(run, summary_csv)
+def typed_run(run: PlannedRun, summary_csv: Path) -> Any:
+    """The ClassifyRun / GenerateRun of one cell: its options through the task CLI's types and checks (as a config
+    file's would be), unset values at the CLI's defaults, output into the cell's folder."""
+    parser = task_parser(run.task)
+    values = validate_config(run.options, parser, f"sweep run {run.task}/{run.model}/{run.dataset}/{run.tag}")
+    parser.set_defaults(**{k: v for k, v in values.items() if v is not None},
+                        run_dir=str(run.run_dir), summary_csv=str(summary_csv))
+    return TASKS[run.task].run_type.from_args(parser.parse_args([]))
+
+
+def execute(run: PlannedRun, summary_csv: Path, runner: Optional[Callable[[str, Any], Any]] = None) -> None:
+    """Run one cell (its typed run through the task's run function, or `runner(task, typed run)`) and mark it done."""
+    typed = typed_run(run, summary_csv)
     if runner is None:
-        importlib.import_module(TASKS[run.task][0]).main(argv)
+        TASKS[run.task].run(typed)
     else:
-        runner(run.task, argv)
+        runner(run.task, typed)
     atomic_write_text(run.run_dir / DONE_MARKER, json.dumps(
-        {"options_hash": run.options_hash, "options": run.options, "argv": argv,
+        {"options_hash": run.options_hash, "options": run.options, "argv": run_argv(run, summary_csv),
          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2, default=str))
 
 
@@ -210,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None, runner: Optional[Callable[[str, list[str]], Any]] = None) -> list[PlannedRun]:
+def main(argv: Optional[Sequence[str]] = None, runner: Optional[Callable[[str, Any], Any]] = None) -> list[PlannedRun]:
     """Plan (and unless --plan, execute) a sweep; returns the planned runs."""
     args = build_parser().parse_args(argv)
     if not 0 <= args.worker_idx < args.n_workers:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tomesd
+from bigain import classifier
 from bigain import classify as C
 from bigain.datasets import build_dataset
 from bigain.models import LoadedModel, load_model
@@ -58,7 +59,7 @@ class CallCounter:
 
 
 def test_default_grid_stages_and_cost():
-    s = C.Schedule((5, 20), (5, 1))
+    s = classifier.StageSchedule((5, 20), (5, 1))
     assert s.grid() == list(range(25, 1000, 50))
     first, second = s.stage_slots()
     assert [s.grid()[i] for i in first] == [125, 325, 525, 725, 925]
@@ -75,23 +76,23 @@ def test_default_grid_stages_and_cost():
 ])
 def test_schedule_rejects_bad_lists(ns, tk, n_classes, match):
     with pytest.raises(ValueError, match=match):
-        C.Schedule(ns, tk).validate(n_classes)
+        classifier.StageSchedule(ns, tk).validate(n_classes)
 
 
 def test_noise_depends_only_on_seed_and_index():
-    a = C.make_noise((1, 4, 4), 3, 2, C.image_seed(0, 7))
-    b = C.make_noise((1, 4, 4), 3, 2, C.image_seed(0, 7))
+    a = classifier.make_noise((1, 4, 4), 3, 2, classifier.image_seed(0, 7))
+    b = classifier.make_noise((1, 4, 4), 3, 2, classifier.image_seed(0, 7))
     assert torch.equal(a, b) and a.shape == (3, 2, 1, 4, 4)
-    assert C.image_seed(0, 7) != C.image_seed(0, 8) != C.image_seed(1, 7)
+    assert classifier.image_seed(0, 7) != classifier.image_seed(0, 8) != classifier.image_seed(1, 7)
 
 
 def test_losses():
     p, t = torch.zeros(2, 1, 2, 2), torch.full((2, 1, 2, 2), 2.0)
-    assert C.per_sample_error(p, t, "l2").tolist() == [4.0, 4.0]
-    assert C.per_sample_error(p, t, "l1").tolist() == [2.0, 2.0]
-    assert C.per_sample_error(p, t, "huber").tolist() == [1.5, 1.5]
+    assert classifier.per_sample_error(p, t, "l2").tolist() == [4.0, 4.0]
+    assert classifier.per_sample_error(p, t, "l1").tolist() == [2.0, 2.0]
+    assert classifier.per_sample_error(p, t, "huber").tolist() == [1.5, 1.5]
     with pytest.raises(ValueError, match="allowed: l2, l1, huber"):
-        C.per_sample_error(p, t, "l3")
+        classifier.per_sample_error(p, t, "l3")
 
 
 # ----------------------------------------------------------------------------- exactness
@@ -102,10 +103,10 @@ def test_adaptive_keeping_all_classes_equals_brute_force(dit, n_trials):
     """to_keep = all classes until the last stage == argmin over all classes of the mean over all timesteps."""
     n_classes = 10
     cond = dit.condition(class_ids=list(range(n_classes)))
-    schedule = C.Schedule((2, 4), (n_classes, 1), n_trials=n_trials)
+    schedule = classifier.StageSchedule((2, 4), (n_classes, 1), n_trials=n_trials)
     x0 = torch.rand(1, 1, 16, 16) * 2 - 1
-    noise = C.make_noise((1, 16, 16), schedule.num_slots, n_trials, 123)
-    res = C.classify_image(dit, x0, cond, schedule, noise, batch_size=7)
+    noise = classifier.make_noise((1, 16, 16), schedule.num_slots, n_trials, 123)
+    res = classifier.classify_image(dit, x0, cond, schedule, noise, batch_size=7)
     assert res.calls == n_classes * 4 * n_trials
     acp = dit.alphas_cumprod
     brute = np.zeros((n_classes, 4, n_trials))
@@ -115,7 +116,7 @@ def test_adaptive_keeping_all_classes_equals_brute_force(dit, n_trials):
                 eps = noise[s, k : k + 1]
                 x_t = acp[t].sqrt().float() * x0 + (1 - acp[t]).sqrt().float() * eps
                 pred = dit.predict_eps(x_t, torch.tensor([t]), dit.select(cond, [c]))
-                brute[c, s, k] = C.per_sample_error(pred, eps, "l2").item()
+                brute[c, s, k] = classifier.per_sample_error(pred, eps, "l2").item()
     np.testing.assert_allclose(res.errors, brute, rtol=1e-4, atol=1e-6)
     assert res.pred_row == int(np.argmin(brute.reshape(n_classes, -1).mean(1)))
 
@@ -152,8 +153,8 @@ def test_mixed_timestep_batch_equals_alone(method, kind, dit_path, unet_path):
     eps = torch.randn(4, 1, 16, 16, generator=gen)
     acp = model.alphas_cumprod.float()
     x_t = acp[t].sqrt().view(-1, 1, 1, 1) * x0 + (1 - acp[t]).sqrt().view(-1, 1, 1, 1) * eps
-    batch = C.per_sample_error(model.predict_eps(x_t, t, model.select(cond, rows)), eps, "l2")
-    alone = torch.cat([C.per_sample_error(model.predict_eps(x_t[i : i + 1], t[i : i + 1],
+    batch = classifier.per_sample_error(model.predict_eps(x_t, t, model.select(cond, rows)), eps, "l2")
+    alone = torch.cat([classifier.per_sample_error(model.predict_eps(x_t[i : i + 1], t[i : i + 1],
                                                             model.select(cond, rows[i : i + 1])), eps[i : i + 1], "l2")
                        for i in range(4)])
     tomesd.remove_patch(model.denoiser)
@@ -186,12 +187,12 @@ def test_same_errors_alone_reordered_sharded_and_resumed(tmp_path, dit_path, mon
     model = load_model(model_path=dit_path, dtype="fp32", device="cpu")
     tomesd.apply_patch(model.denoiser, method="tome", ratio=0.5, seed=0)
     ds = build_dataset("fmnist", img_size=16)
-    schedule = C.Schedule((2, 4), (3, 1))
-    ctx = C.make_context(model, ds.classes, schedule, seed=0, batch_size=32)
+    schedule = classifier.StageSchedule((2, 4), (3, 1))
+    ctx = classifier.make_context(model, ds.classes, schedule, seed=0, batch_size=32)
     assert ctx.patched
     order = [3, 0, 2]
-    recs = C.classify_many(ctx, [ds[i][0] for i in order], [ds[i][1] for i in order], indices=order)
-    recs.append(C.classify_dataset_image(ctx, 1, *ds[1]))  # alone
+    recs = classifier.classify_many(ctx, [ds[i][0] for i in order], [ds[i][1] for i in order], indices=order)
+    recs.append(classifier.classify_dataset_image(ctx, 1, *ds[1]))  # alone
     for rec in recs:
         np.testing.assert_array_equal(rec.errors, ref[rec.index].errors)
         assert rec.pred == ref[rec.index].pred
@@ -208,9 +209,9 @@ def test_same_errors_alone_reordered_sharded_and_resumed(tmp_path, dit_path, mon
 
 
 def test_interrupted_run_recomputes_only_unfinished(tmp_path, dit_path, monkeypatch):
-    import bigain.classify as mod
+    import bigain.runs.classification as mod  # where the run writes records
 
-    calls_per_image = C.Schedule((2, 4), (3, 1)).calls_per_image(10)
+    calls_per_image = classifier.StageSchedule((2, 4), (3, 1)).calls_per_image(10)
     saved = []
     real_save = mod.save_record
 

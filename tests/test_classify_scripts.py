@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bigain import classifier
 from bigain import classify as C
 from tiny_pipelines import build_tiny_pixel_dit, build_tiny_sd
 
@@ -49,7 +50,7 @@ def test_script_runs_end_to_end_on_tiny_model(script, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
     assert len(rows) == 1 and rows[0]["method"] == "none" and rows[0]["images"] == "2"
-    assert rows[0]["calls_per_image"] == str(float(C.Schedule((2, 4), (2, 1)).calls_per_image(10)))
+    assert rows[0]["calls_per_image"] == str(float(classifier.StageSchedule((2, 4), (2, 1)).calls_per_image(10)))
 
 
 def _all_blocks_argv(script: str, tmp_path: Path) -> list[list[str]]:

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 import bigain.classify as C
+from bigain.runs import run_classification
 from bigain import sweep
 from bigain.config import list_presets, parse_args_with_config, read_yaml_mapping, validate_config
 from tiny_pipelines import build_tiny_pixel_dit
@@ -85,18 +86,18 @@ def test_sweep_runs_resumes_and_reports(tmp_path, tiny_dit_dir, capsys):
     path = write_sweep(tmp_path, tiny_dit_dir, ["configs/methods/baseline.yaml", {"method": "tome", "ratio": [0.3, 0.6]}])
     calls = []
 
-    def runner(task, argv):
-        calls.append(argv)
+    def runner(task, run):
+        calls.append(run)
         if len(calls) == 2:
             raise KeyboardInterrupt  # interrupted in the middle of the second run
-        C.main(argv)
+        run_classification(run)
 
     with pytest.raises(KeyboardInterrupt):
         sweep.main([str(path)], runner=runner)
     runs = sweep.plan_sweep(path)
     assert [r.is_done() for r in runs] == [True, False, False]
     calls.clear()
-    sweep.main([str(path)], runner=lambda task, argv: (calls.append(argv), C.main(argv)))
+    sweep.main([str(path)], runner=lambda task, run: (calls.append(run), run_classification(run)))
     assert len(calls) == 2, "finished runs must not be redone"
     assert all(r.is_done() for r in sweep.plan_sweep(path))
     summary = (tmp_path / "runs" / "classify" / "summary.csv").read_text().splitlines()
@@ -119,7 +120,7 @@ def test_sweep_sharding_partitions_runs(tmp_path, tiny_dit_dir):
     seen = []
     for idx in range(2):
         sweep.main([str(path), "--n_workers", "2", "--worker_idx", str(idx)],
-                   runner=lambda task, argv: seen.append(argv[argv.index("--run_dir") + 1]))
+                   runner=lambda task, run: seen.append(run.run_dir))
     assert len(seen) == 4 and len(set(seen)) == 4
     marker = json.loads((Path(seen[0]) / sweep.DONE_MARKER).read_text())
     assert marker["options"]["method"] == "tome"

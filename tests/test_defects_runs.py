@@ -109,7 +109,6 @@ def test_truncated_png_is_regenerated(tmp_path, cache):
 
 
 def test_benchmark_metrics_are_recomputed_when_generation_settings_change(tmp_path, cache, monkeypatch):
-    import eval.metrics
     from bigain import benchmark
 
     model = build_tiny_pixel_dit(tmp_path / "m")
@@ -120,7 +119,7 @@ def test_benchmark_metrics_are_recomputed_when_generation_settings_change(tmp_pa
         calls.append(steps)
         return {"domain_frechet_distance": float(min(steps)), "class_consistency": 0.5, "report": {}}
 
-    monkeypatch.setattr(eval.metrics, "compute_metrics", fake_metrics)
+    monkeypatch.setattr(benchmark, "compute_metrics", fake_metrics)
     args = argparse.Namespace(images_per_class=1, steps=3, guidance=None, gen_batch_size=10, seed=0, device="cpu",
                               metrics_device="cpu")
     out = tmp_path / "bench" / "generate" / "dit" / "none"
@@ -141,13 +140,15 @@ def test_generate_flops_include_attention_and_match_eval_flops(tmp_path):
 
     from bigain.models import load_model
     from bigain.samplers import SAMPLERS, guided_eps_fn, initial_noise, make_schedule
+    from bigain.generation_items import Item
+    from bigain.runs import sampling
     from eval.flops import count_flops
 
     model = load_model(model_path=build_tiny_pixel_dit(tmp_path / "m"), dtype="fp32", device="cpu")
     schedule = make_schedule("ddim", model.scheduler.config, 2)
-    item = G.Item(0, None, 3)
-    ours = G.count_flops(model, schedule, 4.0, item)
-    cond, uncond = G._conditions(model, [item], 4.0)
+    item = Item(0, None, 3)
+    ours = sampling.count_flops(model, schedule, 4.0, item)
+    cond, uncond = sampling.conditions(model, [item], 4.0)
     x = initial_noise((1, model.in_channels, model.sample_size, model.sample_size), schedule,
                       torch.Generator().manual_seed(0), model.device)
     run = lambda: SAMPLERS["ddim"](guided_eps_fn(model, cond, uncond, 4.0), x, schedule)  # noqa: E731
@@ -205,7 +206,7 @@ def test_sweep_cell_reruns_when_its_model_weights_change(tmp_path, cache):
     model = build_tiny_pixel_dit(tmp_path / "m" / "dit", seed=0)
     run = sweep.PlannedRun("generate", "dit", "classes", "none", {"model_path": str(model), "method": "none"},
                            tmp_path / "runs" / "generate" / "dit" / "classes" / "none")
-    sweep.execute(run, tmp_path / "summary.csv", runner=lambda task, argv: None)
+    sweep.execute(run, tmp_path / "summary.csv", runner=lambda task, typed_run: None)
     assert run.is_done()
     build_tiny_pixel_dit(model, seed=1)  # same path, new weights
     assert not run.is_done()

@@ -5,6 +5,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 import bigain.classify as C
+from bigain import classifier
 from bigain.flow_models import FlowLoadedModel, flow_sigmas
 from bigain.models import load_model
 from bigain.records import load_record, record_path
@@ -104,9 +105,9 @@ class OracleFlow:
 def test_classifier_scores_the_velocity_target_at_the_rectified_flow_noise_levels():
     templates = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     model = OracleFlow(templates)
-    schedule = C.Schedule((2, 4), (2, 1))
-    noise = C.make_noise((3, 4, 4), schedule.num_slots, 1, seed=1)
-    res = C.classify_image(model, templates[2], {"class": torch.arange(4)}, schedule, noise)
+    schedule = classifier.StageSchedule((2, 4), (2, 1))
+    noise = classifier.make_noise((3, 4, 4), schedule.num_slots, 1, seed=1)
+    res = classifier.classify_image(model, templates[2], {"class": torch.arange(4)}, schedule, noise)
     assert res.pred_row == 2
     assert np.nanmax(res.errors[2]) < 1e-8 and np.nanmin(res.errors[[0, 1, 3]]) > 1e-2
 

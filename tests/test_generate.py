@@ -14,7 +14,9 @@ import torch
 
 from tiny_pipelines import build_tiny_dit, build_tiny_pixel_dit, build_tiny_pixel_unet, build_tiny_sd
 
+import bigain.runs.generation
 from bigain import generate as G
+from bigain.generation_items import build_items
 from bigain.models import load_model
 from bigain.samplers import guided_eps_fn, make_schedule, sample_ddim, sample_euler
 
@@ -155,7 +157,7 @@ def test_kill_and_rerun_completes_without_redoing(models: dict, tmp_path: Path) 
 )
 def test_bad_input_fails_before_sampling(models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          extra: list[str], match: str) -> None:
-    monkeypatch.setattr(G, "sample_batch", lambda *a, **k: pytest.fail("sampling started"))
+    monkeypatch.setattr(bigain.runs.generation, "sample_batch", lambda *a, **k: pytest.fail("sampling started"))
     extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
     argv = ["--model_path", str(models["dit"]), "--run_dir", str(tmp_path / "r"), "--steps", "2"]
     with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -275,16 +277,16 @@ def test_items_from_coco_captions_and_prompt_files(tmp_path: Path) -> None:
                             {"id": 5, "image_id": 1, "caption": "a red bus"}]}
     (ann / "captions_val2017.json").write_text(json.dumps(caps))
     parser = G.build_parser()
-    items = G.build_items(parser.parse_args(["--dataset", "coco2017", "--dataset_root", str(tmp_path)]))
+    items = build_items(parser.parse_args(["--dataset", "coco2017", "--dataset_root", str(tmp_path)]))
     assert [(it.index, it.prompt, it.label) for it in items] == [(0, "a red bus", None), (1, "a dog on a sofa", None)]
     (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
-    items = G.build_items(parser.parse_args(["--prompts_file", str(tmp_path / "p.txt")]))
+    items = build_items(parser.parse_args(["--prompts_file", str(tmp_path / "p.txt")]))
     assert [it.prompt for it in items] == ["first prompt", "second prompt"]
     (tmp_path / "p.csv").write_text("prompt,classidx\na photo of a Bag.,8\nsomething,\n")
-    items = G.build_items(parser.parse_args(["--prompts_file", str(tmp_path / "p.csv"), "--prompts_csv", "fmnist"]))
+    items = build_items(parser.parse_args(["--prompts_file", str(tmp_path / "p.csv"), "--prompts_csv", "fmnist"]))
     assert [(it.prompt, it.label, it.class_name) for it in items] == [("a photo of a Bag.", 8, "Bag"),
                                                                      ("something", None, None)]
-    items = G.build_items(parser.parse_args(["--dataset", "fmnist", "--max_images", "4"]))
+    items = build_items(parser.parse_args(["--dataset", "fmnist", "--max_images", "4"]))
     assert len(items) == 4 and all(it.prompt == f"a photo of a {it.class_name}." for it in items)
-    items = G.build_items(parser.parse_args(["--classes", "3", "5", "--images_per_class", "2"]))
+    items = build_items(parser.parse_args(["--classes", "3", "5", "--images_per_class", "2"]))
     assert [it.label for it in items] == [3, 3, 5, 5] and [it.index for it in items] == [0, 1, 2, 3]

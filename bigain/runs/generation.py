@@ -1,0 +1,280 @@
+"""A generation run (docs/protocol.md §2): the typed settings (:class:`GenerateRun`) and the work
+(:func:`run_generation`): this shard's batches, skipping finished images, one PNG and JSON record per image.
+
+    run = GenerateRun(model_path="bigain/assets/testbed/dit-fmnist", classes=(0, 1), images_per_class=4)
+    row = run_generation(run)            # same folder, images and summary row as `python -m bigain.generate ...`
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from tqdm import tqdm
+
+import tomesd
+from bigain.cli import check_output_dir, check_output_file, enable_tf32, launch_shard
+from bigain.config import save_effective_config
+from bigain.datasets import check_dataset_args
+from bigain.generation_items import Item, build_items
+from bigain.identity import model_identity
+from bigain.models import load_model, resolve_run_device
+from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, clean_stale_tmp, \
+    config_fingerprint, try_lock
+from bigain.reduction import apply_reduction, validate_reduction
+from bigain.runs.common import RunFields
+from bigain.runs.sampling import DEFAULT_STEPS, DEFAULTS_BY_KIND, check_items_fit, count_flops, png_bytes, \
+    sample_batch, to_uint8
+from bigain.samplers import CallStats, make_schedule
+
+__all__ = ["GenerateRun", "run_generation"]
+
+LOG = logging.getLogger("bigain.generate")
+
+
+@dataclass(frozen=True)
+class GenerateRun(RunFields):
+    """Every setting of one generation run (the values `python -m bigain.generate` parses; same names)."""
+
+    # what to generate (exactly one of dataset, prompts_file, classes)
+    dataset: Optional[str] = None
+    prompts_file: Optional[str] = None
+    classes: Optional[tuple[int, ...]] = None
+    images_per_class: int = 1
+    # data
+    dataset_root: Optional[str] = None
+    split: Optional[str] = None
+    data_dir: Optional[str] = None
+    skip_bad_images: bool = False
+    prompts_csv: Optional[str] = None
+    max_images: Optional[int] = None
+    real_dir: Optional[str] = None
+    # model
+    version: str = "2-0"
+    model_path: Optional[str] = None
+    dtype: str = "auto"
+    device: str = "auto"
+    tf32: bool = False
+    cpu_threads: Optional[int] = None
+    # sampling (sampler / guidance None: the model kind's published setup)
+    sampler: Optional[str] = None
+    steps: int = DEFAULT_STEPS
+    guidance: Optional[float] = None
+    batch_size: int = 4
+    seed: int = 0
+    # token reduction: the method, the reducer's seed and its options (bigain.reduction.REDUCTION_FLAGS)
+    method: str = "none"
+    reduction_seed: Optional[int] = None
+    reduction: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # outputs, resumption, sharding
+    output_dir: str = "results/generation"
+    run_dir: Optional[str] = None
+    summary_csv: Optional[str] = None
+    n_workers: int = 1
+    worker_idx: int = 0
+    no_flops: bool = False
+    no_progress: bool = False
+    dry_run: bool = False
+    config: Optional[tuple[str, ...]] = None
+
+    def validate(self) -> None:
+        """Check every input that needs no model; raises ValueError / FileNotFoundError."""
+        sources = [s for s in ("dataset", "prompts_file", "classes") if getattr(self, s) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"choose exactly one of --dataset, --prompts_file, --classes (got {sources or 'none'})")
+        if self.dataset is not None:
+            check_dataset_args(self.dataset, self.dataset_root, self.data_dir, self.split)
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"--guidance must be a finite number >= 0; got {self.guidance}")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1; got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1; got {self.batch_size}")
+        if self.images_per_class < 1:
+            raise ValueError(f"--images_per_class must be >= 1; got {self.images_per_class}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"--max_images must be positive; got {self.max_images}")
+        if self.n_workers < 1 or not 0 <= self.worker_idx < self.n_workers:
+            raise ValueError(f"need 0 <= --worker_idx < --n_workers; got {self.worker_idx} / {self.n_workers}")
+        if self.real_dir is not None and not Path(self.real_dir).is_dir():
+            raise FileNotFoundError(f"--real_dir {self.real_dir} is not a folder of real images")
+        if self.model_path is not None:
+            folder = Path(self.model_path).expanduser()
+            if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
+                raise FileNotFoundError(f"--model_path {folder} is not a readable folder (a diffusers or testbed "
+                                        "model folder: model_index.json or unet/ or transformer/, plus scheduler/)")
+        check_output_dir(self.output_dir, "--output_dir")
+        check_output_dir(self.run_dir, "--run_dir")
+        check_output_file(self.summary_csv, "--summary_csv")
+        validate_reduction(self.namespace())  # unknown, foreign or out-of-range reducer options, before model work
+
+    @property
+    def source_label(self) -> str:
+        """Folder name of what is generated."""
+        if self.prompts_file:
+            return f"prompts-{Path(self.prompts_file).stem}"
+        if self.classes is not None:
+            ids = "-".join(map(str, self.classes))
+            return f"classes{ids if len(ids) <= 40 else config_fingerprint({'c': list(self.classes)})[:8]}x{self.images_per_class}"
+        return f"{self.dataset}{'_' + self.split if self.split else ''}"
+
+    def run_folder(self, sampler: str, guidance: float, dtype_name: str, size: int) -> Path:
+        """Output folder whose name encodes every setting (or --run_dir)."""
+        if self.run_dir:
+            return Path(self.run_dir)
+        settings = f"{sampler}{self.steps}_g{guidance:g}_s{self.seed}_bs{self.batch_size}_{size}px_{dtype_name}"
+        if self.max_images:
+            settings += f"_max{self.max_images}"
+        return Path(self.output_dir) / self.source_label / self.model_label / self.reduction_tag / settings
+
+    def items(self) -> list[Item]:
+        """Every item of the run, in index order (ValueError when there is none)."""
+        items = build_items(self.namespace())
+        if not items:
+            raise ValueError("nothing to generate: the item list is empty")
+        return items
+
+    def settings(self, model: Any, dtype_name: str, sampler: str, guidance: float, reduction_options: dict,
+                 items: list[Item]) -> dict:
+        """The settings that change an image (their hash is the run's fingerprint)."""
+        return {
+            "model": model.name, "model_identity": model_identity(model.source), "kind": model.kind,
+            "dtype": dtype_name, "image_size": model.image_size, "sampler": sampler, "steps": self.steps,
+            "guidance": guidance, "seed": self.seed, "batch_size": self.batch_size,
+            "method": tomesd.canonical_name(self.method), "reduction": self.reduction_tag,
+            "reduction_options": reduction_options, "reduction_seed": self.effective_reduction_seed,
+            "source": self.source_label, "n_items": len(items),
+            "items_sha": config_fingerprint({"items": [asdict(it) for it in items]}),
+        }
+
+    @property
+    def effective_reduction_seed(self) -> int:
+        """The reducer's base seed: --reduction_seed, else --seed (batch b adds b)."""
+        return self.seed if self.reduction_seed is None else self.reduction_seed
+
+
+def finished(images_dir: Path, index: int, fingerprint: str) -> bool:
+    """An image is finished when its record (written last) carries the run's fingerprint and its PNG has the
+    size and sha256 the record stores (a truncated or replaced PNG is regenerated)."""
+    rec, png = images_dir / f"{index:06d}.json", images_dir / f"{index:06d}.png"
+    try:
+        meta = json.loads(rec.read_text())
+        if meta.get("fingerprint") != fingerprint or png.stat().st_size != meta.get("png_bytes"):
+            return False
+        return hashlib.sha256(png.read_bytes()).hexdigest() == meta.get("png_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def attention_backend(denoiser: torch.nn.Module) -> str:
+    """Names of the attention processors in use (before patching)."""
+    procs = getattr(denoiser, "attn_processors", {}) or {}
+    return ",".join(sorted({type(p).__name__ for p in procs.values()})) or "n/a"
+
+
+def run_generation(run: GenerateRun) -> dict:
+    """Generate a run's images (this shard's share, skipping finished ones); returns the summary row (the plan
+    with `dry_run`)."""
+    wall_start = time.perf_counter()
+    run.validate()
+    items = run.items()
+    proc_idx, n_procs = launch_shard()
+    n_shards, shard = run.n_workers * n_procs, run.worker_idx * n_procs + proc_idx
+    device, dtype, dtype_name = resolve_run_device(run.device, run.dtype, run.cpu_threads, n_procs, proc_idx)
+    if run.dry_run:
+        plan = {"items": len(items), "batches": -(-len(items) // run.batch_size), "shard": f"{shard}/{n_shards}",
+                "first": asdict(items[0]), "model": run.model_path or run.version, "reduction": run.reduction_tag}
+        print(json.dumps(plan, indent=2))
+        return plan
+
+    model = load_model(run.version, model_path=run.model_path, dtype=dtype, device=device)
+    enable_tf32(run.tf32, device)
+    check_items_fit(model, items)
+    sampler, default_guidance = DEFAULTS_BY_KIND[model.kind]
+    sampler = run.sampler or sampler
+    guidance = default_guidance if run.guidance is None else float(run.guidance)
+    if getattr(model, "flow_matching", False) != sampler.startswith("flow"):
+        raise ValueError(f"--sampler {sampler} does not fit {model.name} ({model.kind}): rectified-flow models "
+                         "(SD3, Flux) take flow / flow-linear, DDPM models euler / ddim")
+    if model.null_class is None and model.conditioning == "class" and guidance != 1.0:
+        raise ValueError(f"{model.name} has no null class: classifier-free guidance needs --guidance 1")
+    schedule = make_schedule(sampler, model.scheduler.config, run.steps)
+    attention = attention_backend(model.denoiser)
+    reduction_seed = run.effective_reduction_seed
+    args = run.namespace()
+    report = apply_reduction(model.denoiser, args, seed=reduction_seed)
+
+    run_dir = run.run_folder(sampler, guidance, dtype_name, model.image_size)
+    images_dir = run_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    settings = run.settings(model, dtype_name, sampler, guidance, report.options if report else {}, items)
+    fingerprint = config_fingerprint(settings)
+    for folder in (run_dir, images_dir):  # temp files of killed writers
+        clean_stale_tmp(folder)
+    atomic_write_json(run_dir / "config.json", {**settings, "fingerprint": fingerprint, "attention": attention,
+                                                "model_source": model.source,
+                                                "patch": report.to_dict() if report else None})
+    save_effective_config(args, run_dir)
+
+    batches = [items[i : i + run.batch_size] for i in range(0, len(items), run.batch_size)]
+    mine = [b for b in range(len(batches)) if b % n_shards == shard]
+    todo = [b for b in mine if not all(finished(images_dir, it.index, fingerprint) for it in batches[b])]
+    LOG.info("%s: %d items, %d batches for shard %d/%d, %d to do", run_dir, len(items), len(mine), shard, n_shards,
+             len(todo))
+
+    flops_per_image = None
+    if not run.no_flops and todo:
+        flops_per_image = count_flops(model, schedule, guidance, items[0])
+
+    stats, written, sampled, held = CallStats(), 0, 0, 0
+    for b in tqdm(todo, desc=f"generate {shard}/{n_shards}", unit="batch", disable=run.no_progress):
+        with try_lock(run_dir / ".locks" / f"batch{b:06d}.lock") as held_here:
+            if not held_here:  # another live process is sampling this batch
+                held += len(batches[b])
+                continue
+            if all(finished(images_dir, it.index, fingerprint) for it in batches[b]):
+                continue  # finished by another process since the scan
+            tomesd.reseed(model.denoiser, reduction_seed + b)
+            images = to_uint8(sample_batch(model, batches[b], schedule, guidance, run.seed + b, stats))
+            sampled += len(batches[b])  # a partly finished batch is sampled whole
+            for row, (it, img) in enumerate(zip(batches[b], images)):
+                if finished(images_dir, it.index, fingerprint):
+                    continue  # finished by an earlier, interrupted run: never rewritten
+                data = png_bytes(img)
+                atomic_write_bytes(images_dir / f"{it.index:06d}.png", data)
+                record = {**asdict(it), "file": f"{it.index:06d}.png", "batch_index": b, "row": row,
+                          "seed": run.seed + b, "reduction_seed": reduction_seed + b, "fingerprint": fingerprint,
+                          "png_bytes": len(data), "png_sha256": hashlib.sha256(data).hexdigest(),
+                          **{k: settings[k] for k in ("model", "sampler", "steps", "guidance", "method", "reduction",
+                                                       "reduction_options", "image_size", "dtype")}}
+                atomic_write_json(images_dir / f"{it.index:06d}.json", record)
+                written += 1
+
+    wall = time.perf_counter() - wall_start
+    calls_per_image = schedule.steps
+    row = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(run_dir), "model": model.name,
+        "kind": model.kind, "method": settings["method"], "reduction": settings["reduction"], "sampler": sampler,
+        "steps": run.steps, "guidance": guidance, "seed": run.seed, "batch_size": run.batch_size,
+        "dtype": dtype_name, "device": str(device), "attention": attention, "image_size": model.image_size,
+        "shard": f"{shard}/{n_shards}", "items": len(items), "images_written": written,
+        "images_skipped": sum(len(batches[b]) for b in mine) - sum(len(batches[b]) for b in todo),
+        "calls": stats.calls, "calls_per_image": calls_per_image, "rows_per_call_per_image": 2 if guidance != 1.0 else 1,
+        "model_time_s": round(stats.seconds, 4), "wall_time_s": round(wall, 3),
+        "images_sampled": sampled, "images_held_elsewhere": held, "fingerprint": fingerprint,
+        "model_time_per_image_s": round(stats.seconds / sampled, 5) if sampled else "",
+        "wall_time_per_image_s": round(wall / sampled, 5) if sampled else "",
+        "flops_per_image": f"{flops_per_image:.4g}" if flops_per_image else "",
+        "flops_per_call_per_image": f"{flops_per_image / calls_per_image:.4g}" if flops_per_image else "",
+        "tf32": bool(run.tf32),
+    }
+    append_csv_row(run.summary_path, row)
+    LOG.info("wrote %d images to %s (%.1fs)", written, images_dir, wall)
+    return row
