@@ -17,6 +17,7 @@ import pandas as pd
 from bigain.config import atomic_write_text
 from eval.report import outcomes as rs
 from eval.report.plots import per_class_heatmap, sample_grid, save_figure
+from bigain.datasets import load_prompts
 
 __all__ = ["add_statistics", "format_table", "format_differences", "plot_tradeoffs", "plot_compression",
            "write_outputs"]
@@ -201,7 +202,6 @@ def plot_compression(rows: list[dict], path: Path) -> Optional[Path]:
 
 def fmnist_class_names() -> list[str]:
     """Fashion-MNIST class names in class-index order (the shipped prompt table)."""
-    from bigain.datasets import load_prompts
 
     table = load_prompts("fmnist")
     return list(table.classnames)

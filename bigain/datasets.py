@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from bigain.testbed import data as tb
+
 from .dataset_layouts import (
     TORCHVISION_LAYOUTS,
     bad_image_files,
@@ -103,6 +105,16 @@ class ClassTable:
     def to_dict(self) -> dict:
         """JSON-able form."""
         return {"prompts": list(self.prompts), "classnames": list(self.classnames), "classidx": list(self.classidx)}
+
+
+# The ImageNet-100 subset: ImageNet class ids, in order (the published list).
+IMAGENET100_IDS: tuple[int, ...] = (
+    15, 45, 54, 57, 64, 74, 90, 99, 119, 120, 122, 131, 137, 151, 155, 157, 158, 166, 167, 169, 176, 180, 209, 211,
+    222, 228, 234, 236, 242, 246, 267, 268, 272, 275, 277, 281, 299, 305, 313, 317, 331, 342, 368, 374, 407, 421,
+    431, 449, 452, 455, 479, 494, 498, 503, 508, 544, 560, 570, 592, 593, 599, 606, 608, 619, 620, 653, 659, 662,
+    665, 667, 674, 682, 703, 708, 717, 724, 748, 758, 765, 766, 772, 775, 796, 798, 830, 854, 857, 858, 872, 876,
+    882, 904, 908, 936, 938, 953, 959, 960, 993, 994,
+)
 
 
 def load_prompts(name_or_path: str | Path) -> ClassTable:
@@ -322,10 +334,6 @@ def _coco(root: Path) -> tuple[list[Path], list[list[int]], list[str]]:
 def _fmnist(split: str) -> tuple[torch.Tensor, list[int]]:
     """Fashion-MNIST through the testbed loader: (N, 1, 32, 32) in [-1, 1] and labels."""
     try:
-        from bigain.testbed import data as tb
-    except ImportError as err:
-        raise _layout_error("fmnist", f"bigain.testbed.data is unavailable ({err})") from err
-    try:
         images, labels = tb.load_test_subset() if split == "subset" else tb.load_fashion_mnist("test")
     except (FileNotFoundError, OSError, ValueError) as err:
         raise _layout_error("fmnist", str(err)) from err
@@ -335,8 +343,6 @@ def _fmnist(split: str) -> tuple[torch.Tensor, list[int]]:
 def _imagenet(name: str, root_dir: Path, split: str, table: ClassTable, transform: Callable,
               names_from_metadata: bool) -> EvalDataset:
     """ImageNet / ImageNet-100 val: wnid folders checked against the published class list; labels = ImageNet ids."""
-    from .make_prompts import IMAGENET100_IDS
-
     wnids = imagenet_wnids()
     expected = list(wnids) if name == "imagenet" else [wnids[i] for i in IMAGENET100_IDS]
     sub = "imagenet" if name == "imagenet" else "imagenet-100"

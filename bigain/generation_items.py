@@ -6,11 +6,14 @@ a ``--prompts_file``, or ``--classes`` x ``--images_per_class``; only labels are
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from bigain.datasets import DatasetLayoutError, build_dataset, load_prompts, subset_indices
 
 __all__ = ["Item", "build_items"]
 
@@ -30,7 +33,6 @@ def _coco_first_captions(root: Path) -> list[tuple[int, str]]:
     """(image id, first caption) of every COCO-2017 val image, sorted by image id."""
     path = root / "coco" / "annotations" / "captions_val2017.json"
     if not path.is_file():
-        from bigain.datasets import DatasetLayoutError
 
         raise DatasetLayoutError(f"dataset 'coco2017': {path} not found (generation uses the first caption "
                                  "of each val2017 image)")
@@ -48,7 +50,6 @@ def _read_prompts_file(path: Path) -> list[tuple[str, Optional[int]]]:
     if not path.is_file():
         raise FileNotFoundError(f"--prompts_file {path} not found")
     if path.suffix.lower() == ".csv":
-        import csv
 
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -67,7 +68,6 @@ def _read_prompts_file(path: Path) -> list[tuple[str, Optional[int]]]:
 
 def _class_table(args: argparse.Namespace) -> Any:
     """The prompt CSV used for class prompts (``--prompts_csv`` or the dataset's), or None."""
-    from bigain.datasets import load_prompts
 
     if args.prompts_csv:
         return load_prompts(args.prompts_csv)
@@ -78,8 +78,6 @@ def _class_table(args: argparse.Namespace) -> Any:
 
 def build_items(args: argparse.Namespace) -> list[Item]:
     """Every item of the run, in index order (labels only; no image is decoded)."""
-    from bigain.datasets import build_dataset, subset_indices
-
     table = _class_table(args)
     by_id = {i: (p, n) for p, n, i in zip(table.prompts, table.classnames, table.classidx)} if table else {}
 

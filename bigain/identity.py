@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from bigain.records import atomic_write_json, file_digest
 
 __all__ = ["IDENTITY_SUFFIXES", "cache_file", "model_identity"]
 
@@ -54,7 +55,6 @@ def _file_digests(files: list[Path]) -> dict[Path, str]:
     """sha256 of each file, reusing cached digests keyed by (path, size, mtime_ns)."""
     from filelock import FileLock
 
-    from bigain.records import atomic_write_json, file_digest
 
     cache_path = cache_file()
     cache = _load_cache(cache_path)

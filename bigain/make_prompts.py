@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bigain.cli import check_output_dir, run_cli
-from bigain.datasets import build_dataset
+from bigain.datasets import IMAGENET100_IDS, build_dataset
 
 __all__ = ["TEMPLATES", "CLASSNAMES", "IMAGENET100_IDS", "class_table", "write_csv", "main"]
 
@@ -37,14 +37,6 @@ TEMPLATES: dict[str, str] = {
     "mnist": 'a photo of the number: "{}".',
     "fmnist": "a photo of a {}.",
 }
-
-IMAGENET100_IDS: tuple[int, ...] = (
-    15, 45, 54, 57, 64, 74, 90, 99, 119, 120, 122, 131, 137, 151, 155, 157, 158, 166, 167, 169, 176, 180, 209, 211,
-    222, 228, 234, 236, 242, 246, 267, 268, 272, 275, 277, 281, 299, 305, 313, 317, 331, 342, 368, 374, 407, 421,
-    431, 449, 452, 455, 479, 494, 498, 503, 508, 544, 560, 570, 592, 593, 599, 606, 608, 619, 620, 653, 659, 662,
-    665, 667, 674, 682, 703, 708, 717, 724, 748, 758, 765, 766, 772, 775, 796, 798, 830, 854, 857, 858, 872, 876,
-    882, 904, 908, 936, 938, 953, 959, 960, 993, 994,
-)
 
 # torchvision label order (OxfordIIITPet: alphabetical breed names from the annotation list)
 _PETS = [

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import tomesd
 from bigain.argtypes import finite_float, nonneg_int, positive_int
 from bigain.settings import setting_tag
+from tomesd.options import build_options
 
 # flag -> (type, help). `None`-typed entries are booleans given as true/false.
 REDUCTION_FLAGS: dict[str, tuple[Any, str]] = {
@@ -91,7 +92,6 @@ def reduction_kwargs(method: str, values: dict[str, Any]) -> dict[str, Any]:
 
 def validate_reduction(args: argparse.Namespace) -> dict[str, Any]:
     """Check the reducer flags before any model work (unknown/foreign options, bad values)."""
-    from tomesd.options import build_options
 
     method = tomesd.canonical_name(args.method)
     options = reduction_kwargs(method, vars(args))

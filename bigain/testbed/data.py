@@ -14,6 +14,7 @@ import os
 from typing import Optional, Tuple
 
 import numpy as np
+from bigain.records import file_digest
 
 CLASS_NAMES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -129,7 +130,6 @@ def load_test_subset(path: Optional[str] = None, as_uint8: bool = False):
 
 def sha256_file(path: str) -> str:
     """sha256 of a shipped file (for checksums.json)."""
-    from bigain.records import file_digest
 
     return file_digest(path, "sha256")
 
