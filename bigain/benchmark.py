@@ -39,8 +39,8 @@ from bigain.runs import ClassifyRun, GenerateRun
 from bigain.runs import run_classification as classify_run
 from bigain.runs import run_generation as generate_run
 from bigain.settings import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
-import eval.metrics
 from eval.flops import count_flops
+from eval.metrics import compute_metrics
 
 TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
 MODELS = {"dit": TESTBED / "dit-fmnist", "unet": TESTBED / "unet-fmnist"}
@@ -102,7 +102,7 @@ def run_generation(model_path: Path, method: str, options: dict, out: Path, args
     except (OSError, ValueError):
         cached = {}
     if cached.get("cache_key") != key:
-        scores = eval.metrics.compute_metrics(run_dir / "images", METRIC_SETTINGS["reference"],
+        scores = compute_metrics(run_dir / "images", METRIC_SETTINGS["reference"],
                                  metrics=tuple(METRIC_SETTINGS["metrics"]),
                                  domain_extractor=METRIC_SETTINGS["domain_extractor"], device=args.metrics_device,
                                  skip_unavailable=False)  # never cache a result missing a metric
