@@ -33,8 +33,9 @@ import tomesd
 from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
 from bigain.cli import add_max_images_arg, add_output_args, add_threads_arg, check_output_dir, nonneg_float, nonneg_int, \
     positive_int, run_cli
-from bigain.config import add_config_arg, atomic_write_text, parse_args_with_config
+from bigain.config import add_config_arg, parse_args_with_config
 from bigain.models import load_model
+from bigain.records import atomic_write_text
 from bigain.runs import ClassifyRun, GenerateRun
 from bigain.runs import run_classification as classify_run
 from bigain.runs import run_generation as generate_run

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from bigain.config import atomic_write_text
+from bigain.records import atomic_write_text
 from eval.report import outcomes as rs
 from eval.report.plots import per_class_heatmap, sample_grid, save_figure
 from bigain.datasets import load_prompts

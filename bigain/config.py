@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from bigain.records import atomic_write_bytes
+from bigain.records import atomic_write_text
 
 SKIPPED_DESTS = {"help", "config"}
 
@@ -178,11 +178,6 @@ def jsonable(value: Any) -> Any:
 def effective_config(args: argparse.Namespace) -> dict[str, Any]:
     """Every option value a run actually used (re-usable as `--config`: the file list itself is left out)."""
     return {k: jsonable(v) for k, v in sorted(vars(args).items()) if k not in SKIPPED_DESTS}
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text atomically (temp file in the same folder, then rename)."""
-    return atomic_write_bytes(path, text.encode())
 
 
 def save_effective_config(args: argparse.Namespace, run_dir: str | Path, name: str = "effective_config.yaml") -> Path:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Sequence
 
 from bigain.cli import check_output_dir, run_cli
 from bigain.datasets import IMAGENET100_IDS, build_dataset
+from bigain.records import atomic_write_text
 
 __all__ = ["TEMPLATES", "CLASSNAMES", "IMAGENET100_IDS", "class_table", "write_csv", "main"]
 
@@ -164,15 +166,11 @@ def table_from_names(names: Sequence[str], template: str, ids: Sequence[int] | N
 
 def write_csv(rows: Sequence[tuple[str, str, int]], path: str | Path) -> Path:
     """Write rows atomically as prompt,classname,classidx."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["prompt", "classname", "classidx"])
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["prompt", "classname", "classidx"])
+    writer.writerows(rows)
+    return atomic_write_text(path, text.getvalue())
 
 
 def names_from_dataset_root(dataset: str, root: str) -> list[str]:

@@ -60,6 +60,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write text atomically (temp file in the same folder, then rename)."""
+    return atomic_write_bytes(path, text.encode())
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """JSON-dump `obj` atomically (indented, sorted keys)."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())

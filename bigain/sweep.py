@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from bigain import classify, generate
 from bigain.cli import check_output_dir, nonneg_int, positive_int, run_cli
-from bigain.config import atomic_write_text, option_actions, option_dest, read_yaml_mapping, validate_config
+from bigain.config import option_actions, option_dest, read_yaml_mapping, validate_config
 from bigain.identity import model_identity
-from bigain.records import file_digest
+from bigain.records import atomic_write_text, file_digest
 from bigain.reduction import reduction_kwargs
 from bigain.runs import ClassifyRun, GenerateRun, run_classification, run_generation
 from bigain.settings import setting_tag

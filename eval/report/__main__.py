@@ -25,11 +25,12 @@ from typing import Any, Optional, Sequence
 
 from bigain.cli import check_output_dir, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
+from bigain.records import atomic_write_text
 
 from .outcomes import add_intervals, paired_markdown
 from .plots import per_class_plots, tradeoff_plots
 from .rows import collect_rows
-from .tables import _atomic_write_text, write_tables
+from .tables import write_tables
 from .tags import METRICS, TASKS, ReportError
 
 DEFAULTS: dict[str, Any] = {"columns": "dataset", "formats": ("md", "csv", "tex"), "baseline": "none"}
@@ -65,8 +66,8 @@ def write_paired(df: Any, out: Path) -> list[Path]:
                "95% intervals, exact McNemar p-values for rates.\n\n" + text)
     report = out / "report.md"
     if report.is_file():
-        _atomic_write_text(report, report.read_text() + "\n" + section)
-    return [_atomic_write_text(out / "paired.md", section)]
+        atomic_write_text(report, report.read_text() + "\n" + section)
+    return [atomic_write_text(out / "paired.md", section)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:

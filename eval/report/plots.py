@@ -1,13 +1,14 @@
 """Report trade-off plots: accuracy vs speed-up, FID vs speed-up, accuracy vs FID (PNGs)."""
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from bigain.records import atomic_write_bytes
 
 from .outcomes import classification_outcomes, per_class_accuracy
 from .rows import add_derived
@@ -73,18 +74,12 @@ def save_figure(fig: Any, path: Path) -> Path:
     """Save a PNG atomically and close the figure."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buffer, format="png", dpi=130, bbox_inches="tight")
     finally:
         plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _panel_figure(panels: list[tuple[str, pd.DataFrame]], x: str, y: str, xlabel: str, ylabel: str,

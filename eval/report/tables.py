@@ -1,13 +1,13 @@
 """Report tables: cells with baseline deltas, paper-style tables, markdown/CSV/LaTeX rendering and writing."""
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import pandas as pd
+
+from bigain.records import atomic_write_text
 
 from .rows import add_derived
 from .tags import DEFAULT_METRICS, METRICS, TASKS, Metric, ReportError, get_metric, is_baseline, \
@@ -173,20 +173,6 @@ def to_csv(table: pd.DataFrame) -> str:
     return table.to_csv(na_rep="", lineterminator="\n")
 
 
-def _atomic_write_text(path: Path, text: str) -> Path:
-    """Write text through a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _slug(text: Any) -> str:
     """Filesystem-safe piece of a file name."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(short_model(text))).strip("-") or "x"
@@ -235,7 +221,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, stem: str, caption: str, for
     """`<stem>.md|csv|tex` for one table (atomic writes)."""
     render = {"md": lambda: to_markdown(table, caption), "csv": lambda: to_csv(table),
               "tex": lambda: to_latex(table, caption, f"tab:{stem}")}
-    return [_atomic_write_text(out_dir / f"{stem}.{fmt}", render[fmt]()) for fmt in formats]
+    return [atomic_write_text(out_dir / f"{stem}.{fmt}", render[fmt]()) for fmt in formats]
 
 
 def write_tables(df: pd.DataFrame, out_dir: str | Path, metrics: Optional[Sequence[str]] = None,
@@ -267,6 +253,6 @@ def write_tables(df: pd.DataFrame, out_dir: str | Path, metrics: Optional[Sequen
         raise ReportError(f"none of the metrics {list(metrics)} has values in the runs; known metrics: "
                           f"{sorted(METRICS)}; numeric columns: {numeric}")
     keep = [c for c in df.columns if not c.startswith("_")]
-    written.append(_atomic_write_text(out / "rows.csv", df[keep].to_csv(index=False, na_rep="", lineterminator="\n")))
-    written.append(_atomic_write_text(out / "report.md", "\n".join(sections)))
+    written.append(atomic_write_text(out / "rows.csv", df[keep].to_csv(index=False, na_rep="", lineterminator="\n")))
+    written.append(atomic_write_text(out / "report.md", "\n".join(sections)))
     return written
