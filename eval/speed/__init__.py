@@ -3,7 +3,7 @@
 Command line: `python -m eval.speed` (see `eval/speed/__main__.py`). Modules: `cases` (settings, models,
 presets), `timing` (instruments, one case, a whole run), `tables` (CSV/markdown/plot outputs),
 `model_zoo` (full-size architectures with random weights), `op_count` (ATen ops per reducer), `upstream`
-(upstream tomesd 0.1.3 side by side), `sito_precision` (a one-off measurement).
+(upstream tomesd 0.1.3 side by side), `sito_precision` and `shared_plans` (one-off measurements).
 """
 import warnings
 
