@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", nargs="+", default=["paper"], choices=list(SETTING_GROUPS),
                    help="setting groups: paper (the six paper settings, default), compare (ratios 0.5/0.7, df 2/4 for "
                         "every method), compression (ToMe ratio 0.1-0.75, ToDo df 2/3/4), headline (baseline + the "
-                        "two paired comparisons at the paper's settings), sweep")
+                        "two paired comparisons at the paper's settings), reuse (ToMe/BiGain_TM 0.7 with per-block plans, "
+                        "plan_reuse=level and plan_every=5; each reuse setting paired with per-block plans), sweep")
     p.add_argument("--compare", action="store_true", help="shorthand for --settings compare compression")
     p.add_argument("--unet_max_downsample", type=int, default=None, choices=[1, 2],
                    help="U-Net placement: reduce transformer blocks at levels <= this (default: the method's, 1)")

@@ -42,13 +42,19 @@ COMPRESSION_SETTINGS: list[MethodSetting] = (
     [("none", {})] + [("tome", {"ratio": r}) for r in (0.1, 0.3, 0.5, 0.7, 0.75)]
     + [("todo", {"df": d}) for d in (2, 3, 4)]
 )
+# plan reuse next to per-block planning (spelled out as plan_reuse="block", so each reuse setting has a partner)
+REUSE_SETTINGS: list[MethodSetting] = (
+    [(m, {"ratio": 0.7, "plan_reuse": p}) for m in ("tome", "bigain_tm") for p in ("block", "level")]
+    + [(m, {"ratio": 0.7, "plan_every": 5}) for m in ("tome", "bigain_tm")]
+)
 SETTING_GROUPS: dict[str, list[MethodSetting]] = {
     "paper": PAPER_SETTINGS, "sweep": SWEEP_SETTINGS, "compare": COMPARE_SETTINGS, "compression": COMPRESSION_SETTINGS,
-    "headline": PAPER_SETTINGS[:5],
+    "headline": PAPER_SETTINGS[:5], "reuse": REUSE_SETTINGS,
 }
 
-LABEL_SHORT = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md"}  # option -> its name in a label
-SPEED_SHORT = {**LABEL_SHORT, "blocks": "blocks", "plan_reuse": "plans"}
+# option -> its name in a label
+LABEL_SHORT = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md", "plan_reuse": "plans", "plan_every": "every"}
+SPEED_SHORT = {**LABEL_SHORT, "blocks": "blocks"}
 
 
 def setting_label(method: str, options: Mapping[str, Any]) -> str:

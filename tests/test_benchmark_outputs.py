@@ -132,6 +132,21 @@ def test_partner_tags():
     assert rs.partner_tag("tome_ratio0.7", tags) is None
 
 
+def test_plan_reuse_settings_are_paired_with_their_per_block_twin():
+    from bigain.settings import REUSE_SETTINGS, setting_tag
+
+    tags = ["none"] + [setting_tag(m, o) for m, o in REUSE_SETTINGS]
+    assert rs.partner_tag("tome_plan_reuselevel_ratio0.7", tags) == "tome_plan_reuseblock_ratio0.7"
+    assert rs.partner_tag("bigain_tm_plan_every5_ratio0.7", tags) == "bigain_tm_plan_reuseblock_ratio0.7"
+    # the per-block twins keep the paper's pair (BiGain_TM vs ToMe); ToMe's has none
+    assert rs.partner_tag("bigain_tm_plan_reuseblock_ratio0.7", tags) == "tome_plan_reuseblock_ratio0.7"
+    assert rs.partner_tag("tome_plan_reuseblock_ratio0.7", tags) is None
+    # without an explicit per-block run, the default-options run is the twin
+    assert rs.partner_tag("tome_max_downsample2_plan_reuselevel_ratio0.7",
+                          ["tome_max_downsample2_ratio0.7"]) == "tome_max_downsample2_ratio0.7"
+    assert rs.partner_tag("tome_plan_reuselevel_ratio0.7", ["tome_ratio0.5"]) is None
+
+
 def test_eval_report_shows_intervals_paired_tests_and_per_class_heatmap(tmp_path):
     from eval.report.__main__ import main as report_main
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -143,8 +144,25 @@ def domain_reference_stats(reference: str = "fmnist-test", extractor: str = "fmn
     return stats.reference_stats(fd["features"].double().numpy())
 
 
+PLAN_OPTION = re.compile(r"_plan_(?:reuse[a-z0-9]+|every\d+)")  # a plan-reuse option inside a setting tag
+
+
+def plan_partner(tag: str, tags: list[str]) -> Optional[str]:
+    """The per-block-planning setting a plan-reuse setting is compared with: tome_plan_reuselevel_ratio0.7 ->
+    tome_plan_reuseblock_ratio0.7 (or tome_ratio0.7), tome_plan_every5_ratio0.7 -> the same; None otherwise."""
+    if not PLAN_OPTION.search(tag) or "_plan_reuseblock" in tag:
+        return None
+    candidates = (PLAN_OPTION.sub("_plan_reuseblock", tag, count=1), PLAN_OPTION.sub("", tag))
+    return next((c for c in candidates if c in tags), None)
+
+
 def partner_tag(tag: str, tags: list[str]) -> Optional[str]:
-    """The paired method's setting among `tags`: bigain_tm_ratio0.7 -> tome_ratio0.7, bigain_td_alpha0.5_df2 -> todo_df2."""
+    """The setting `tag` is paired with among `tags`: a plan-reuse setting with its per-block-planning twin
+    (`plan_partner`); otherwise the paired method's setting: bigain_tm_ratio0.7 -> tome_ratio0.7,
+    bigain_td_alpha0.5_df2 -> todo_df2."""
+    twin = plan_partner(tag, tags)
+    if twin is not None:
+        return twin
     method = next((m for m in sorted(PAIRS, key=len, reverse=True) if tag == m or tag.startswith(m + "_")), None)
     if method is None:
         return None
