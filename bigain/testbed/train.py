@@ -26,27 +26,18 @@ import platform
 import shutil
 import sys
 import time
-from typing import Dict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bigain.records import atomic_write_json
+from bigain.records import atomic_save_safetensors, atomic_write_json
 
 from . import architectures as A
 from .data import CLASS_NAMES, load_fashion_mnist, load_test_subset
 
 # ----------------------------------------------------------------------------- helpers
-
-def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: str, metadata=None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path + ".tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
-
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bigain.records import atomic_save_safetensors, atomic_write_text
+
 from .data import load_fashion_mnist, load_test_subset
 from .reference_classifier import DEFAULT_CONFIG, DEFAULT_PATH, ReferenceCNN
 
@@ -82,13 +84,7 @@ def main(argv=None):
     xs, ys = load_test_subset()
     subset_acc = evaluate(model, torch.from_numpy(xs), torch.from_numpy(ys))
     print(f"test accuracy {test_acc:.4f}  subset accuracy {subset_acc:.4f}  wall {wall:.0f}s")
-    from safetensors.torch import save_file
-
-    os.makedirs(a.out, exist_ok=True)
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = os.path.join(a.out, "model.safetensors.tmp")
-    save_file(sd, tmp)
-    os.replace(tmp, os.path.join(a.out, "model.safetensors"))
+    atomic_save_safetensors(model.state_dict(), os.path.join(a.out, "model.safetensors"))
     cfg = dict(DEFAULT_CONFIG)
     cfg.update(architecture="ReferenceCNN", input_range=[-1, 1], test_accuracy=test_acc,
                subset_accuracy=subset_acc,
@@ -98,11 +94,7 @@ def main(argv=None):
                              augmentation="hflip + shift<=2px", seed=a.seed, threads=a.threads,
                              train_images=len(xtr), wall_seconds=round(wall, 1),
                              torch=torch.__version__))
-    tmp = os.path.join(a.out, "config.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(cfg, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, os.path.join(a.out, "config.json"))
+    atomic_write_text(os.path.join(a.out, "config.json"), json.dumps(cfg, indent=1) + "\n")
     return test_acc
 
 

@@ -22,11 +22,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from bigain.records import load_record
+from bigain.records import atomic_save_safetensors, load_record
 from eval import stats
 from eval.metrics import extractors as ext
 from eval.metrics.compute import extract_features, metric_options, reference_features
-from eval.metrics.inception import atomic_save_safetensors
 from eval.metrics.prerequisites import read_records
 from eval.metrics.references import ImageSource, list_images, resolve_reference
 from eval.report.tags import reduction_label, short_model
