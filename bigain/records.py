@@ -1,4 +1,5 @@
-"""Per-image result records (.npz, written atomically), resume checks, and the merge of shards into accuracy.
+"""Per-image result records (.npz, written atomically), resume checks, and the merge of shards into accuracy; the
+project's one set of atomic writers (bytes, text, JSON, CSV, safetensors: temp file, fsync, rename).
 
 A run directory holds ``records/<index>.npz`` (one per image, any shard may have written it),
 ``config.json`` and logs. A record is reused only when it loads, is complete, and carries the
