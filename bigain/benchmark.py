@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 import tomesd
 from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
-from bigain.cli import add_max_images_arg, add_output_args, add_threads_arg, check_output_dir, nonneg_float, nonneg_int, \
-    positive_int, run_cli
+from bigain.argtypes import nonneg_float, nonneg_int, positive_int
+from bigain.cli import add_max_images_arg, add_output_args, add_threads_arg, check_output_dir, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
 from bigain.models import load_model
 from bigain.records import atomic_write_text

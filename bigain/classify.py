@@ -22,8 +22,8 @@ import argparse
 from typing import Any, Sequence
 
 from bigain.classifier import LOSSES, StageSchedule
-from bigain.cli import add_data_args, add_max_images_arg, add_model_args, add_output_args, add_shard_args, nonneg_int, \
-    positive_int, run_cli
+from bigain.argtypes import nonneg_int, positive_int
+from bigain.cli import add_data_args, add_max_images_arg, add_model_args, add_output_args, add_shard_args, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
 from bigain.datasets import DATASETS, INTERPOLATIONS
 from bigain.reduction import add_reduction_args

@@ -1,10 +1,10 @@
-"""What every CLI shares: the checked argparse types (bigain.argtypes), the model/data/output/shard flag groups,
-output-path checks, the launch shard, the model label, the TF32 switch, and `run_cli` (clean errors).
+"""What every CLI shares: the model/data/output/shard flag groups, output-path checks, the launch shard, the model
+label, the TF32 switch, and `run_cli` (clean errors). The checked argparse types live in bigain.argtypes.
 
 Bad input ends as ``error: <message>`` on stderr with exit status 2, before any model is loaded;
 ``--debug`` (or ``BIGAIN_DEBUG=1``) re-raises instead, for a traceback.
 
-    p.add_argument("--steps", type=positive_int)
+    p.add_argument("--steps", type=positive_int)       # checked types: from bigain.argtypes import positive_int
     check_output_dir(args.output_dir, "--output_dir")     # before loading anything
     add_model_args(p); add_output_args(p.add_argument_group("outputs"), "results/x")   # shared flag groups
     if __name__ == "__main__":
@@ -22,12 +22,12 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import yaml
 
-from bigain.argtypes import finite_float, fraction, nonneg_float, nonneg_int, positive_float, positive_int
+from bigain import argtypes
 from bigain.models import MODEL_VERSIONS
 
 __all__ = ["BAD_INPUT", "add_data_args", "add_max_images_arg", "add_model_args", "add_output_args", "add_shard_args",
-           "add_threads_arg", "check_output_dir", "check_output_file", "enable_tf32", "finite_float", "fraction",
-           "launch_shard", "model_label", "nonneg_float", "nonneg_int", "positive_float", "positive_int", "run_cli"]
+           "add_threads_arg", "check_output_dir", "check_output_file", "enable_tf32", "launch_shard", "model_label",
+           "run_cli"]
 
 # exceptions that mean "bad input" (FileNotFoundError covers DatasetLayoutError and ModelNotFoundError)
 BAD_INPUT: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
@@ -76,7 +76,7 @@ def check_output_file(path: Optional[str | os.PathLike], flag: str) -> None:
 
 def add_threads_arg(group: Any, dest: str = "cpu_threads") -> None:
     """`--threads` (alias `--cpu_threads`): torch intra-op CPU threads."""
-    group.add_argument("--threads", "--cpu_threads", dest=dest, type=positive_int, default=None,
+    group.add_argument("--threads", "--cpu_threads", dest=dest, type=argtypes.positive_int, default=None,
                        help="torch intra-op CPU threads (default: torch's choice; 1 on busy shared machines)")
 
 
@@ -108,7 +108,8 @@ def add_data_args(group: Any) -> None:
 
 def add_max_images_arg(group: Any, help: str, default: Optional[int] = None, dest: str = "max_images") -> None:
     """`--max_images` (alias `--n_images`): how many items a run covers."""
-    group.add_argument("--max_images", "--n_images", dest=dest, type=positive_int, default=default, help=help)
+    group.add_argument("--max_images", "--n_images", dest=dest, type=argtypes.positive_int, default=default,
+                       help=help)
 
 
 def add_output_args(group: Any, default: Optional[str], dest: str = "output_dir", run_files: bool = True) -> None:
@@ -121,8 +122,9 @@ def add_output_args(group: Any, default: Optional[str], dest: str = "output_dir"
 
 def add_shard_args(group: Any, what: str = "the work") -> None:
     """--n_workers / --worker_idx: independent jobs splitting the work (combined with a launch's processes)."""
-    group.add_argument("--n_workers", type=positive_int, default=1, help=f"number of independent jobs sharing {what}")
-    group.add_argument("--worker_idx", type=nonneg_int, default=0, help="this job's index in [0, n_workers)")
+    group.add_argument("--n_workers", type=argtypes.positive_int, default=1,
+                       help=f"number of independent jobs sharing {what}")
+    group.add_argument("--worker_idx", type=argtypes.nonneg_int, default=0, help="this job's index in [0, n_workers)")
 
 
 # ----------------------------------------------------------------------------- runs

@@ -1,4 +1,5 @@
-"""Per-image result records (.npz, written atomically), resume checks, and the merge of shards into accuracy.
+"""Per-image result records (.npz, written atomically), resume checks, and the merge of shards into accuracy; the
+project's one set of atomic writers (bytes, text, JSON, CSV, safetensors: temp file, fsync, rename).
 
 A run directory holds ``records/<index>.npz`` (one per image, any shard may have written it),
 ``config.json`` and logs. A record is reused only when it loads, is complete, and carries the
@@ -17,16 +18,21 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
+import torch
+from safetensors.torch import save as safetensors_bytes
 
 __all__ = [
     "ImageRecord",
     "MergeResult",
     "append_csv_row",
+    "atomic_save_safetensors",
     "atomic_write_bytes",
+    "atomic_write_csv",
     "atomic_write_json",
+    "atomic_write_text",
     "clean_stale_tmp",
     "config_fingerprint",
     "load_record",
@@ -65,6 +71,22 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def atomic_write_csv(path: str | Path, header: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
+    """Write a whole CSV atomically: `header`, then each row's values in header order (missing: '', extra keys
+    ignored), csv-module quoting and line ends; the text is built before the file is touched."""
+    text = _csv_line(header, {k: k for k in header})
+    text += "".join(_csv_line(header, r) for r in rows)
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                            metadata: Optional[dict[str, str]] = None) -> Path:
+    """Save tensors (detached, on CPU, contiguous) as a safetensors file atomically, like `safetensors.torch.save_file`
+    but through :func:`atomic_write_bytes` (never a half-written weights file)."""
+    data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    return atomic_write_bytes(path, data)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """JSON-dump `obj` atomically (indented, sorted keys)."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
@@ -97,7 +119,7 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=600):
         if not (path.is_file() and path.stat().st_size > 0):
-            _write_csv(path, list(row), [row])
+            atomic_write_csv(path, list(row), [row])
             return path
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
@@ -105,7 +127,7 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
             with open(path, newline="", encoding="utf-8") as f:
                 old = list(csv.DictReader(f))
             header = header + [k for k in row if k not in header]
-            _write_csv(path, header, old + [row])
+            atomic_write_csv(path, header, old + [row])
             return path
         line = _csv_line(header, row)
         with open(path, "rb") as f:
@@ -162,13 +184,6 @@ def _csv_line(header: Sequence[str], row: dict[str, Any]) -> str:
     buf = io.StringIO()
     csv.writer(buf).writerow([row.get(k, "") for k in header])
     return buf.getvalue()
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
-    """Write a whole CSV atomically."""
-    text = _csv_line(header, {k: k for k in header})
-    text += "".join(_csv_line(header, r) for r in rows)
-    atomic_write_bytes(path, text.encode())
 
 
 # ----------------------------------------------------------------------------- records

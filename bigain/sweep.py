@@ -26,7 +26,8 @@ from typing import Any, Callable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from bigain import classify, generate
-from bigain.cli import check_output_dir, nonneg_int, positive_int, run_cli
+from bigain.argtypes import nonneg_int, positive_int
+from bigain.cli import check_output_dir, run_cli
 from bigain.config import option_actions, option_dest, read_yaml_mapping, validate_config
 from bigain.identity import model_identity
 from bigain.records import atomic_write_text, file_digest

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bigain.cli import check_output_dir, check_output_file, finite_float, positive_int, run_cli
+from bigain.argtypes import finite_float, positive_int
+from bigain.cli import check_output_dir, check_output_file, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CLIS = ["bigain.classify", "bigain.generate", "bigain.benchmark", "bigain.sweep", "bigain.demo", "bigain.make_prompts",
@@ -154,6 +155,17 @@ def test_every_cli_entry_point_uses_run_cli(module):
     tree = ast.parse(Path(_cli_module(module).__file__).read_text())
     mains = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
     assert mains and "run_cli(main)" in ast.unparse(mains[0]), module
+
+
+def test_checked_types_have_one_import_site():
+    """The checked argparse types come from bigain.argtypes only: bigain.cli does not re-export them."""
+    cli = importlib.import_module("bigain.cli")
+    argtypes = importlib.import_module("bigain.argtypes")
+    assert not set(argtypes.__all__) & (set(cli.__all__) | set(vars(cli))), "bigain.cli re-exports argtypes"
+    for path in sorted(p for pkg in ("bigain", "eval", "tests", "scripts") for p in (REPO / pkg).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "bigain.cli":
+                assert not {a.name for a in node.names} & set(argtypes.__all__), f"{path}: import them from bigain.argtypes"
 
 
 @pytest.mark.parametrize("module, argv, needle", [

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
+
+import bigain.records
+from bigain.records import atomic_save_safetensors
 
 pytest.importorskip("torch_fidelity")
 
@@ -59,3 +63,22 @@ def test_unreadable_weights_path_errors(tmp_path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read"):
         inc.resolve_inception_weights(bad)
+
+
+def test_safetensors_caches_are_saved_atomically(tmp_path, monkeypatch) -> None:
+    """Weights and feature caches go through one atomic writer: a write killed before the rename keeps the old file."""
+    path = tmp_path / "sub" / "w.safetensors"
+    t = torch.arange(6.0).reshape(2, 3).t()  # not contiguous, as a transposed weight may be
+    atomic_save_safetensors({"w": t.requires_grad_()}, path, metadata={"key": "v1"})
+    with safe_open(str(path), "pt") as fh:
+        assert fh.metadata() == {"key": "v1"} and torch.equal(fh.get_tensor("w"), t.detach())
+    before = path.read_bytes()
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bigain.records.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save_safetensors({"w": torch.zeros(2)}, path, metadata={"key": "v2"})
+    assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == ["w.safetensors"]
+    assert inc.atomic_save_safetensors is atomic_save_safetensors  # the inception cache uses the same writer

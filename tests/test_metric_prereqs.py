@@ -73,7 +73,7 @@ def test_all_prerequisites_are_checked_before_any_computation(offline, monkeypat
     def no_extraction(*a, **k):
         raise AssertionError("features extracted before the prerequisites were checked")
 
-    monkeypatch.setattr(M, "_extract", no_extraction)
+    monkeypatch.setattr(M, "extract_features", no_extraction)
     with pytest.raises(M.MetricsUnavailableError) as err:
         M.compute_metrics(offline["gen"], None, metrics=["fid", "kid", "domain_fid", "clip"], skip_unavailable=False,
                           inception_weights=offline["args"][1], device="cpu")

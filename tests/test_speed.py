@@ -5,6 +5,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
+import bigain.records
 import tomesd
 from eval import speed
 from eval.flops import attention_layer_flops, count_flops
@@ -250,3 +251,35 @@ def test_sito_blocks_graph_option_matches_full_graph_on_random_tokens():
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     with pytest.raises(ValueError, match="graph"):
         SiToOptions(graph="sparse")
+
+
+def _interrupted_rename(src, dst):
+    raise KeyboardInterrupt("killed before the rename")
+
+
+def test_speed_csv_write_is_atomic(tmp_path, monkeypatch):
+    """A speed-table write killed mid-way leaves the previous speed.csv intact and no partial temp file."""
+    path = tmp_path / "speed.csv"
+    speed.tables.write_csv(path, [{"model": "sd2", "latency_ms": 1.5}], speed.COLUMNS)
+    before = path.read_bytes()
+    monkeypatch.setattr(bigain.records.os, "replace", _interrupted_rename)
+    with pytest.raises(KeyboardInterrupt):
+        speed.tables.write_csv(path, [{"model": "sd15", "latency_ms": 2.5}], speed.COLUMNS)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["speed.csv"]
+
+
+def test_speed_csv_rows_that_fail_mid_table_leave_the_previous_file(tmp_path):
+    """A row that fails to format (after others were formatted) must not truncate the previous table."""
+    class Exploding(dict):
+        def items(self):
+            raise RuntimeError("bad row")
+
+    path = tmp_path / "blocks.csv"
+    speed.tables.write_csv(path, [{"model": "sd2", "block": "b0"}], speed.BLOCK_COLUMNS)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError):
+        speed.tables.write_csv(path, [{"model": "sd15", "block": "b1"}, Exploding()], speed.BLOCK_COLUMNS)
+    assert path.read_bytes() == before
+    rows = list(csv.DictReader(path.open(newline="")))
+    assert [(r["model"], r["block"]) for r in rows] == [("sd2", "b0")]

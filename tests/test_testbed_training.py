@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from bigain.testbed import ASSETS_DIR, CLASSIFIER_PATH, DIT_PATH, UNET_PATH
+from bigain.testbed import ASSETS_DIR, CLASSIFIER_PATH, DIT_PATH, UNET_PATH, train, train_classifier
 from bigain.testbed.data import CLASS_NAMES, load_test_subset, verify_checksums
+from bigain.testbed.reference_classifier import load_reference_classifier
 
 
 def test_shipped_files_match_checksums():
@@ -42,12 +43,10 @@ def test_test_subset_is_stratified():
 
 @pytest.mark.parametrize("kind", ["dit", "unet"])
 def test_train_two_steps_then_resume(kind, tmp_path, capsys):
-    from bigain.testbed import train
-
     out = str(tmp_path / kind)
-    common = ["--model", kind, "--size", "tiny", "--out", out, "--batch_size", "4", "--threads", "1",
+    common = ["--model", kind, "--size", "tiny", "--batch_size", "4", "--threads", "1",
               "--device", "cpu", "--data", "subset", "--eval_images", "20", "--warmup", "1"]
-    s1 = train.main(common + ["--steps", "2"])
+    s1 = train.main(common + ["--output_dir", out, "--steps", "2"])
     assert s1["step"] == 2
     ck = os.path.join(out, "checkpoints", "latest")
     with open(os.path.join(ck, "state.json")) as f:
@@ -55,7 +54,7 @@ def test_train_two_steps_then_resume(kind, tmp_path, capsys):
     for fn in ["model.safetensors", "ema.safetensors", "optimizer.pt"]:
         assert os.path.exists(os.path.join(ck, fn))
     torch.load(os.path.join(ck, "optimizer.pt"), weights_only=True)  # no pickled objects
-    s2 = train.main(common + ["--steps", "4"])
+    s2 = train.main(common + ["--out", out, "--steps", "4"])  # the alias names the same folder
     assert "resumed" in capsys.readouterr().out
     assert s2["step"] == 4 and s2["resumes"][0]["at_step"] == 2
     sub = "transformer" if kind == "dit" else "unet"
@@ -121,3 +120,29 @@ def test_reference_classifier_accuracy():
     with torch.no_grad():
         f = model.features(x[:4])
     assert f.shape == (4, 128)
+
+
+@pytest.mark.parametrize("flag", ["--output_dir", "--out"])
+def test_trainers_spell_output_dir_with_out_as_alias(flag, tmp_path):
+    folder = str(tmp_path / "m")
+    assert train.parse_args(["--model", "dit", "--steps", "1", flag, folder]).output_dir == folder
+    assert train_classifier.parse_args([flag, folder]).output_dir == folder
+
+
+def test_train_needs_output_dir(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--model", "dit", "--steps", "1"])
+    assert exc.value.code == 2 and "--output_dir" in capsys.readouterr().err
+
+
+def test_train_classifier_writes_its_folder(tmp_path, monkeypatch):
+    """One short epoch on the shipped subset: the weights and config land in --output_dir (atomic writers)."""
+    monkeypatch.setattr(train_classifier, "load_fashion_mnist", lambda split: load_test_subset())
+    out = tmp_path / "classifier"
+    acc = train_classifier.main(["--output_dir", str(out), "--epochs", "1", "--batch_size", "250",
+                                 "--max_train", "500"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["test_accuracy"] == acc and config["training"]["train_images"] == 500
+    model = load_reference_classifier(str(out))  # strict load_state_dict of the written weights
+    assert sum(p.numel() for p in model.parameters()) == config["parameters"]
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]

@@ -12,9 +12,9 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,24 +41,11 @@ LOG = logging.getLogger("bigain.classify")
 class ClassifyRun(RunFields):
     """Every setting of one classification run (the values `python -m bigain.classify` parses; same names)."""
 
-    # data
+    # data (the shared fields: bigain.runs.common.RunFields)
     dataset: str = "pets"
-    dataset_root: Optional[str] = None
-    split: Optional[str] = None
-    data_dir: Optional[str] = None
-    skip_bad_images: bool = False
-    prompts_csv: Optional[str] = None
     img_size: Optional[int] = None
     interpolation: str = "bicubic"
-    max_images: Optional[int] = None
     loader_workers: int = 0
-    # model
-    version: str = "2-0"
-    model_path: Optional[str] = None
-    dtype: str = "auto"
-    device: str = "auto"
-    tf32: bool = False
-    cpu_threads: Optional[int] = None
     # adaptive protocol
     n_samples: tuple[int, ...] = (5, 20)
     allow_stages_without_new_timesteps: bool = False
@@ -66,22 +53,10 @@ class ClassifyRun(RunFields):
     n_trials: int = 1
     loss: str = "l2"
     batch_size: int = 32
-    seed: int = 0
-    # token reduction: the method, the reducer's seed and its options (bigain.reduction.REDUCTION_FLAGS)
-    method: str = "none"
-    reduction_seed: Optional[int] = None
-    reduction: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    # outputs, resumption, sharding
+    # outputs, resumption
     output_dir: str = "results/classification"
-    run_dir: Optional[str] = None
-    summary_csv: Optional[str] = None
     force_recalc: bool = False
-    n_workers: int = 1
-    worker_idx: int = 0
     merge_only: bool = False
-    no_flops: bool = False
-    dry_run: bool = False
-    config: Optional[tuple[str, ...]] = None
 
     def validate(self) -> tuple[Any, StageSchedule, str]:
         """Check every input before model work; returns (class table, schedule, split). Raises ValueError etc."""

@@ -8,7 +8,8 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 import torch.distributed as dist
 
@@ -18,16 +19,42 @@ from bigain.reduction import REDUCTION_FLAGS, run_reduction_tag
 __all__ = ["RunFields", "barrier", "git_commit", "setup_logging"]
 
 
+@dataclass(frozen=True)
 class RunFields:
-    """Mixin of the frozen run dataclasses: list values become tuples, reducer options (`reduction`, the values of
-    bigain.reduction.REDUCTION_FLAGS that are set) one mapping; `namespace()` is the CLI's view of the run."""
+    """The settings every run kind shares (data source, model, reducer, outputs and sharding; same names as the CLI
+    flags). List values become tuples, reducer options (`reduction`, the values of bigain.reduction.REDUCTION_FLAGS
+    that are set) one mapping; `namespace()` is the CLI's view of the run. Each run kind sets its own `output_dir`
+    default."""
 
-    reduction: Mapping[str, Any]
-    method: str
-    model_path: Any
-    version: str
-    output_dir: str
-    summary_csv: Any
+    # data
+    dataset_root: Optional[str] = None
+    split: Optional[str] = None
+    data_dir: Optional[str] = None
+    skip_bad_images: bool = False
+    prompts_csv: Optional[str] = None
+    max_images: Optional[int] = None
+    # model
+    version: str = "2-0"
+    model_path: Optional[str] = None
+    dtype: str = "auto"
+    device: str = "auto"
+    tf32: bool = False
+    cpu_threads: Optional[int] = None
+    # seed of the run (noise, timesteps)
+    seed: int = 0
+    # token reduction: the method, the reducer's seed and its options (bigain.reduction.REDUCTION_FLAGS)
+    method: str = "none"
+    reduction_seed: Optional[int] = None
+    reduction: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # outputs, resumption, sharding
+    output_dir: str = "results"
+    run_dir: Optional[str] = None
+    summary_csv: Optional[str] = None
+    n_workers: int = 1
+    worker_idx: int = 0
+    no_flops: bool = False
+    dry_run: bool = False
+    config: Optional[tuple[str, ...]] = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -12,9 +12,9 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 from tqdm import tqdm
@@ -48,41 +48,16 @@ class GenerateRun(RunFields):
     prompts_file: Optional[str] = None
     classes: Optional[tuple[int, ...]] = None
     images_per_class: int = 1
-    # data
-    dataset_root: Optional[str] = None
-    split: Optional[str] = None
-    data_dir: Optional[str] = None
-    skip_bad_images: bool = False
-    prompts_csv: Optional[str] = None
-    max_images: Optional[int] = None
+    # data (the shared fields: bigain.runs.common.RunFields)
     real_dir: Optional[str] = None
-    # model
-    version: str = "2-0"
-    model_path: Optional[str] = None
-    dtype: str = "auto"
-    device: str = "auto"
-    tf32: bool = False
-    cpu_threads: Optional[int] = None
     # sampling (sampler / guidance None: the model kind's published setup)
     sampler: Optional[str] = None
     steps: int = DEFAULT_STEPS
     guidance: Optional[float] = None
     batch_size: int = 4
-    seed: int = 0
-    # token reduction: the method, the reducer's seed and its options (bigain.reduction.REDUCTION_FLAGS)
-    method: str = "none"
-    reduction_seed: Optional[int] = None
-    reduction: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    # outputs, resumption, sharding
+    # outputs
     output_dir: str = "results/generation"
-    run_dir: Optional[str] = None
-    summary_csv: Optional[str] = None
-    n_workers: int = 1
-    worker_idx: int = 0
-    no_flops: bool = False
     no_progress: bool = False
-    dry_run: bool = False
-    config: Optional[tuple[str, ...]] = None
 
     def validate(self) -> None:
         """Check every input that needs no model; raises ValueError / FileNotFoundError."""

@@ -1,7 +1,7 @@
 """Train the testbed's class-conditional diffusion models on Fashion-MNIST (pixel space, 32x32).
 
-    python -m bigain.testbed.train --model dit  --out bigain/assets/testbed/dit-fmnist  --steps 2600 --batch_size 32 --threads 1
-    python -m bigain.testbed.train --model unet --out bigain/assets/testbed/unet-fmnist --steps 1000 --batch_size 32 --threads 1
+    python -m bigain.testbed.train --model dit  --output_dir bigain/assets/testbed/dit-fmnist  --steps 2600 --batch_size 32 --threads 1
+    python -m bigain.testbed.train --model unet --output_dir bigain/assets/testbed/unet-fmnist --steps 1000 --batch_size 32 --threads 1
 
 DDPM training (linear betas 1e-4..0.02, T=1000, epsilon prediction), 10 % condition dropout
 to the null class (index 10) for classifier-free guidance, AdamW with warm-up + cosine decay,
@@ -9,11 +9,11 @@ an EMA of the weights (the EMA weights are exported).  Timesteps are drawn from 
 the uniform distribution and one concentrated on the mid range, where a diffusion classifier
 gets most of its signal.
 
-Resumes from ``OUT/checkpoints/latest`` (safetensors weights + JSON state; the optimizer state
+Resumes from ``OUTPUT_DIR/checkpoints/latest`` (safetensors weights + JSON state; the optimizer state
 is a tensors-only ``torch.save`` file read back with ``weights_only=True``).  All files are
 written atomically.  When ``--steps`` is reached the EMA model is exported to the layout the
-loaders use: ``OUT/transformer`` or ``OUT/unet`` (+ ``OUT/class_embeddings.safetensors``),
-``OUT/scheduler`` and ``OUT/testbed.json``.
+loaders use: ``OUTPUT_DIR/transformer`` or ``OUTPUT_DIR/unet`` (+ ``OUTPUT_DIR/class_embeddings.safetensors``),
+``OUTPUT_DIR/scheduler`` and ``OUTPUT_DIR/testbed.json``.
 """
 from __future__ import annotations
 
@@ -26,27 +26,18 @@ import platform
 import shutil
 import sys
 import time
-from typing import Dict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bigain.records import atomic_write_json
+from bigain.records import atomic_save_safetensors, atomic_write_json
 
 from . import architectures as A
 from .data import CLASS_NAMES, load_fashion_mnist, load_test_subset
 
 # ----------------------------------------------------------------------------- helpers
-
-def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: str, metadata=None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path + ".tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
-
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -215,7 +206,8 @@ def export(out: str, ema: Trainable, sched, settings: dict, metrics: dict) -> No
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["dit", "unet"], required=True)
-    ap.add_argument("--out", required=True, help="output folder (exported model + checkpoints/)")
+    ap.add_argument("--output_dir", "--out", dest="output_dir", required=True,
+                    help="output folder (exported model + checkpoints/)")
     ap.add_argument("--steps", type=int, required=True, help="total optimisation steps (resume continues to this)")
     ap.add_argument("--time_budget_min", type=float, default=0.0,
                     help="also stop after this many minutes of training (summed over resumes); the lr "
@@ -250,7 +242,7 @@ def main(argv=None):
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
     device = pick_device(a.device)
-    out = a.out
+    out = a.output_dir
     ckdir = os.path.join(out, "checkpoints")
     os.makedirs(out, exist_ok=True)
 
@@ -258,7 +250,7 @@ def main(argv=None):
     embed_cfg = copy.deepcopy(A.EMBED_CONFIGS[a.size]) if a.model == "unet" else None
     sched = A.build_scheduler()
 
-    settings = {k: v for k, v in vars(a).items() if k not in ("out",)}
+    settings = {k: v for k, v in vars(a).items() if k not in ("output_dir",)}
     settings.update(model_config=model_cfg, embed_config=embed_cfg, scheduler=dict(sched.config),
                     objective="DDPM epsilon-prediction MSE", optimizer="AdamW(betas=(0.9, 0.999))",
                     lr_schedule="linear warm-up then cosine to min_lr_ratio*lr",

@@ -1,6 +1,6 @@
 """Train the reference CNN classifier on the Fashion-MNIST train split.
 
-    python -m bigain.testbed.train_classifier --out bigain/assets/testbed/classifier --epochs 4 --threads 1
+    python -m bigain.testbed.train_classifier --output_dir bigain/assets/testbed/classifier --epochs 4 --threads 1
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from bigain.records import atomic_save_safetensors, atomic_write_text
 
 from .data import load_fashion_mnist, load_test_subset
 from .reference_classifier import DEFAULT_CONFIG, DEFAULT_PATH, ReferenceCNN
@@ -37,16 +39,22 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
     return correct / len(x)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The trainer's command line (`--output_dir`, alias `--out`, as every other CLI)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=DEFAULT_PATH)
+    ap.add_argument("--output_dir", "--out", dest="output_dir", default=DEFAULT_PATH,
+                    help="output folder (model.safetensors, config.json)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch_size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max_train", type=int, default=0, help="use only the first N training images (0 = all)")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     g = torch.Generator().manual_seed(a.seed)
@@ -82,13 +90,7 @@ def main(argv=None):
     xs, ys = load_test_subset()
     subset_acc = evaluate(model, torch.from_numpy(xs), torch.from_numpy(ys))
     print(f"test accuracy {test_acc:.4f}  subset accuracy {subset_acc:.4f}  wall {wall:.0f}s")
-    from safetensors.torch import save_file
-
-    os.makedirs(a.out, exist_ok=True)
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = os.path.join(a.out, "model.safetensors.tmp")
-    save_file(sd, tmp)
-    os.replace(tmp, os.path.join(a.out, "model.safetensors"))
+    atomic_save_safetensors(model.state_dict(), os.path.join(a.output_dir, "model.safetensors"))
     cfg = dict(DEFAULT_CONFIG)
     cfg.update(architecture="ReferenceCNN", input_range=[-1, 1], test_accuracy=test_acc,
                subset_accuracy=subset_acc,
@@ -98,11 +100,7 @@ def main(argv=None):
                              augmentation="hflip + shift<=2px", seed=a.seed, threads=a.threads,
                              train_images=len(xtr), wall_seconds=round(wall, 1),
                              torch=torch.__version__))
-    tmp = os.path.join(a.out, "config.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(cfg, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, os.path.join(a.out, "config.json"))
+    atomic_write_text(os.path.join(a.output_dir, "config.json"), json.dumps(cfg, indent=1) + "\n")
     return test_acc
 
 

@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from bigain.cli import check_output_file, positive_int, run_cli
+from bigain.argtypes import positive_int
+from bigain.cli import check_output_file, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
 from bigain.records import atomic_write_json
 from eval.metrics import extractors as ext

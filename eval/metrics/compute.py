@@ -37,12 +37,12 @@ from torch_fidelity.metric_kid import (
 )
 from torch_fidelity.utils import get_featuresdict_from_dataset
 
+from bigain.records import atomic_save_safetensors
 from eval.metrics import extractors as ext
 from eval.metrics.clip_score import compute_clip_score
 from eval.metrics.inception import (
     INCEPTION_EXTRACTOR,
     FeatureExtractorInceptionV3Local,
-    atomic_save_safetensors,
     cache_dir,
 )
 from eval.metrics.prerequisites import MetricPlan, MetricsUnavailableError, plan_metrics
@@ -51,7 +51,7 @@ from eval.metrics.references import ImageSource, Reference, list_images
 __all__ = [
     "frechet_distance", "KEY_FID", "KEY_KID_MEAN", "KEY_KID_STD", "KEY_IS_MEAN", "KEY_IS_STD", "KEY_DOMAIN_FID",
     "KEY_CLASS_CONSISTENCY", "KEY_CLIP_SCORE", "KEY_REPORT", "KEY_SKIPPED", "EXIT_SKIPPED", "METRICS", "DEFAULTS",
-    "check_metrics", "compute_metrics",
+    "check_metrics", "compute_metrics", "extract_features", "metric_options", "reference_features",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -96,17 +96,20 @@ DEFAULTS: dict[str, Any] = {
 # ----------------------------------------------------------------------------------------------
 # Feature extraction with an on-disk cache for reference features
 # ----------------------------------------------------------------------------------------------
-def _extract(source: Dataset, extractor: torch.nn.Module, batch_size: int, device: str, verbose: bool) -> dict:
-    """torch-fidelity feature extraction over a dataset of uint8 images."""
+def extract_features(source: Dataset, extractor: torch.nn.Module, batch_size: int, device: str,
+                     verbose: bool) -> dict:
+    """torch-fidelity feature extraction over a dataset of uint8 images: {feature name: (n, d) tensor}.
+    Shared by the metrics and the report's per-image outcomes, so both see the same features."""
     cuda = device.startswith("cuda")
     extractor = extractor.to(device)
     return get_featuresdict_from_dataset(source, extractor, batch_size, cuda, save_cpu_ram=not cuda, verbose=verbose)
 
 
-def _reference_features(
+def reference_features(
     ref: Reference, size: int, extractor: torch.nn.Module, extractor_id: str, features: list[str], opts: dict
 ) -> dict[str, torch.Tensor]:
-    """Reference features, read from the cache when present, else extracted and cached."""
+    """Reference features, read from the cache when present, else extracted and cached (keyed by reference,
+    image count, size, extractor and torch-fidelity version); `opts` as :func:`metric_options` returns them."""
     items = ref.source_items
     if opts["max_reference"] and opts["max_reference"] < len(items):  # evenly spread (folders are class-sorted)
         step = len(items) / opts["max_reference"]
@@ -117,7 +120,8 @@ def _reference_features(
     path = Path(opts["cache_root"] or cache_dir() / "fid_stats") / f"ref-{digest}.safetensors"
     if opts["use_cache"] and path.is_file():
         return load_file(str(path))
-    fd = _extract(ImageSource(items, size, ref.load), extractor, opts["batch_size"], opts["device"], opts["verbose"])
+    fd = extract_features(ImageSource(items, size, ref.load), extractor, opts["batch_size"], opts["device"],
+                          opts["verbose"])
     fd = {k: fd[k].float().contiguous() for k in features}
     if opts["use_cache"]:
         atomic_save_safetensors(fd, path, metadata={"key": key})
@@ -169,8 +173,9 @@ def _labels(records: list[dict]) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
-def _options(overrides: dict[str, Any]) -> dict[str, Any]:
-    """DEFAULTS updated with ``overrides``; unknown keys are errors."""
+def metric_options(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The metric options: DEFAULTS updated with ``overrides`` (None values keep the default); unknown keys or
+    metrics are ValueErrors."""
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; allowed: {sorted(DEFAULTS)}")
@@ -188,7 +193,7 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
     it may be None when only CLIP score is asked for. The ``report`` entry states library, feature
     extractors, weights, reference set, image counts and resizing.
     """
-    opts = _options(options)
+    opts = metric_options(options)
     gen_files = list_images(generated_dir)
     if not gen_files:
         raise FileNotFoundError(f"no generated images under {generated_dir}")
@@ -222,7 +227,7 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
         report["feature_extractor"] = ("torch-fidelity FeatureExtractorInceptionV3 (inception-v3-compat, 2048-d pool, "
                                        "TF1 bilinear resize to 299)")
         report["inception_weights"] = weights.source
-        gen_fd = _extract(gen_source, extractor, opts["batch_size"], opts["device"], opts["verbose"]) \
+        gen_fd = extract_features(gen_source, extractor, opts["batch_size"], opts["device"], opts["verbose"]) \
             if (want_is or want_fd) else {}
         if want_is:
             splits = min(opts["isc_splits"], max(1, len(gen_files) // 2))  # >= 2 images per split
@@ -231,7 +236,7 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
                                                   rng_seed=opts["rng_seed"], verbose=False))
         if want_fd:
             ref_extractor = FeatureExtractorInceptionV3Local(INCEPTION_EXTRACTOR, ["2048"], str(weights.path))
-            ref_fd = _reference_features(ref, size, ref_extractor, f"{INCEPTION_EXTRACTOR}:{weights.source}",
+            ref_fd = reference_features(ref, size, ref_extractor, f"{INCEPTION_EXTRACTOR}:{weights.source}",
                                          ["2048"], opts)
             report["n_reference"] = int(len(ref_fd["2048"]))
             res = _fd_metrics(gen_fd, ref_fd, "2048", "kid" in metrics, opts)
@@ -246,13 +251,13 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
         feats = ["features"] + (["logits"] if "class_consistency" in metrics else [])
         dom = ext.build_domain_extractor(spec.name, feats)
         report["domain_extractor"] = f"{spec.name}: {spec.description} (input {spec.in_channels}x{spec.image_size}^2)"
-        gen_fd = _extract(gen_source, dom, opts["batch_size"], opts["device"], opts["verbose"])
+        gen_fd = extract_features(gen_source, dom, opts["batch_size"], opts["device"], opts["verbose"])
         if "class_consistency" in metrics:
             labels = _labels(records)
             pred = gen_fd["logits"].argmax(dim=1)
             out[KEY_CLASS_CONSISTENCY] = float((pred == labels).float().mean())
         if "domain_fid" in metrics:
-            ref_fd = _reference_features(ref, size, ext.build_domain_extractor(spec.name, ["features"]),
+            ref_fd = reference_features(ref, size, ext.build_domain_extractor(spec.name, ["features"]),
                                          ext.fidelity_name(spec.name), ["features"], opts)
             report["n_reference_domain"] = int(len(ref_fd["features"]))
             out[KEY_DOMAIN_FID] = _fd_metrics(gen_fd, ref_fd, "features", False, opts)[KEY_FID]
@@ -286,7 +291,7 @@ def check_metrics(reference: str | Path | None, gen_files: Sequence[Path] | None
     Raises :class:`MetricsUnavailableError` listing every missing prerequisite when
     ``skip_unavailable`` is False; `gen_files` None checks before generation (records unchecked).
     """
-    opts = _options(options)
+    opts = metric_options(options)
     plan = plan_metrics(opts["metrics"], reference, opts, gen_files)
     if plan.skipped:
         if not opts["skip_unavailable"]:

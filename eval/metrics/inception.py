@@ -24,20 +24,20 @@ import importlib.util
 import io
 import os
 import sys
-import tempfile
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as _tf_inception
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch_fidelity.feature_extractor_inceptionv3 import (
     URL_INCEPTION_V3,
     FeatureExtractorInceptionV3,
 )
 
 from bigain.hub import hub_offline
+from bigain.records import atomic_save_safetensors
 from bigain.records import file_digest
 
 __all__ = [
@@ -79,19 +79,6 @@ class InceptionWeights:
 def cache_dir() -> Path:
     """Cache root for converted weights and feature statistics (``BIGAIN_CACHE`` or ~/.cache/bigain)."""
     return Path(os.environ.get("BIGAIN_CACHE", Path.home() / ".cache" / "bigain"))
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file through a temp file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def fid_helper_torchscript_path() -> Path:

@@ -23,11 +23,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from bigain.records import load_record
+from bigain.records import atomic_save_safetensors, load_record
 from eval import stats
 from eval.metrics import extractors as ext
-from eval.metrics.compute import _extract, _options, _reference_features
-from eval.metrics.inception import atomic_save_safetensors
+from eval.metrics.compute import extract_features, metric_options, reference_features
 from eval.metrics.prerequisites import read_records
 from eval.metrics.references import ImageSource, list_images, resolve_reference
 from eval.report.tags import reduction_label, short_model
@@ -125,8 +124,8 @@ def generation_outcomes(gen_dir: str | Path, extractor: str = "fmnist-reference"
     with Image.open(files[0]) as im:
         size = min(im.size)
     labels = torch.tensor([int(r.get("label", -1)) for r in read_records(files)])
-    fd = _extract(ImageSource(files, size), ext.build_domain_extractor(extractor, ["features", "logits"]), 64, device,
-                  False)
+    fd = extract_features(ImageSource(files, size), ext.build_domain_extractor(extractor, ["features", "logits"]), 64,
+                          device, False)
     tensors = {"features": fd["features"].float().contiguous(), "pred": fd["logits"].argmax(1).contiguous(),
                "labels": labels}
     atomic_save_safetensors(tensors, cache, metadata={"key": key})
@@ -139,8 +138,8 @@ def domain_reference_stats(reference: str = "fmnist-test", extractor: str = "fmn
     """Fixed reference statistics of the domain FID (features from eval.metrics' cached reference extraction)."""
 
     ref = resolve_reference(reference, None)
-    fd = _reference_features(ref, size, ext.build_domain_extractor(extractor, ["features"]), ext.fidelity_name(extractor),
-                             ["features"], _options({}))
+    fd = reference_features(ref, size, ext.build_domain_extractor(extractor, ["features"]),
+                            ext.fidelity_name(extractor), ["features"], metric_options({}))
     return stats.reference_stats(fd["features"].double().numpy())
 
 

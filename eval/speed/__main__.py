@@ -19,7 +19,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from bigain.cli import check_output_dir, fraction, nonneg_int, positive_int, run_cli
+from bigain.argtypes import fraction, nonneg_int, positive_int
+from bigain.cli import check_output_dir, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
 
 from .cases import METHODS, PRESET_FLAGS, PRESETS, Case, grid, make_settings, parse_model, preset_cases

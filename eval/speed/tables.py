@@ -26,7 +26,6 @@ This module writes those rows: speed.csv / blocks.csv, the markdown tables, the 
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from bigain.records import atomic_write_csv, atomic_write_text
 
 RANDOM_WEIGHTS_NOTE = "random weights (architecture-only timing; no checkpoint loaded)"
 
@@ -110,12 +111,10 @@ def block_markdown(block_rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
+    """Write `rows` under `columns` atomically (floats to 6 significant digits; other keys ignored)."""
+    return atomic_write_csv(path, columns, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                                            for row in rows])
 
 
 def plot(rows: Sequence[dict], path: Path) -> None:
@@ -173,8 +172,8 @@ def write_outputs(rows: Sequence[dict], block_rows: Sequence[dict], out: Path, m
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "speed.csv", rows, COLUMNS)
     write_csv(out / "blocks.csv", block_rows, BLOCK_COLUMNS)
-    (out / "speed.md").write_text(markdown_table(rows) + "\n")
-    (out / "blocks.md").write_text(block_markdown(block_rows) + "\n")
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / "speed.md", markdown_table(rows) + "\n")
+    atomic_write_text(out / "blocks.md", block_markdown(block_rows) + "\n")
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     if rows:
         plot(rows, out / "speed.png")
