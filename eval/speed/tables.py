@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from bigain.records import atomic_write_csv, atomic_write_text
+from eval.report.plots import save_figure
 
 RANDOM_WEIGHTS_NOTE = "random weights (architecture-only timing; no checkpoint loaded)"
 
@@ -144,8 +145,7 @@ def plot(rows: Sequence[dict], path: Path) -> None:
         ax.axis("off")
     fig.suptitle(f"measured (solid) and FLOP-ideal (dashed) speed-up; {RANDOM_WEIGHTS_NOTE}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
