@@ -7,8 +7,8 @@ import dataclasses
 import logging
 import subprocess
 import sys
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch.distributed as dist

@@ -37,8 +37,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 )
 
 from bigain.hub import hub_offline
-from bigain.records import atomic_save_safetensors
-from bigain.records import file_digest
+from bigain.records import atomic_save_safetensors, file_digest
 
 __all__ = [
     "INCEPTION_EXTRACTOR",

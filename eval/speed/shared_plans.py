@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
+import json
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,6 +42,7 @@ from tomesd.reducers.tome import ToMe, ToMeOptions
 from tomesd.rng import CounterRandom
 
 from .sito_precision import first_block_metrics, test_images
+from .timing import median, timed_call
 
 UNET_DIR = Path(ASSETS_DIR) / "unet-fmnist"
 NUM_CLASSES = 10
@@ -83,7 +84,7 @@ def median_ms(fn: Callable[[], object], repeats: int = REPEATS) -> float:
         tic = time.perf_counter()
         fn()
         times.append((time.perf_counter() - tic) * 1e3)
-    return statistics.median(times)
+    return median(times)
 
 
 def plan_times(metric: torch.Tensor, side: int, distinct: Sequence[int]) -> dict[str, dict[str, float]]:
@@ -112,11 +113,10 @@ def call_times(model: UNet2DConditionModel, x_t: torch.Tensor, t: torch.Tensor, 
     with torch.no_grad():
         for round_index in range(repeats + 1):  # round 0 warms up
             for name, m in models.items():
-                tic = time.perf_counter()
-                m(x_t, t, encoder_hidden_states=cond)
+                ms = timed_call(m, (x_t, t), {"encoder_hidden_states": cond}, x_t.device)
                 if round_index:
-                    times[name].append((time.perf_counter() - tic) * 1e3)
-    return {name: statistics.median(v) for name, v in times.items()}
+                    times[name].append(ms)
+    return {name: median(v) for name, v in times.items()}
 
 
 def measure(schedule: StageSchedule = StageSchedule(), batch_size: int = BATCH_SIZE) -> dict:
