@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from .attention_backends import BackendSlots, dispatched_attention, reproduces_sdpa
 from .options import plan_reuse_span
 from .reducers.base import KVPlan, Plan, ReductionContext, Reducer, TokenPlan, Tracer, run_phase, traced_plan
 from .rng import CounterRandom
@@ -211,21 +212,36 @@ def attend_compressed_kv(inner: Any, attn: nn.Module, hidden: Tensor, plan: KVPl
     return torch.where(plan.active.to(out.device).view(-1, *([1] * (out.dim() - 1))), out, full)
 
 
-class ReducingAttnProcessor:
-    """Wraps a block's original attention processor; reduces tokens (or K/V) around it."""
+class ReducingAttnProcessor(BackendSlots):
+    """Wraps a block's original attention processor; reduces tokens (or K/V) around it.
+
+    An attention backend set on it (`model.set_attention_backend`) goes to the wrapped processor when
+    that one has a backend slot; otherwise (diffusers' SDPA processor) the attention runs through
+    `dispatch_attention_fn` with it (`tomesd.attention_backends`). No backend set: the wrapped processor.
+    """
 
     def __init__(self, inner: Any, hook: BlockHook, self_attention: bool) -> None:
         self.inner, self.hook, self.self_attention = inner, hook, self_attention
 
     def __call__(self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Optional[Tensor] = None,
                  attention_mask: Optional[Tensor] = None, **kwargs: Any) -> Tensor:
+        self.check_parallel()
         plan = self.hook.plan_for(hidden_states)
         if isinstance(plan, TokenPlan):
-            out = self.inner(attn, plan.reduce(hidden_states), encoder_hidden_states, attention_mask, **kwargs)
+            out = self.run(attn, plan.reduce(hidden_states), encoder_hidden_states, attention_mask, **kwargs)
             return plan.restore(out)
         if isinstance(plan, KVPlan) and self.self_attention and encoder_hidden_states is None:
-            return attend_compressed_kv(self.inner, attn, hidden_states, plan, attention_mask, kwargs)
-        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+            return attend_compressed_kv(self.run, attn, hidden_states, plan, attention_mask, kwargs)
+        return self.run(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+    def run(self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Optional[Tensor],
+            attention_mask: Any, **kwargs: Any) -> Tensor:
+        """The wrapped processor, or its computation through the backend set on this wrapper."""
+        backend = self.own_backend()
+        if backend is None or not reproduces_sdpa(self.inner):
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return dispatched_attention(attn, hidden_states, encoder_hidden_states, attention_mask, backend=backend,
+                                    parallel_config=self._parallel_config, **kwargs)
 
 
 def install_mlp_hooks(ff: nn.Module, hook: BlockHook) -> list[Any]:

@@ -83,12 +83,13 @@ def rotate(x: Tensor, table: CosSin) -> Tensor:
 
 def joint_attention(attn: nn.Module, image_q: Tensor, image_kv: Tensor, text: Optional[Tensor], *,
                     text_added: bool, text_first: bool, rope: Optional[JointRope],
-                    backend: Any = None) -> Union[Tensor, tuple[Tensor, Tensor]]:
+                    backend: Any = None, parallel_config: Any = None) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Joint attention: queries from `image_q` (+ text), keys/values from `image_kv` (+ text).
 
     Returns what the stock processor returns: SD3 / Flux double-stream `(image_out, text_out)`
     (image only when `text` is None), Flux single-stream (`text_added=False`, `attn.pre_only`)
-    the raw attention output `cat([text, image])` without output projection.
+    the raw attention output `cat([text, image])` without output projection. `backend` and
+    `parallel_config` go to `dispatch_attention_fn` (the wrapped processor's, as the stock processors pass them).
     """
     q_img = project_query(attn, image_q, False)
     k_img, v_img = project_key_value(attn, image_kv, False)
@@ -105,7 +106,8 @@ def joint_attention(attn: nn.Module, image_q: Tensor, image_kv: Tensor, text: Op
         keys.insert(position, k_txt)
         values.insert(position, v_txt)
     query, key, value = (torch.cat(parts, dim=1) for parts in (queries, keys, values))
-    out = dispatch_attention_fn(query, key, value, backend=backend).flatten(2, 3).to(query.dtype)
+    out = dispatch_attention_fn(query, key, value, backend=backend, parallel_config=parallel_config)
+    out = out.flatten(2, 3).to(query.dtype)
     if text is None:
         return output_projection(attn, out)
     n_text = text.shape[1]

@@ -19,15 +19,16 @@ positions; queries keep their original positions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .attention_backends import BackendSlots
 from .backbones import Backbone, BlockSite, mmdit_kind
 from .hooks import BlockHook, FeedForwardChunking, install_mlp_hooks, make_capture_hook, per_sample_timesteps
-from .joint_attention import JointRope, check_stock_processor, joint_attention
+from .joint_attention import STOCK_PROCESSORS, JointRope, check_stock_processor, joint_attention
 from .reducers.base import KVPlan, Reducer, TokenPlan
 
 TensorFn = Callable[[Tensor], Tensor]
@@ -35,25 +36,59 @@ TensorFn = Callable[[Tensor], Tensor]
 
 @dataclass
 class ImagePositions:
-    """Per-forward image position ids (N, 3) of a Flux call and the model's rotary embedding."""
+    """Per-forward image position ids (N, 3) of a Flux call and the model's rotary embedding.
+
+    `hint` is the token grid `apply_patch` reports (its `latent_size`, else Flux's 64x64 reference);
+    `grids` maps a token count to the grid last validated for it in an eager call.
+    """
 
     pos_embed: Optional[nn.Module] = None
     ids: Optional[Tensor] = None
     checked: Optional[tuple] = None  # (last validated img_ids tensor, its version, token count, grid)
+    hint: Optional[tuple[int, int]] = None
+    grids: dict = field(default_factory=dict)
 
     def grid_of(self, img_ids: Tensor, num_tokens: int) -> tuple[int, int]:
         """`flux_image_grid`, validated once per ids tensor: pipelines pass the same one at every step, so
-        later steps skip the check's device-to-host syncs (the tensor is held, so its memory is not reused)."""
+        later steps skip the check's device-to-host syncs (the tensor is held, so its memory is not reused).
+
+        Under `torch.compile` the grid cannot be read from the ids' values (a data-dependent shape):
+        it comes from shapes alone (`traced_grid`) and the ids are checked inside the graph.
+        """
+        if torch.compiler.is_compiling():
+            return self.traced_grid(img_ids, num_tokens)
         last = self.checked
         if last is None or last[0] is not img_ids or last[1] != img_ids._version or last[2] != num_tokens:
             self.checked = (img_ids, img_ids._version, num_tokens, flux_image_grid(img_ids, num_tokens))
+            self.grids[num_tokens] = self.checked[3]
         return self.checked[3]
+
+    def traced_grid(self, img_ids: Tensor, num_tokens: int) -> tuple[int, int]:
+        """The grid of `num_tokens` tokens while tracing: the one an eager call validated, else the patch's
+        reported grid, else a square; `img_ids` are asserted (on the device, no sync) to be that grid."""
+        candidates = [self.grids.get(num_tokens), self.hint, square_grid(num_tokens)]
+        grid = next((g for g in candidates if g is not None and g[0] * g[1] == num_tokens), None)
+        if grid is None or img_ids.shape[0] != num_tokens:
+            raise RuntimeError(
+                f"cannot tell the token grid of this compiled Flux call ({num_tokens} image tokens, not a square): "
+                "pass apply_patch(..., latent_size=(rows, cols)) with the packed token grid, or run one call eagerly")
+        order = torch.arange(num_tokens, device=img_ids.device, dtype=img_ids.dtype)
+        torch._assert_async((img_ids[:, 1] * grid[1] + img_ids[:, 2] == order).all(),
+                            f"the image ids of this compiled Flux call are not the row-major {grid[0]}x{grid[1]} "
+                            "grid the patch assumed; pass apply_patch(..., latent_size=(rows, cols))")
+        return grid
 
     def table_at(self, positions: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """Rotary (cos, sin), each (B, M, D), at float positions (B, M, 3), in `like`'s dtype/device."""
         cos, sin = self.pos_embed(positions.reshape(-1, positions.shape[-1]))
         shape = positions.shape[:2] + (cos.shape[-1],)
         return cos.reshape(shape).to(like), sin.reshape(shape).to(like)
+
+
+def square_grid(num_tokens: int) -> Optional[tuple[int, int]]:
+    """(s, s) when `num_tokens` is a perfect square s * s, else None."""
+    side = math.isqrt(num_tokens)
+    return (side, side) if side * side == num_tokens else None
 
 
 def flux_image_grid(img_ids: Tensor, num_tokens: int) -> tuple[int, int]:
@@ -111,12 +146,14 @@ def select_rows(active: Tensor, out_on: Any, out_off: Any) -> Any:
     return torch.where(active.to(out_on.device).view(-1, *([1] * (out_on.dim() - 1))), out_on, out_off)
 
 
-class MMDiTProcessor:
+class MMDiTProcessor(BackendSlots):
     """Wraps an MMDiT block's attention processor; reduces image tokens (or image K/V) around it.
 
     Idle plans call the wrapped processor unchanged (bit-identical). SD3 token plans wrap it too
     (reduced image tokens in, restored out). K/V plans and Flux token plans run `joint_attention`
     (the stock computation with separate image Q / K-V sources and per-sample rotary tables).
+    Attention runs through `dispatch_attention_fn` with the wrapped processor's backend (Flux), or with
+    one set on this wrapper (SD3, whose stock processor calls SDPA itself; then every path uses it).
     """
 
     def __init__(self, inner: Any, hook: BlockHook, positions: ImagePositions, single_stream: bool) -> None:
@@ -124,6 +161,7 @@ class MMDiTProcessor:
 
     def __call__(self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Optional[Tensor] = None,
                  attention_mask: Optional[Tensor] = None, image_rotary_emb: Any = None, **kwargs: Any) -> Any:
+        self.check_parallel()
         if self.single_stream:
             n_text = hidden_states.shape[1] - image_token_count(self.hook)
             text, image = hidden_states[:, :n_text], hidden_states[:, n_text:]
@@ -158,15 +196,25 @@ class MMDiTProcessor:
 
     def call_inner(self, attn: nn.Module, hidden: Tensor, encoder: Optional[Tensor], mask: Any, rotary: Any,
                    kwargs: dict) -> Any:
-        """The wrapped processor, called as the attention module calls it (rotary only when given)."""
+        """The wrapped processor, called as the attention module calls it (rotary only when given); its stock
+        computation through `dispatch_attention_fn` instead when a backend is set on this wrapper (SD3)."""
+        if self.dispatches_itself(attn, mask, rotary, kwargs):
+            return self.attend(attn, hidden, hidden, encoder, None)
         extra = dict(kwargs) if rotary is None else {**kwargs, "image_rotary_emb": rotary}
         return self.inner(attn, hidden, encoder, mask, **extra)
+
+    def dispatches_itself(self, attn: nn.Module, mask: Any, rotary: Any, kwargs: dict) -> bool:
+        """A backend is set here for a stock processor without a backend slot (SD3), and the call is one
+        `joint_attention` reproduces (no mask, rotary table or extra arguments)."""
+        return (self.own_backend() is not None and mask is None and rotary is None and not kwargs
+                and not self.single_stream and type(self.inner).__name__ in STOCK_PROCESSORS
+                and not getattr(attn, "fused_projections", False))
 
     def attend(self, attn: nn.Module, image_q: Tensor, image_kv: Tensor, text: Optional[Tensor],
                rope: Optional[JointRope]) -> Any:
         return joint_attention(attn, image_q, image_kv, text, text_added=not self.single_stream,
                                text_first=self.positions.pos_embed is not None, rope=rope,
-                               backend=getattr(self.inner, "_attention_backend", None))
+                               backend=self._attention_backend, parallel_config=self._parallel_config)
 
     def rope(self, table: Any, n_text: int, image: Tensor, query_fn: Optional[TensorFn],
              key_fn: TensorFn) -> Optional[JointRope]:
@@ -249,7 +297,8 @@ def install_mmdit(backbone: Backbone, sites: list[BlockSite], reducer: Reducer, 
     check_placement(reducer, options)
     model = backbone.model
     flux = hasattr(model, "single_transformer_blocks")
-    positions = ImagePositions(pos_embed=model.pos_embed if flux else None)
+    hint = handle.report.latent_size if flux else None
+    positions = ImagePositions(pos_embed=model.pos_embed if flux else None, hint=hint)
     capture = (make_flux_capture_hook(handle.runtime, backbone.signature, positions) if flux
                else make_capture_hook(handle.runtime, backbone.signature))
     handle.handles.append(model.register_forward_pre_hook(capture, with_kwargs=True))

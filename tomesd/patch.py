@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator, Optional
 from torch import nn
 
 from . import reducers  # noqa: F401  (registers the built-in methods)
+from .attention_backends import check_model_parallelism
 from .backbones import Backbone, BlockSite, find_backbone, resolve_denoiser, select_sites
 from .hooks import BlockHook, FeedForwardChunking, ReducingAttnProcessor, RuntimeState, install_mlp_hooks, \
     make_capture_hook
@@ -171,6 +172,7 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
     backbone = find_backbone(denoiser)
     if reducer.plan_kind == "none":
         return PatchReport(name, {}, type(denoiser).__name__, backbone.family, [], {})
+    check_model_parallelism(denoiser)
     sites = select_sites(backbone, opts.max_downsample, opts.blocks, reducer.default_blocks)
     if not sites:
         raise ValueError(f"method {name!r} would patch no block of {type(denoiser).__name__} (options {as_dict(opts)})")
