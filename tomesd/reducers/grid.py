@@ -15,7 +15,11 @@ def static_tensor(key: Hashable, make: Callable[[], Tensor]) -> Tensor:
 
     Saves the launches that rebuild it in every block and call. Callers never write to it. Under
     CUDA-graph capture, warm up eagerly first (as capture requires anyway) so it is made outside.
+    While `torch.compile` traces, it is made in the graph instead: a cache filled during tracing would
+    fail the graph's guards on the next call and recompile it.
     """
+    if torch.compiler.is_compiling():
+        return make()
     tensor = _static.get(key)
     if tensor is None:
         if len(_static) >= STATIC_CACHE_SIZE:
