@@ -68,7 +68,10 @@ class ImagePositions:
         reported grid, else a square; `img_ids` are asserted (on the device, no sync) to be that grid."""
         candidates = [self.grids.get(num_tokens), self.hint, square_grid(num_tokens)]
         grid = next((g for g in candidates if g is not None and g[0] * g[1] == num_tokens), None)
-        if grid is None or img_ids.shape[0] != num_tokens:
+        if img_ids.shape[0] != num_tokens:
+            raise RuntimeError(f"{img_ids.shape[0]} image ids for {num_tokens} image tokens in this compiled Flux "
+                               "call; token reduction needs one id per image token on one row-major grid")
+        if grid is None:
             raise RuntimeError(
                 f"cannot tell the token grid of this compiled Flux call ({num_tokens} image tokens, not a square): "
                 "pass apply_patch(..., latent_size=(rows, cols)) with the packed token grid, or run one call eagerly")
