@@ -90,3 +90,21 @@ def test_compiled_flux_checks_the_assumed_token_grid():
         compiled = torch.compile(model, fullgraph=True, backend="eager")
         assert_close(compiled(**x).sample, model(**x).sample)
     tomesd.remove_patch(model)
+
+
+@pytest.mark.slow
+def test_patched_attention_through_a_backend_compiles_as_one_graph():
+    """A backend set on a patched DiT (its attention then runs through `dispatch_attention_fn`) still compiles."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    model, x = tiny_dit(), dit_inputs(batch=2)
+    active = _AttentionBackendRegistry._active_backend
+    torch._dynamo.reset()
+    try:
+        tomesd.apply_patch(model, method="bigain_td", seed=0)
+        model.set_attention_backend("_native_math")
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+        with torch.no_grad():
+            assert_close(compiled(**x).sample, model(**x).sample)
+    finally:
+        _AttentionBackendRegistry._active_backend = active
