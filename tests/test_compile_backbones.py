@@ -14,6 +14,7 @@ import os
 
 import pytest
 import torch
+from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
 import tomesd
 from tiny_models import dit_inputs, pixart_inputs, tiny_dit, tiny_pixart, tiny_sd_unet, tiny_sdxl_unet, unet_inputs
@@ -95,8 +96,6 @@ def test_compiled_flux_checks_the_assumed_token_grid():
 @pytest.mark.slow
 def test_patched_attention_through_a_backend_compiles_as_one_graph():
     """A backend set on a patched DiT (its attention then runs through `dispatch_attention_fn`) still compiles."""
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-
     model, x = tiny_dit(), dit_inputs(batch=2)
     active = _AttentionBackendRegistry._active_backend
     torch._dynamo.reset()
