@@ -57,7 +57,8 @@ def from_patched_error(err: BaseException) -> Cell:
 
 
 class ReductionCounter:
-    """A `tomesd.trace_reducers` tracer counting the reducer phases that ran (plan, score, match, reduce, restore, kv)."""
+    """A `tomesd.trace_reducers` tracer counting the reducer phases that ran (plan, score, match, reduce, restore,
+    kv)."""
 
     def __init__(self) -> None:
         self.phases: Counter[str] = Counter()

@@ -272,7 +272,8 @@ def pipeline_call(pipe: Any, backbone: Backbone, steps: int = CACHE_STEPS) -> to
     """A whole tiny pipeline run from prompt embeddings to latents (no text encoder, no decode)."""
     args, kwargs = backbone.inputs()
     call: dict[str, Any] = dict(num_inference_steps=steps, height=RESOLUTION, width=RESOLUTION, output_type="latent",
-                                generator=torch.Generator().manual_seed(SEED), prompt_embeds=kwargs["encoder_hidden_states"][:1])
+                                generator=torch.Generator().manual_seed(SEED),
+                                prompt_embeds=kwargs["encoder_hidden_states"][:1])
     if "pooled_projections" in kwargs:
         call["pooled_prompt_embeds"] = kwargs["pooled_projections"][:1]
     if backbone.spec.kind == "flux":

@@ -178,7 +178,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def write_outputs(rows: Sequence[dict], block_rows: Sequence[dict], out: Path, meta: dict, plot_png: bool = True) -> None:
+def write_outputs(rows: Sequence[dict], block_rows: Sequence[dict], out: Path, meta: dict,
+                  plot_png: bool = True) -> None:
     """Every output file, each atomically; `plot_png=False` skips the plot (partial writes during a run)."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "speed.csv", rows, COLUMNS)
