@@ -428,6 +428,7 @@ def ip_adapter_style(backbone: Backbone, method: str, opts: RunOptions) -> Cell:
 
 
 def patch_then(backbone: Backbone, method: str, prepare: Callable[[Any], Any]) -> Any:
+    """A fresh denoiser, patched, then prepared (the order every model-level feature uses)."""
     model = backbone.build()
     patch(model, backbone, method)
     return prepare(model)
