@@ -14,7 +14,7 @@ import torch
 from bigain.records import atomic_write_csv, atomic_write_text
 
 from .cells import STATUSES, Cell, describe
-from .features import FeatureFn, RunOptions, all_features
+from .features import FeatureFn, RunOptions, active_backend, all_features
 from .subjects import BACKBONES, BATCH, RESOLUTION
 
 CSV_COLUMNS = ["backbone", "model", "method", "feature", "status", "reason", "seconds"]
@@ -51,11 +51,20 @@ def select_features(patterns: Optional[Sequence[str]], features: dict[str, Featu
 
 
 def run_cell(fn: FeatureFn, backbone: str, method: str, opts: RunOptions) -> Cell:
-    """One feature function; an exception escaping it (a bug of the case, not of the patch) is a failing cell."""
+    """One feature function; an exception escaping it (a bug of the case, not of the patch) is a failing cell.
+    diffusers' process-wide attention backend (which `set_attention_backend` changes) is restored after each cell."""
     try:
-        return fn(BACKBONES[backbone], method, opts)
+        with active_backend(default_backend()):
+            return fn(BACKBONES[backbone], method, opts)
     except Exception as err:  # noqa: BLE001 - a cell never aborts the matrix
         return Cell("failing", f"the case itself crashed: {describe(err)}")
+
+
+def default_backend() -> str:
+    """diffusers' active attention backend as this process started (DIFFUSERS_ATTN_BACKEND or native)."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    return _AttentionBackendRegistry._active_backend.value
 
 
 def run_matrix(backbones: Sequence[str], methods: Sequence[str], features: Sequence[str], opts: RunOptions,
