@@ -101,3 +101,9 @@ def test_attention_backend_and_compile_flags_apply_to_every_case(capsys):
     with pytest.raises(SystemExit) as exit_info:
         speed_main(["--preset", "tiny", "--attention_backend", "warp_drive", "--dry_run"])
     assert exit_info.value.code == 2
+
+
+def test_a_spent_budget_ends_the_run_and_the_script_exits_0(tmp_path):
+    proc = run_script("--dry_run", "--out", str(tmp_path / "o"), "--budget", "1", timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "time budget (1 s) reached" in proc.stdout
