@@ -365,15 +365,20 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
 
 @contextlib.contextmanager
 def attention_backend_set(model: torch.nn.Module, name: str) -> Iterator[None]:
-    """`model.set_attention_backend(name)` for the block, then diffusers' default again (no-op for "")."""
+    """`model.set_attention_backend(name)` for the block, then diffusers' default again (no-op for ""): the model's
+    processors and the process-wide active backend, which `set_attention_backend` also sets and `reset_...` keeps."""
     if not name:
         yield
         return
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
     model.set_attention_backend(name)
     try:
         yield
     finally:
         model.reset_attention_backend()
+        _AttentionBackendRegistry.set_active_backend(active)
 
 
 def backend_unusable(model: torch.nn.Module, spec: ModelSpec, case: Case, dtype: torch.dtype, device: torch.device,
@@ -469,24 +474,23 @@ def run_benchmark(cases: Sequence[Case], *, dtype: str | torch.dtype = "float32"
             log(f"built {spec.name} ({sum(p.numel() for p in current[2].parameters()) / 1e6:.0f}M params, "
                 f"random weights) in {time.perf_counter() - t0:.1f} s")
         _, spec, model = current
-        if case.attention_backend:
-            why = backend_unusable(model, spec, case, dtype, device, seed)
-            if why:
-                log(f"  {case.model} {case.resolution}px: attention backend {case.attention_backend} skipped, {why}")
-                continue
-        with attention_backend_set(model, case.attention_backend):
-            if case.compile:
-                r, b = benchmark_compiled(case, model, spec, dtype=dtype, device=device, repeats=repeats,
-                                          warmup=warmup, seed=seed, compile_backend=compile_backend, log=log), []
-            else:
-                r, b = benchmark_case(case, model, spec, dtype=dtype, device=device, repeats=repeats, warmup=warmup,
-                                      seed=seed, upstream=up, breakdown=breakdown, flops_batch1=flops_batch1, log=log,
-                                      cuda_graphs=cuda_graphs)
-        for row in r:
-            row["attention"] = f"diffusers:{case.attention_backend}" if case.attention_backend else row["attention"]
-            row["compiled"] = compile_backend if case.compile else ""
-        rows += r
-        block_rows += b
+        why = backend_unusable(model, spec, case, dtype, device, seed) if case.attention_backend else None
+        if why:
+            log(f"  {case.model} {case.resolution}px: attention backend {case.attention_backend} skipped, {why}")
+        else:
+            with attention_backend_set(model, case.attention_backend):
+                if case.compile:
+                    r, b = benchmark_compiled(case, model, spec, dtype=dtype, device=device, repeats=repeats,
+                                              warmup=warmup, seed=seed, compile_backend=compile_backend, log=log), []
+                else:
+                    r, b = benchmark_case(case, model, spec, dtype=dtype, device=device, repeats=repeats,
+                                          warmup=warmup, seed=seed, upstream=up, breakdown=breakdown,
+                                          flops_batch1=flops_batch1, log=log, cuda_graphs=cuda_graphs)
+            for row in r:
+                row["attention"] = f"diffusers:{case.attention_backend}" if case.attention_backend else row["attention"]
+                row["compiled"] = compile_backend if case.compile else ""
+            rows += r
+            block_rows += b
         if on_case is not None:
             on_case(rows, block_rows)
     return rows, block_rows
