@@ -102,13 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_breakdown", "--no-breakdown", dest="breakdown", action="store_false", help="skip the instrumented calls (overhead breakdown)")
     p.add_argument("--cuda_graphs", "--cuda-graphs", action="store_true",
                    help="time CUDA-graph replays of each setting's forward (fixed shapes; needs --device cuda)")
-    p.add_argument("--attention_backend", "--attention-backend", default=DEFAULTS["attention_backend"],
+    p.add_argument("--attention_backend", default=DEFAULTS["attention_backend"],
                    choices=attention_backend_names(), metavar="NAME",
                    help="set this diffusers attention backend on every model (model.set_attention_backend); a "
                         "backend that cannot run here skips its cases. Stock U-Net/DiT/PixArt/SD3 processors call "
                         "SDPA directly, so there only patched processors that dispatch use it")
     p.add_argument("--compile", action="store_true", help="time every case under torch.compile (per setting)")
-    p.add_argument("--compile_backend", "--compile-backend", default=DEFAULTS["compile_backend"],
+    p.add_argument("--compile_backend", default=DEFAULTS["compile_backend"],
                    choices=["inductor", "aot_eager", "eager", "cudagraphs"], help="torch.compile backend")
     p.add_argument("--flops_full_batch", "--flops-full-batch", dest="flops_batch1", action="store_false",
                    help="count FLOPs at the full batch (default: batch 1, scaled; FLOPs are linear in batch)")
