@@ -78,7 +78,9 @@ def build_pipeline(backbone: Backbone, seed: int = 0) -> Any:
     components["vae"] = tiny_vae(backbone.spec.latent_channels)
     if "requires_safety_checker" in optional:
         components["requires_safety_checker"] = False
-    return cls(**components)
+    pipe = cls(**components)
+    pipe.set_progress_bar_config(disable=True)  # the matrix has its own bar
+    return pipe
 
 
 def default_scheduler(backbone: Backbone) -> Any:
@@ -87,4 +89,4 @@ def default_scheduler(backbone: Backbone) -> Any:
 
     if backbone.spec.family == "mmdit":
         return FlowMatchEulerDiscreteScheduler(shift=1.0)
-    return DDIMScheduler()
+    return DDIMScheduler(steps_offset=1, clip_sample=False)  # SD's shipped settings (no deprecation warning)
