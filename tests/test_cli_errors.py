@@ -15,7 +15,7 @@ from bigain.cli import check_output_dir, check_output_file, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CLIS = ["bigain.classify", "bigain.generate", "bigain.benchmark", "bigain.sweep", "bigain.demo", "bigain.make_prompts",
-        "eval.speed", "eval.report", "eval.metrics"]
+        "eval.speed", "eval.report", "eval.metrics", "eval.compat"]
 
 
 def _cli_module(name: str):

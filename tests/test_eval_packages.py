@@ -14,7 +14,7 @@ from eval.speed.__main__ import build_parser as speed_parser
 from eval.speed.__main__ import main as speed_main
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = ("eval.metrics", "eval.speed", "eval.report")
+TOOLS = ("eval.metrics", "eval.speed", "eval.report", "eval.compat")
 # old spelling -> the module it now runs
 ALIASES = {"eval.upstream": "eval.speed.upstream", "eval.op_count": "eval.speed.op_count",
            "eval.sito_precision": "eval.speed.sito_precision"}
@@ -51,7 +51,7 @@ def test_speed_dry_run_through_python_m():
     assert "2 cases" in res.stdout and "tiny-sd 128px batch 2" in res.stdout
 
 
-@pytest.mark.parametrize("tool", ["eval.report", "eval.metrics", "eval.speed"])
+@pytest.mark.parametrize("tool", ["eval.report", "eval.metrics", "eval.speed", "eval.compat"])
 def test_tool_help_exits_0(tool):
     res = _run("-m", tool, "--help")
     assert res.returncode == 0 and f"python -m {tool}" in res.stdout, res.stderr

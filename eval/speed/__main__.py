@@ -7,6 +7,7 @@ columns are described in `eval.speed.tables`. Weights are random (`eval.speed.mo
     python -m eval.speed --preset gpu --out results/speed/gpu            # fp16, CUDA
     python -m eval.speed --preset gpu --models sd2 --batches 2 --cuda_graphs --out results/speed/gpu-graphs
     python -m eval.speed --models sd2@w0.25 --methods tome todo --ratios 0.5 --resolutions 512 --batches 2
+    python -m eval.speed --models flux-dev@L4 --resolutions 1024 --batches 1 --attention_backend _flash_3 --compile
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from bigain.argtypes import fraction, nonneg_int, positive_int
 from bigain.cli import check_output_dir, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
 
-from .cases import METHODS, PRESET_FLAGS, PRESETS, Case, grid, make_settings, parse_model, preset_cases
+from .cases import METHODS, PRESET_FLAGS, PRESETS, Case, attention_backend_names, grid, make_settings, parse_model, \
+    preset_cases
 from .tables import RANDOM_WEIGHTS_NOTE, environment, markdown_table, write_outputs
 from .timing import BREAKDOWN_CALLS, run_benchmark
 
@@ -31,7 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "preset": None, "models": None, "methods": list(METHODS), "ratios": [0.3, 0.5, 0.7], "dfs": [2, 4],
     "max_downsample": [1], "blocks": ["published"], "resolutions": None, "batches": None, "dtype": "float32",
     "device": "cpu", "repeats": 5, "warmup": 1, "out": "results/speed", "upstream": True, "breakdown": True,
-    "flops_batch1": True, "seed": 0, "threads": None, "cuda_graphs": False,
+    "flops_batch1": True, "seed": 0, "threads": None, "cuda_graphs": False, "attention_backend": None,
+    "compile": False, "compile_backend": "inductor",
 }
 
 
@@ -58,6 +61,15 @@ def cases_from_args(args: argparse.Namespace) -> list[Case]:
         raise ValueError("give --preset or --models")
     resolutions = args.resolutions or [parse_model(args.models[0]).resolution]
     return grid(args.models, resolutions, args.batches or [2], **settings_args)
+
+
+def with_run_options(cases: list[Case], args: argparse.Namespace) -> list[Case]:
+    """--attention_backend / --compile applied to every case (duplicates that this makes are dropped)."""
+    if args.attention_backend is not None:
+        cases = [dataclasses.replace(c, attention_backend=args.attention_backend) for c in cases]
+    if args.compile:
+        cases = [dataclasses.replace(c, compile=True) for c in cases]
+    return list(dict.fromkeys(cases))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_breakdown", "--no-breakdown", dest="breakdown", action="store_false", help="skip the instrumented calls (overhead breakdown)")
     p.add_argument("--cuda_graphs", "--cuda-graphs", action="store_true",
                    help="time CUDA-graph replays of each setting's forward (fixed shapes; needs --device cuda)")
+    p.add_argument("--attention_backend", default=DEFAULTS["attention_backend"],
+                   choices=attention_backend_names(), metavar="NAME",
+                   help="set this diffusers attention backend on every model (model.set_attention_backend); a "
+                        "backend that cannot run here skips its cases. Stock U-Net/DiT/PixArt/SD3 processors call "
+                        "SDPA directly, so there only patched processors that dispatch use it")
+    p.add_argument("--compile", action="store_true", help="time every case under torch.compile (per setting)")
+    p.add_argument("--compile_backend", default=DEFAULTS["compile_backend"],
+                   choices=["inductor", "aot_eager", "eager", "cudagraphs"], help="torch.compile backend")
     p.add_argument("--flops_full_batch", "--flops-full-batch", dest="flops_batch1", action="store_false",
                    help="count FLOPs at the full batch (default: batch 1, scaled; FLOPs are linear in batch)")
     add_config_arg(p)
@@ -107,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
             setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = cases_from_args(args)
+    cases = with_run_options(cases_from_args(args), args)
     if not cases:
         raise ValueError("no case left: the --models / --resolutions / --batches filters exclude every preset case")
     if not args.dry_run:
@@ -116,21 +136,37 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         per_setting = args.warmup + args.repeats + 2 + BREAKDOWN_CALLS * int(args.breakdown)  # + 2 FLOP counts
         runs = sum(len(c.settings) + 1 for c in cases)
         for c in cases:
-            print(f"{c.model} {c.resolution}px batch {c.batch}: baseline + {len(c.settings)} settings")
+            extra = "".join([f", backend {c.attention_backend}" if c.attention_backend else "",
+                             ", compiled" if c.compile else ""])
+            print(f"{c.model} {c.resolution}px batch {c.batch}{extra}: baseline + {len(c.settings)} settings")
         print(f"{len(cases)} cases, {runs} setting runs, {runs * per_setting} forward calls "
               f"({per_setting} per setting run) on {args.device} in {args.dtype}")
         return []
     device = torch.device(args.device)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
+
+    def run_meta(done: int) -> dict[str, Any]:
+        return {"command": "python -m eval.speed " + " ".join(sys.argv[1:] if argv is None else argv),
+                "weights": RANDOM_WEIGHTS_NOTE, "environment": environment(device),
+                "seconds": time.perf_counter() - t0, "complete": done == len(cases), "cases_done": done,
+                "cases": [{"model": c.model, "resolution": c.resolution, "batch": c.batch,
+                           "attention_backend": c.attention_backend, "compile": c.compile,
+                           "settings": [s.label for s in c.settings]} for c in cases]}
+
+    progress = {"cases": 0}
+
+    def write_partial(rows: list[dict], block_rows: list[dict]) -> None:
+        """After each case: every output so far, atomically (a run cut short keeps what finished)."""
+        progress["cases"] += 1
+        write_outputs(rows, block_rows, Path(args.out), run_meta(progress["cases"]), plot_png=False)
+
     rows, block_rows = run_benchmark(cases, dtype=args.dtype, device=device, repeats=args.repeats,
                                      warmup=args.warmup, seed=args.seed, upstream=args.upstream,
                                      breakdown=args.breakdown, flops_batch1=args.flops_batch1, log=log,
-                                     cuda_graphs=args.cuda_graphs)
-    meta = {"command": "python -m eval.speed " + " ".join(sys.argv[1:] if argv is None else argv),
-            "weights": RANDOM_WEIGHTS_NOTE, "environment": environment(device), "seconds": time.perf_counter() - t0,
-            "cases": [{"model": c.model, "resolution": c.resolution, "batch": c.batch,
-                       "settings": [s.label for s in c.settings]} for c in cases]}
+                                     cuda_graphs=args.cuda_graphs, compile_backend=args.compile_backend,
+                                     on_case=write_partial)
+    meta = run_meta(len(cases))
     write_outputs(rows, block_rows, Path(args.out), meta)
     print(markdown_table(rows))
     log(f"wrote {args.out}/speed.csv, speed.md, blocks.csv, blocks.md, speed.png, meta.json "

@@ -83,6 +83,8 @@ class Case:
     resolution: int
     batch: int
     settings: tuple[Setting, ...]
+    attention_backend: str = ""  # a diffusers AttentionBackendName set on the model ("": the default)
+    compile: bool = False  # time the model under torch.compile
 
 
 def parse_model(name: str) -> ModelSpec:
@@ -149,6 +151,14 @@ def preset_cases(name: str) -> list[Case]:
                 tm("tome", ("max_downsample", 4), level), Setting("todo", (("df", 2), ("max_downsample", 4))))
         dit = (tm("tome"), tm("tome", ("merge_mlp", True)), tm("tome", ("merge_mlp", True), level))
         return [Case("sd2@w0.25", 512, 1, sd2), Case("sdxl@w0.25", 512, 1, sdxl), Case("dit-xl-2-256@L4", 256, 2, dit)]
+    if name == "gpu-tiny":  # the gpu preset's kinds of case on CPU with tiny models (scripts/gpu_speed.sh --dry_run)
+        one = dict(methods=("bigain_tm", "bigain_td"), ratios=(0.5,), dfs=(2,))
+        cases = grid(["tiny-sd"], [128], [2], **one)
+        mmdit = tuple(make_settings("mmdit", block_patterns=("all",), **one))
+        for model, batch in (("tiny-sd3", 2), ("tiny-flux", 1)):
+            cases += [Case(model, 128, batch, mmdit, "native"), Case(model, 128, batch, mmdit, "_flash_3"),
+                      Case(model, 128, batch, mmdit, "native", compile=True)]
+        return cases
     if name == "gpu":  # fp16 on one H100; sized (estimated, not yet run) for <= 8 minutes
         full = dict(ratios=(0.3, 0.5, 0.7), dfs=(2, 4))
         dit = dict(block_patterns=("published", "all"), **full)
@@ -158,8 +168,28 @@ def preset_cases(name: str) -> list[Case]:
         cases += grid(["sdxl"], [1024], [2], max_downsamples=(2,), **full)  # SDXL has no attention at ds=1
         cases += grid(["dit-xl-2-256"], [256], [2, 16], **dit) + grid(["dit-xl-2-512"], [512], [2], **dit)
         cases += grid(["pixart-512"], [512], [2], **dit) + grid(["pixart-1024"], [1024], [2], **dit)
+        # FLUX.1-dev (guidance-distilled: batch 1) and SD3-medium (CFG pair) at 1024 px, reduced depth, every block
+        # patched, under each GPU attention backend (those not installed are skipped at run time), eager then
+        # compiled. Stock SD3 processors call SDPA directly: there the backend reaches patched processors only.
+        mmdit = tuple(make_settings("mmdit", block_patterns=("all",), ratios=(0.5, 0.7), dfs=(2,)))
+        for compiled in (False, True):
+            for backend in GPU_ATTENTION_BACKENDS:
+                cases += [Case("flux-dev@L4", 1024, 1, mmdit, backend, compiled),
+                          Case("sd3-medium@L6", 1024, 2, mmdit, backend, compiled)]
         return cases
     raise ValueError(f"unknown preset {name!r}; choose from {list(PRESETS)}")
+
+
+# diffusers attention backends the gpu preset times (FlashAttention 2 / 3 and SageAttention need their packages;
+# cases whose backend cannot run are skipped and logged).
+GPU_ATTENTION_BACKENDS = ("native", "_native_flash", "_native_cudnn", "flash", "_flash_3", "sage")
+
+
+def attention_backend_names() -> list[str]:
+    """Every diffusers AttentionBackendName value (what --attention_backend accepts)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return [b.value for b in AttentionBackendName]
 
 
 PRESETS = {
@@ -182,7 +212,12 @@ PRESETS = {
     "gpu": "issue grid, fp16 on CUDA: SD 2 at 512/768/1024 (CFG pair, max_downsample 1 and 2) and at 512 "
            "with batch 1 and 16; SD 1.5 512; SDXL 1024 (max_downsample 2); DiT-XL/2 256 (batch 2, 16) and 512; "
            "PixArt-alpha 512 and 1024 (published and all blocks); ratios 0.3/0.5/0.7, df 2/4, upstream at "
-           "every ToMe setting",
+           "every ToMe setting; then FLUX.1-dev (4 + 8 blocks, batch 1) and SD3-medium (6 blocks, CFG pair) at "
+           "1024 px, every block patched (ToMe 0.5/0.7, BiGain_TM 0.5/0.7, ToDo df 2, BiGain_TD df 2, SiTo "
+           "0.5/0.7), under each attention backend of GPU_ATTENTION_BACKENDS that runs there, eager then compiled",
+    "gpu-tiny": "the gpu preset's kinds of case on CPU with tiny models (scripts/gpu_speed.sh --dry_run): tiny SD "
+                "U-Net; tiny SD3 and Flux under the native backend eager and compiled (dynamo eager backend) and "
+                "under _flash_3 (skipped without FlashAttention 3); BiGain_TM 0.5, BiGain_TD df 2",
 }
 
 # Flag values a preset implies unless given on the command line.
@@ -195,4 +230,6 @@ PRESET_FLAGS: dict[str, dict[str, Any]] = {
     "cpu-sd2-512-reuse": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False},
     "cpu-deeper": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False},
     "gpu": {"device": "cuda", "dtype": "float16", "repeats": 10, "warmup": 3},
+    "gpu-tiny": {"repeats": 1, "warmup": 0, "threads": 1, "upstream": False, "breakdown": False,
+                 "compile_backend": "eager"},
 }

@@ -48,7 +48,7 @@ COLUMNS = [
     "attn_base_ms", "attn_patched_ms", "overhead_ms", "overhead_share", "overhead_flops_g", "overhead_flop_share",
     "plan_ms", "score_ms", "match_ms",
     "reduce_ms", "restore_ms", "kv_ms", "peak_mem_mb", "upstream_speedup", "repeats",
-    "ops_per_block", "kernels_per_block", "cuda_graphs",
+    "ops_per_block", "kernels_per_block", "cuda_graphs", "compiled",
 ]
 BLOCK_COLUMNS = ["model", "resolution", "batch", "setting", "block", "tokens", "attn_base_ms", "attn_patched_ms",
                  "plan_ms", "score_ms", "match_ms", "reduce_ms", "restore_ms", "kv_ms", "overhead_ms",
@@ -78,7 +78,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["model"], str(r["resolution"]), str(r["batch"]), r["setting"], _fmt(r["latency_ms"], ".1f"),
+            r["model"], str(r["resolution"]), str(r["batch"]), setting_cell(r), _fmt(r["latency_ms"], ".1f"),
             _fmt(r["speedup"]) + "x", _fmt(r["ideal_speedup"]) + "x", _fmt(r["measured_over_ideal"]),
             _fmt(r["upstream_speedup"]) + ("x" if not math.isnan(r["upstream_speedup"]) else ""),
             _fmt(r["flops_g"], ".1f"), _fmt(100 * r["attn_share"], ".0f") + "%" if not math.isnan(r["attn_share"]) else "n/a",
@@ -88,6 +88,16 @@ def markdown_table(rows: Sequence[dict]) -> str:
             ops_cell(r), _fmt(r["peak_mem_mb"], ".0f"),
         ]) + " |")
     return "\n".join(lines)
+
+
+def setting_cell(row: dict) -> str:
+    """The setting, tagged with the diffusers attention backend and the compile backend when the row has them."""
+    tags = []
+    if str(row.get("attention", "")).startswith("diffusers:"):
+        tags.append(str(row["attention"]).split(":", 1)[1])
+    if row.get("compiled"):
+        tags.append(f"compiled {row['compiled']}")
+    return row["setting"] + (f" [{', '.join(tags)}]" if tags else "")
 
 
 def ops_cell(row: dict) -> str:
@@ -168,12 +178,14 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def write_outputs(rows: Sequence[dict], block_rows: Sequence[dict], out: Path, meta: dict) -> None:
+def write_outputs(rows: Sequence[dict], block_rows: Sequence[dict], out: Path, meta: dict,
+                  plot_png: bool = True) -> None:
+    """Every output file, each atomically; `plot_png=False` skips the plot (partial writes during a run)."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "speed.csv", rows, COLUMNS)
     write_csv(out / "blocks.csv", block_rows, BLOCK_COLUMNS)
     atomic_write_text(out / "speed.md", markdown_table(rows) + "\n")
     atomic_write_text(out / "blocks.md", block_markdown(block_rows) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
-    if rows:
+    if rows and plot_png:
         plot(rows, out / "speed.png")

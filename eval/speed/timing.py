@@ -18,6 +18,7 @@ from eval.flops import FlopSpans, count_flops
 from . import op_count
 from .cases import BASELINE, Case, Setting, parse_model
 from .model_zoo import ModelSpec, build_model, make_inputs
+from .tables import COLUMNS
 from .upstream import load_upstream
 
 BREAKDOWN_CALLS = 3  # instrumented calls per setting; the breakdown is their per-phase median
@@ -359,14 +360,101 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
     return rows, block_rows
 
 # ----------------------------------------------------------------------------------------------
+# Attention backends and torch.compile (`eval.speed --attention_backend`, `--compile`)
+# ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def attention_backend_set(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """`model.set_attention_backend(name)` for the block, then diffusers' default again (no-op for ""): the model's
+    processors and the process-wide active backend, which `set_attention_backend` also sets and `reset_...` keeps."""
+    if not name:
+        yield
+        return
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
+    model.set_attention_backend(name)
+    try:
+        yield
+    finally:
+        model.reset_attention_backend()
+        _AttentionBackendRegistry.set_active_backend(active)
+
+
+def backend_unusable(model: torch.nn.Module, spec: ModelSpec, case: Case, dtype: torch.dtype, device: torch.device,
+                     seed: int) -> Optional[str]:
+    """Why `case.attention_backend` cannot run here (setting it or one call fails), or None when it can."""
+    args, kwargs = make_inputs(spec, case.batch, case.resolution, dtype=dtype, device=device, seed=seed)
+    try:
+        with torch.no_grad(), attention_backend_set(model, case.attention_backend):
+            model(*args, **kwargs)
+        return None
+    except Exception as err:  # noqa: BLE001 - a missing kernel package or an unsupported device skips the case
+        first = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {first[0] if first else ''}"
+
+
+def benchmark_compiled(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype: torch.dtype,
+                       device: torch.device, repeats: int, warmup: int, seed: int = 0,
+                       compile_backend: str = "inductor", log: Callable[[str], None] = print) -> list[dict]:
+    """Rows (baseline first) of `case` with the model compiled once per setting (`torch.compile(model)`), warmed
+    up (the first call compiles) and timed `repeats` times. Settings are not interleaved (each has its own graph);
+    FLOPs, breakdown and memory stay n/a. A setting that fails to compile or run is logged and left out."""
+    args, kwargs = make_inputs(spec, case.batch, case.resolution, dtype=dtype, device=device, seed=seed)
+    settings = [BASELINE] + [s for s in case.settings if s.method != "upstream"]
+    times: dict[Setting, list[float]] = {}
+    reports: dict[Setting, Any] = {}
+    with torch.no_grad():
+        for s in settings:
+            try:
+                with patched(model, s, seed, None) as report:
+                    torch._dynamo.reset()
+                    compiled = torch.compile(model, backend=compile_backend)
+                    for _ in range(max(warmup, 2)):  # the first call compiles, the second must not recompile
+                        compiled(*args, **kwargs)
+                    sync(device)
+                    times[s] = [timed_call(compiled, args, kwargs, device) for _ in range(repeats)]
+                    reports[s] = report
+            except Exception as err:  # noqa: BLE001 - one setting failing to compile must not lose the others
+                first = str(err).strip().splitlines()
+                log(f"  {spec.name} {case.resolution}px compiled ({compile_backend}) {s.label}: skipped, "
+                    f"{type(err).__name__}: {first[0] if first else ''}")
+            finally:
+                torch._dynamo.reset()
+    if BASELINE not in times:
+        return []
+    base_ms = median(times[BASELINE])
+    rows = []
+    for s in (s for s in settings if s in times):
+        tokens, kept = token_summary(reports[s])
+        rows.append({**{c: float("nan") for c in COLUMNS},
+                     "model": spec.name, "model_note": spec.note or spec.description, "family": spec.family,
+                     "resolution": case.resolution, "latent": f"{case.resolution // 8}x{case.resolution // 8}",
+                     "batch": case.batch, "dtype": str(dtype).replace("torch.", ""), "device": device.type,
+                     "attention": attention_backend(device), "engine": s.engine, "method": s.method,
+                     "setting": s.label, "options": json.dumps(s.kwargs), "blocks": len(reduced_blocks(model, s)),
+                     "tokens": tokens, "reduced_tokens": kept, "latency_ms": median(times[s]), "baseline_ms": base_ms,
+                     "speedup": base_ms / median(times[s]), "repeats": repeats, "cuda_graphs": False})
+    log(f"  {spec.name} {case.resolution}px b{case.batch} compiled ({compile_backend}): baseline {base_ms:.1f} ms, "
+        f"{len(rows) - 1} settings x {repeats} calls")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
 # Whole run
 # ----------------------------------------------------------------------------------------------
 
 def run_benchmark(cases: Sequence[Case], *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
                   repeats: int = 5, warmup: int = 1, seed: int = 0, upstream: bool = True, breakdown: bool = True,
                   flops_batch1: bool = True, log: Callable[[str], None] = print,
-                  cuda_graphs: bool = False) -> tuple[list[dict], list[dict]]:
-    """Benchmark every case (models built once each, in case order); returns (rows, block rows)."""
+                  cuda_graphs: bool = False, compile_backend: str = "inductor",
+                  on_case: Optional[Callable[[list[dict], list[dict]], None]] = None) -> tuple[list[dict], list[dict]]:
+    """Benchmark every case (models built once each, in case order); returns (rows, block rows).
+
+    A case with `attention_backend` runs with it set on the model (skipped, logged, when it cannot run here); a case
+    with `compile` is timed compiled (`benchmark_compiled`). `on_case(rows, block_rows)` gets the rows so far after
+    each case (the CLI writes them, so a run stopped by a time limit keeps every finished case).
+    """
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     device = torch.device(device)
     up = load_upstream_module() if upstream else None
@@ -386,9 +474,23 @@ def run_benchmark(cases: Sequence[Case], *, dtype: str | torch.dtype = "float32"
             log(f"built {spec.name} ({sum(p.numel() for p in current[2].parameters()) / 1e6:.0f}M params, "
                 f"random weights) in {time.perf_counter() - t0:.1f} s")
         _, spec, model = current
-        r, b = benchmark_case(case, model, spec, dtype=dtype, device=device, repeats=repeats, warmup=warmup,
-                              seed=seed, upstream=up, breakdown=breakdown, flops_batch1=flops_batch1, log=log,
-                              cuda_graphs=cuda_graphs)
-        rows += r
-        block_rows += b
+        why = backend_unusable(model, spec, case, dtype, device, seed) if case.attention_backend else None
+        if why:
+            log(f"  {case.model} {case.resolution}px: attention backend {case.attention_backend} skipped, {why}")
+        else:
+            with attention_backend_set(model, case.attention_backend):
+                if case.compile:
+                    r, b = benchmark_compiled(case, model, spec, dtype=dtype, device=device, repeats=repeats,
+                                              warmup=warmup, seed=seed, compile_backend=compile_backend, log=log), []
+                else:
+                    r, b = benchmark_case(case, model, spec, dtype=dtype, device=device, repeats=repeats,
+                                          warmup=warmup, seed=seed, upstream=up, breakdown=breakdown,
+                                          flops_batch1=flops_batch1, log=log, cuda_graphs=cuda_graphs)
+            for row in r:
+                row["attention"] = f"diffusers:{case.attention_backend}" if case.attention_backend else row["attention"]
+                row["compiled"] = compile_backend if case.compile else ""
+            rows += r
+            block_rows += b
+        if on_case is not None:
+            on_case(rows, block_rows)
     return rows, block_rows
