@@ -279,8 +279,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images classified "
               f"per setting (adaptive {args.n_samples}/{args.to_keep}), {10 * args.images_per_class} samples per setting "
               f"({args.steps} steps); timing: {timing_note(rows, args)}, batch {args.timing_batch}, "
-              f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; wall {wall / 60:.1f} min; "
-              f"{load_note(load)}.")
+              f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              f"wall {wall / 60:.1f} min; {load_note(load)}.")
     out = Path(args.out)
     per_class = add_statistics(rows, out, args.n_boot) if args.n_boot else None
     written = write_outputs(rows, out, header, per_class)
@@ -289,9 +289,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
           + ", ".join(str(p) for p in written))
     marked = [r for r in rows if r.get("unreliable")]
     if marked:
+        names = ", ".join(f"{r['model']} {r['setting']}" for r in marked)
         print(f"warning: {len(marked)} timing row(s) marked UNRELIABLE by the noise check (speed-up interval above the "
-              f"removed-layers bound, or baseline drift): {', '.join(r['model'] + ' ' + r['setting'] for r in marked)}; "
-              f"rerun on an idle machine (docs/speed_method.md)", file=sys.stderr)
+              f"removed-layers bound, or baseline drift): {names}; rerun on an idle machine (docs/speed_method.md)",
+              file=sys.stderr)
     return rows
 
 
@@ -306,7 +307,8 @@ def timing_note(rows: Sequence[dict], args: argparse.Namespace) -> str:
 def write_meta(rows: Sequence[dict], args: argparse.Namespace, out: Path, load: dict, wall: float,
                argv: Optional[Sequence[str]]) -> Path:
     """meta.json: the command, the timing rules, the machine's load before/after and the rows the noise check marked."""
-    marked = [{"model": r["model"], "setting": r["setting"], "why": r["unreliable"]} for r in rows if r.get("unreliable")]
+    marked = [{"model": r["model"], "setting": r["setting"], "why": r["unreliable"]}
+              for r in rows if r.get("unreliable")]
     meta = {"command": "python -m bigain.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
             "wall_s": wall, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "timing": {"batch": args.timing_batch, "min_rounds": args.timing_repeats,

@@ -23,7 +23,8 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "Interval", "wilson_interval", "median_interval", "median_interval_ranks", "bootstrap_interval", "paired_difference", "mcnemar_exact",
+    "Interval", "wilson_interval", "median_interval", "median_interval_ranks", "bootstrap_interval",
+    "paired_difference", "mcnemar_exact",
     "ReferenceStats", "reference_stats", "fid_to_reference", "fid_interval", "fid_difference_interval",
 ]
 

@@ -173,7 +173,9 @@ def test_machine_load_reads_steal_from_proc_stat():
     before = reliability.parse_cpu_times("cpu  100 0 50 800 10 0 5 20 0 0\ncpu0 1 2 3 4 5 6 7 8\n")
     after = reliability.parse_cpu_times("cpu  150 0 60 900 10 0 5 40 0 0\n")
     assert before == {"steal_ticks": 20, "total_ticks": 985}
-    assert reliability.machine_load(before, after)["steal_share"] == pytest.approx(20 / 180, abs=1e-4)
+    load = reliability.machine_load({**before, "loadavg": [0.1, 0.2, 0.3]}, after)
+    assert load["steal_share"] == pytest.approx(20 / 180, abs=1e-4) and load["idle_before"] is True
+    assert reliability.machine_load({**before, "loadavg": [3.0, 2.0, 1.0]}, after)["idle_before"] is False
     snap = reliability.machine_snapshot()
     assert "cpu_count" in snap and "loadavg" in snap
     with pytest.raises(ValueError):

@@ -27,6 +27,7 @@ from eval.stats import CONFIDENCE, Interval, median_interval
 
 TARGET_HALFWIDTH = 0.03  # relative half-width of the speed-up interval that ends the rounds
 MAX_DRIFT = 0.10  # |last-third / first-third median baseline time - 1| above this marks the case
+IDLE_LOAD = 0.5  # 1-minute load average below which a machine counts as idle before a run
 STOP_REASONS = {"target": "interval narrower than the target", "time": "time cap reached",
                 "rounds": "round count reached"}
 
@@ -187,13 +188,16 @@ def machine_snapshot(stat_path: str = "/proc/stat") -> dict[str, object]:
 
 
 def machine_load(before: dict, after: dict) -> dict[str, object]:
-    """Both snapshots and the share of CPU time stolen by the hypervisor between them (NaN when unknown)."""
+    """Both snapshots, the share of CPU time stolen by the hypervisor between them (None when unknown) and whether
+    the machine was idle before (1-minute load average < `IDLE_LOAD`; it lags, so wait a minute after other work)."""
     steal = total = float("nan")
     if "total_ticks" in before and "total_ticks" in after:
         steal = after["steal_ticks"] - before["steal_ticks"]
         total = after["total_ticks"] - before["total_ticks"]
     share = steal / total if total and total > 0 else float("nan")
-    return {"before": before, "after": after, "steal_share": None if math.isnan(share) else round(share, 4)}
+    avg = before.get("loadavg")
+    return {"before": before, "after": after, "steal_share": None if math.isnan(share) else round(share, 4),
+            "idle_before": None if not avg else bool(avg[0] < IDLE_LOAD)}
 
 
 def load_note(load: dict) -> str:

@@ -188,10 +188,15 @@ def plot(rows: Sequence[dict], path: Path) -> None:
     for ax, (model, batch) in zip(axes.flat, panels):
         sub = [r for r in rows if r["model"] == model and r["batch"] == batch and r["engine"] != "baseline"]
         for i, setting in enumerate(dict.fromkeys(r["setting"] for r in sub)):
-            pts = sorted((r["resolution"], r["speedup"], r["ideal_speedup"]) for r in sub if r["setting"] == setting)
+            pts = sorted((r["resolution"], r["speedup"], r["ideal_speedup"], r.get("speedup_lo", math.nan),
+                          r.get("speedup_hi", math.nan)) for r in sub if r["setting"] == setting)
             color = f"C{i % 10}"
             xs = [p[0] for p in pts]
             ax.plot(xs, [p[1] for p in pts], "o-", color=color, label=setting)
+            bars = [(x, y, y - lo, hi - y) for x, y, _, lo, hi in pts if _finite(lo) and _finite(hi)]
+            if bars:  # 95% intervals of the speed-up
+                ax.errorbar([b[0] for b in bars], [b[1] for b in bars],
+                            yerr=[[b[2] for b in bars], [b[3] for b in bars]], fmt="none", ecolor=color, capsize=3)
             ax.plot(xs, [p[2] for p in pts], "x--", color=color, alpha=0.6)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_title(f"{model}, batch {batch}", fontsize=9)
@@ -200,7 +205,7 @@ def plot(rows: Sequence[dict], path: Path) -> None:
         ax.legend(fontsize=6, ncol=2)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"measured (solid) and FLOP-ideal (dashed) speed-up; {RANDOM_WEIGHTS_NOTE}", fontsize=9)
+    fig.suptitle(f"measured (solid, 95% intervals) and FLOP-ideal (dashed) speed-up; {RANDOM_WEIGHTS_NOTE}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
