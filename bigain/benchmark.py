@@ -10,7 +10,9 @@ For each shipped model (a DiT and an SD-style U-Net trained on Fashion-MNIST) an
 the paper's settings it runs the adaptive diffusion classifier (`bigain.classify`) on the test
 subset, generates a fixed class-balanced sample set (`bigain.generate`), scores it with a domain
 FID and class consistency (`eval.metrics`, the shipped reference CNN), and times the denoiser on
-the classifier's mixed-timestep batch, interleaving methods in one process (median of repeats).
+the classifier's mixed-timestep batch, interleaving methods in one process: median per-round speed-up
+with its 95% interval, the removed-layers bound and a noise check (`eval.speed.reliability`,
+docs/speed_method.md; meta.json records the machine's load and any row the check marks).
 Prints one table with 95% intervals and a table of paired differences (vs baseline, BiGain vs its
 counterpart; `bigain.benchmark_outputs`), writes CSV/markdown, trade-off plots with error bars, a
 sample grid and a per-class accuracy heatmap per model. Every stage resumes: finished images and

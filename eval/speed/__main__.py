@@ -1,7 +1,8 @@
 """Speed, FLOPs and memory of token reduction against the unpatched SDPA baseline (docs/protocol.md §3).
 
-Every method setting is timed against the baseline in the same process, interleaved round by round; the
-columns are described in `eval.speed.tables`. Weights are random (`eval.speed.model_zoo`).
+Every method setting is timed against the baseline in the same process, interleaved round by round, until the
+speed-ups' 95% intervals are narrow or a time cap (docs/speed_method.md); the columns are described in
+`eval.speed.tables`. Weights are random (`eval.speed.model_zoo`).
 
     python -m eval.speed --preset cpu-small --out results/speed/cpu-small
     python -m eval.speed --preset gpu --out results/speed/gpu            # fp16, CUDA

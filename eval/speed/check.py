@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from bigain.argtypes import fraction
+
 from .reliability import MAX_DRIFT, noise_check, removed_layers_bound
 
 NOT_ATTN_ONLY = ("merge_mlp", "merge_crossattn")  # options that reduce more than attn1: attn_share is no bound
@@ -107,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI: check every folder, print the tables and a summary; 1 when any row is marked."""
     p = argparse.ArgumentParser(prog="python -m eval.speed.check", description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", type=Path, help="folders holding speed.csv (e.g. docs/benchmarks/cpu-small)")
-    p.add_argument("--max_drift", type=float, default=MAX_DRIFT, help="baseline drift limit (tables with per-round "
+    p.add_argument("--max_drift", type=fraction, default=MAX_DRIFT, help="baseline drift limit (tables with per-round "
                    "drift only)")
     args = p.parse_args(argv)
     missing = [str(f) for f in args.folders if not (f / "speed.csv").is_file()]
