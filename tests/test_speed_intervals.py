@@ -267,6 +267,10 @@ def test_report_shows_the_interval_and_marks_unreliable_speedups(tmp_path):
     fine = next(v for k, v in cells.items() if "ToMe" in k)
     assert marked.endswith("!") and "[" in marked
     assert "[" in fine and not fine.endswith("!")
+    bound = report.build_table(df, "bound_speedup")
+    assert set(bound.iloc[:, 0]) == {"1.00x", "1.18x"}  # the bound sits next to the FLOP-ideal in the report too
+    stems = [stem for stem, _, _ in report.iter_tables(df)]
+    assert stems[:3] == ["speed_speedup", "speed_ideal_speedup", "speed_bound_speedup"]
 
 
 def write_old_table(folder: Path) -> Path:

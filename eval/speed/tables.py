@@ -97,6 +97,7 @@ def check_cell(row: dict) -> str:
 
 
 def _finite(value: Any) -> bool:
+    """A real, finite number (not NaN, not a string from an older CSV)."""
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
