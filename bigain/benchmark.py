@@ -10,7 +10,9 @@ For each shipped model (a DiT and an SD-style U-Net trained on Fashion-MNIST) an
 the paper's settings it runs the adaptive diffusion classifier (`bigain.classify`) on the test
 subset, generates a fixed class-balanced sample set (`bigain.generate`), scores it with a domain
 FID and class consistency (`eval.metrics`, the shipped reference CNN), and times the denoiser on
-the classifier's mixed-timestep batch, interleaving methods in one process (median of repeats).
+the classifier's mixed-timestep batch, interleaving methods in one process: median per-round speed-up
+with its 95% interval, the removed-layers bound and a noise check (`eval.speed.reliability`,
+docs/speed_method.md; meta.json records the machine's load and any row the check marks).
 Prints one table with 95% intervals and a table of paired differences (vs baseline, BiGain vs its
 counterpart; `bigain.benchmark_outputs`), writes CSV/markdown, trade-off plots with error bars, a
 sample grid and a per-class accuracy heatmap per model. Every stage resumes: finished images and
@@ -31,17 +33,20 @@ from tqdm.auto import tqdm
 
 import tomesd
 from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
-from bigain.argtypes import nonneg_float, nonneg_int, positive_int
+from bigain.argtypes import fraction, nonneg_float, nonneg_int, positive_int
 from bigain.cli import add_max_images_arg, add_output_args, add_threads_arg, check_output_dir, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
 from bigain.models import load_model
-from bigain.records import atomic_write_text
+from bigain.records import atomic_write_json, atomic_write_text
 from bigain.runs import ClassifyRun, GenerateRun
 from bigain.runs import run_classification as classify_run
 from bigain.runs import run_generation as generate_run
 from bigain.settings import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
 from eval.flops import count_flops
 from eval.metrics import compute_metrics
+from eval.speed.reliability import MAX_DRIFT, STOP_REASONS, load_note, machine_load, machine_snapshot, run_rounds, \
+    speedup_columns
+from eval.speed.timing import reduced_time_shares, timed_call
 
 TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
 MODELS = {"dit": TESTBED / "dit-fmnist", "unet": TESTBED / "unet-fmnist"}
@@ -122,24 +127,38 @@ def timing_batch(model: Any, batch: int, seed: int) -> tuple[torch.Tensor, torch
     return x, t, cond
 
 
-def time_settings(model: Any, settings: Sequence[tuple[str, dict]], batch: int, repeats: int, seed: int) -> dict:
-    """Median seconds per denoiser call for each setting, methods interleaved within every round."""
-    x, t, cond = timing_batch(model, batch, seed)
-    samples: dict[str, list[float]] = {setting_tag(m, o): [] for m, o in settings}
+def time_settings(model: Any, settings: Sequence[tuple[str, dict]], args: argparse.Namespace) -> dict[str, dict]:
+    """Per setting tag: ms per denoiser call (median), speed-up (median per-round ratio) with its 95% interval,
+    the removed-layers bound and the noise check (`eval.speed.reliability`), rounds and what ended them.
+
+    Settings are interleaved within every round (after one warm-up call each); rounds continue past
+    `--timing_repeats` until the intervals are narrow (`--target_halfwidth`) or `--max_seconds` / `--max_rounds`.
+    """
+    x, t, cond = timing_batch(model, args.timing_batch, args.seed)
+    by_tag = {setting_tag(m, o): (m, o) for m, o in settings}
+    base = setting_tag("none", {})
+
+    def time_one(tag: str) -> float:
+        method, options = by_tag[tag]
+        if method != "none":
+            tomesd.apply_patch(model.denoiser, method=method, seed=args.seed, **options)
+        try:
+            return timed_call(model.predict_eps, (x, t, cond), {}, torch.device(model.device))
+        finally:
+            tomesd.remove_patch(model.denoiser)
+
     with torch.no_grad():
-        for round_idx in range(repeats + 1):  # round 0 warms up
-            for method, options in settings:
-                if method != "none":
-                    tomesd.apply_patch(model.denoiser, method=method, seed=seed, **options)
-                start = time.perf_counter()
-                model.predict_eps(x, t, cond)
-                if model.device.type == "cuda":
-                    torch.cuda.synchronize(model.device)
-                elapsed = time.perf_counter() - start
-                tomesd.remove_patch(model.denoiser)
-                if round_idx:
-                    samples[setting_tag(method, options)].append(elapsed)
-    return {tag: statistics.median(v) for tag, v in samples.items()}
+        for tag in by_tag:  # warm-up
+            time_one(tag)
+        rounds = run_rounds(list(by_tag), time_one, base, min_rounds=args.timing_repeats,
+                            target=args.target_halfwidth or None, max_seconds=args.max_seconds,
+                            max_rounds=max(args.max_rounds, args.timing_repeats))
+    shares = reduced_time_shares(model.denoiser, lambda: model.predict_eps(x, t, cond), list(by_tag.values()),
+                                 torch.device(model.device))
+    return {tag: {"ms_per_call": statistics.median(rounds.times[tag]), "timing_rounds": rounds.n,
+                  "timing_stop": rounds.stop,
+                  **speedup_columns(rounds.ratios[tag], rounds.times[base], share, max_drift=args.max_drift)}
+            for tag, share in zip(by_tag, shares)}
 
 
 def flops_per_call(model: Any, method: str, options: dict, batch: int, seed: int) -> float:
@@ -174,14 +193,12 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
                      "class_consistency": gen.get("class_consistency"),
                      "generated": gen.get("n_images")})
     model = load_model(model_path=str(model_path), dtype="fp32", device=args.device)
-    seconds = time_settings(model, settings, args.timing_batch, args.timing_repeats, args.seed)
-    base_time = seconds[setting_tag("none", {})]
+    timing = time_settings(model, settings, args)
     base_flops = None
     for row, (method, options) in zip(rows, settings):
         flops = flops_per_call(model, method, options, args.timing_batch, args.seed)
         base_flops = flops if method == "none" else base_flops
-        row.update({"ms_per_call": 1000 * seconds[row["tag"]], "speedup": base_time / seconds[row["tag"]],
-                    "gflops_per_call": flops / 1e9, "flop_ratio": (base_flops or flops) / flops})
+        row.update({**timing[row["tag"]], "gflops_per_call": flops / 1e9, "flop_ratio": (base_flops or flops) / flops})
     return rows
 
 
@@ -217,7 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=nonneg_float, default=None, help="CFG scale (default: the model kind's)")
     p.add_argument("--gen_batch_size", type=positive_int, default=50, help="images per sampling batch")
     p.add_argument("--timing_batch", type=positive_int, default=50, help="rows of the timed denoiser call")
-    p.add_argument("--timing_repeats", type=positive_int, default=7, help="timed rounds (median), after one warm-up")
+    p.add_argument("--timing_repeats", type=positive_int, default=7,
+                   help="timed rounds at least (median per-round ratio), after one warm-up call per setting")
+    p.add_argument("--target_halfwidth", type=nonneg_float, default=0.03,
+                   help="more timed rounds until every speed-up's 95%% interval has this relative half-width "
+                        "(0: exactly --timing_repeats rounds)")
+    p.add_argument("--max_seconds", type=nonneg_float, default=30.0, help="time cap on one model's timed rounds")
+    p.add_argument("--max_rounds", type=positive_int, default=60, help="round cap per model")
+    p.add_argument("--max_drift", type=fraction, default=MAX_DRIFT,
+                   help="baseline drift (last- vs first-third median round time) that marks a model's rows unreliable")
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--n_boot", type=nonneg_int, default=1000,
                    help="bootstrap resamples of the intervals and paired tests (0: plain table without statistics)")
@@ -248,21 +273,52 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         raise FileNotFoundError(f"testbed model folder(s) missing: {missing} (train them with python -m bigain.testbed.train)")
     check_output_dir(args.out, "--out")
     settings = select_settings(args.settings, args.sweep, args.methods)
-    start = time.perf_counter()
+    start, before = time.perf_counter(), machine_snapshot()
     rows = [row for name in args.models
             for row in benchmark_model(name, paths[name], place_settings(name, settings, args.unet_max_downsample), args)]
-    wall = time.perf_counter() - start
+    wall, load = time.perf_counter() - start, machine_load(before, machine_snapshot())
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images classified "
               f"per setting (adaptive {args.n_samples}/{args.to_keep}), {10 * args.images_per_class} samples per setting "
-              f"({args.steps} steps); timing: median of {args.timing_repeats} interleaved calls, batch {args.timing_batch}, "
-              f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; wall {wall / 60:.1f} min.")
+              f"({args.steps} steps); timing: {timing_note(rows, args)}, batch {args.timing_batch}, "
+              f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              f"wall {wall / 60:.1f} min; {load_note(load)}.")
     out = Path(args.out)
     per_class = add_statistics(rows, out, args.n_boot) if args.n_boot else None
     written = write_outputs(rows, out, header, per_class)
+    written.append(write_meta(rows, args, out, load, wall, argv))
     print(f"\n{header}\n\n{format_table(rows)}\n\n{format_differences(rows)}\n\nwrote "
           + ", ".join(str(p) for p in written))
+    marked = [r for r in rows if r.get("unreliable")]
+    if marked:
+        names = ", ".join(f"{r['model']} {r['setting']}" for r in marked)
+        print(f"warning: {len(marked)} timing row(s) marked UNRELIABLE by the noise check (speed-up interval above the "
+              f"removed-layers bound, or baseline drift): {names}; rerun on an idle machine (docs/speed_method.md)",
+              file=sys.stderr)
     return rows
+
+
+def timing_note(rows: Sequence[dict], args: argparse.Namespace) -> str:
+    """'median of per-round ratios over 12 (dit: target) / 30 (unet: time cap) interleaved rounds, 95% intervals'."""
+    per_model = {r["model"]: (r.get("timing_rounds"), r.get("timing_stop")) for r in rows}
+    rounds = ", ".join(f"{m} {n} ({STOP_REASONS.get(stop, stop)})" for m, (n, stop) in per_model.items())
+    return (f"median of per-round paired ratios, 95% order-statistic interval; rounds: {rounds} (at least "
+            f"{args.timing_repeats}; target half-width {args.target_halfwidth:.0%}, cap {args.max_seconds:.0f} s)")
+
+
+def write_meta(rows: Sequence[dict], args: argparse.Namespace, out: Path, load: dict, wall: float,
+               argv: Optional[Sequence[str]]) -> Path:
+    """meta.json: the command, the timing rules, the machine's load before/after and the rows the noise check marked."""
+    marked = [{"model": r["model"], "setting": r["setting"], "why": r["unreliable"]}
+              for r in rows if r.get("unreliable")]
+    meta = {"command": "python -m bigain.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+            "wall_s": wall, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "timing": {"batch": args.timing_batch, "min_rounds": args.timing_repeats,
+                       "target_halfwidth": args.target_halfwidth, "max_seconds_per_model": args.max_seconds,
+                       "max_rounds": args.max_rounds, "rounds": {r["model"]: r.get("timing_rounds") for r in rows},
+                       "stop": {r["model"]: r.get("timing_stop") for r in rows}},
+            "noise_check": {"max_drift": args.max_drift, "unreliable": marked}, "machine_load": load}
+    return atomic_write_json(out / "meta.json", meta)
 
 
 if __name__ == "__main__":

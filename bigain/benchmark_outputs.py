@@ -80,19 +80,37 @@ def _diff(r: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
     return f"**{text}**" if resolved else text
 
 
+def _speedup(r: dict) -> str:
+    """`1.54x [1.50, 1.58]` (coverage appended below 95%, e.g. `; 75%` with 3 rounds); `UNRELIABLE` appended when the
+    noise check marked the row."""
+    v, lo, hi, conf = (_num(r.get(k)) for k in ("speedup", "speedup_lo", "speedup_hi", "speedup_conf"))
+    if v is None:
+        return ""
+    text = f"{v:.2f}x"
+    if lo is not None and hi is not None:
+        text += f" [{lo:.2f}, {hi:.2f}" + (f"; {100 * conf:.0f}%" if conf is not None and conf < 0.95 else "") + "]"
+    return text + (" UNRELIABLE" if r.get("unreliable") else "")
+
+
 def format_table(rows: list[dict]) -> str:
-    """Markdown table of the benchmark rows: every rate and FID with its 95% interval."""
+    """Markdown table of the benchmark rows: every rate, FID and speed-up with its 95% interval, the removed-layers
+    bound next to the FLOP-ideal, and the noise check's reasons for any row it marks."""
     lines = ["| model | method | cls acc (%) [95% CI] | domain FID [95% CI] | class cons. (%) [95% CI] | ms/call | "
-             "speed-up | FLOP-ideal | GFLOPs/call |", "|---|---|---|---|---|---|---|---|---|"]
+             "speed-up [95% CI] | FLOP-ideal | bound | GFLOPs/call |", "|---|---|---|---|---|---|---|---|---|---|"]
     def num(v, fmt):
         return "" if _num(v) is None else format(float(v), fmt)
     for r in rows:
         acc = _ci(r, "acc", 100) if "acc" in r else num(100 * (_num(r.get("accuracy")) or 0), ".1f")
         fid = _ci(r, "fid", 1, 2) if "fid" in r else num(r.get("domain_fid"), ".2f")
         cons = _ci(r, "cons", 100) if "cons" in r else ""
+        bound = num(r.get("bound_speedup"), ".2f")
         lines.append(f"| {r['model']} | {r['setting']} | {acc} | {fid} | {cons} | {num(r.get('ms_per_call'), '.1f')} | "
-                     f"{num(r.get('speedup'), '.2f')}x | {num(r.get('flop_ratio'), '.2f')}x | "
+                     f"{_speedup(r)} | {num(r.get('flop_ratio'), '.2f')}x | {bound + 'x' if bound else ''} | "
                      f"{num(r.get('gflops_per_call'), '.2f')} |")
+    marked = [r for r in rows if r.get("unreliable")]
+    if marked:
+        lines += ["", "UNRELIABLE timing (noise check, docs/speed_method.md): "
+                  + "; ".join(f"{r['model']} {r['setting']}: {r['unreliable']}" for r in marked) + "."]
     return "\n".join(lines)
 
 
@@ -215,7 +233,11 @@ def write_outputs(rows: list[dict], out: Path, header: str, per_class: Optional[
     """
     runs = runs or out
     legend = ("Intervals: 95%; accuracy and class consistency Wilson, domain FID bootstrap over generated images "
-              "(reference statistics fixed, bias-corrected percentile). Differences are paired (same test images, "
+              "(reference statistics fixed, bias-corrected percentile), speed-up the order-statistic interval of the "
+              "median per-round ratio (baseline and method timed in the same round). Bound: 1 / (1 - s), s = the "
+              "baseline's time share of the layers a setting reduces; no speed-up can exceed it, so a row whose "
+              "interval lies above it (or whose baseline drifted over the rounds) is marked UNRELIABLE. Differences "
+              "are paired (same test images, "
               "same seeds and classes): bootstrap intervals and exact McNemar p-values; **bold**: the interval "
               "excludes 0 (and, for rates, p < 0.05), i.e. a difference these images resolve.")
     flat = [{k: v for k, v in r.items() if k != "options"} for r in rows]

@@ -3,6 +3,8 @@
 All functions are pure (arrays in, numbers out) and use scipy's implementations:
 
 * a rate over images (accuracy, class consistency): Wilson score interval (`scipy.stats.binomtest`);
+* a median over repeated measurements (the per-round speed-up ratios of `eval.speed`): the distribution-free
+  order-statistic interval (the binomial ranks `scipy.stats.quantile_test` uses), exact for any continuous noise;
 * the difference between two methods on the *same* images: paired bootstrap over images
   (`scipy.stats.bootstrap`, percentile) and an exact McNemar test (a two-sided binomial test on the
   discordant pairs: images one method gets right and the other wrong);
@@ -21,7 +23,8 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "Interval", "wilson_interval", "bootstrap_interval", "paired_difference", "mcnemar_exact",
+    "Interval", "wilson_interval", "median_interval", "median_interval_ranks", "bootstrap_interval",
+    "paired_difference", "mcnemar_exact",
     "ReferenceStats", "reference_stats", "fid_to_reference", "fid_interval", "fid_difference_interval",
 ]
 
@@ -64,6 +67,38 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> I
         return Interval(float("nan"), float("nan"), float("nan"))
     ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return Interval(successes / n, float(ci.low), float(ci.high))
+
+
+def median_interval_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int, float]:
+    """0-based ranks (lo, hi) of the sorted sample bounding the median with coverage >= `confidence`, and that coverage.
+
+    The narrowest symmetric pair x[lo], x[n-1-lo] whose coverage 1 - 2 P(Binom(n, 1/2) <= lo) reaches `confidence`
+    (the ranks of `scipy.stats.quantile_test`); below 6 items (at 95%) none does, and the range [min, max] is used
+    with its lower coverage 1 - 2^(1-n) (75% at 3 items, 94% at 5).
+    """
+    if n < 1:
+        raise ValueError(f"a median interval needs at least one value, got {n}")
+    j = int(stats.binom.ppf((1 - confidence) / 2, n, 0.5))  # smallest j with cdf(j) >= alpha/2
+    if stats.binom.cdf(j, n, 0.5) > (1 - confidence) / 2:
+        j -= 1  # X_(j+1) (1-based) is the lower bound: P(Binom < j+1) = cdf(j) <= alpha/2
+    j = max(j, 0)
+    return j, n - 1 - j, 1.0 - 2.0 * float(stats.binom.cdf(j, n, 0.5))  # P(median outside) = 2 P(Binom <= j)
+
+
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[Interval, float]:
+    """Median of `values` with its distribution-free order-statistic interval, and the interval's actual coverage.
+
+    Assumes only independent draws from one continuous distribution (no normality, robust to a stray slow round);
+    NaN bounds for a single value.
+    """
+    x = np.sort(np.asarray(values, dtype=float))
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"expected a non-empty list of values, got shape {x.shape}")
+    value = float(np.median(x))
+    if len(x) < 2:
+        return Interval(value, float("nan"), float("nan")), float("nan")
+    lo, hi, coverage = median_interval_ranks(len(x), confidence)
+    return Interval(value, float(x[lo]), float(x[hi])), coverage
 
 
 def bootstrap_interval(samples: Sequence[np.ndarray], statistic: Callable[..., float], n_boot: int = N_BOOT,

@@ -1,5 +1,6 @@
 """The main job (bigain.benchmark) end to end in a reduced form, so it cannot rot."""
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,8 @@ from bigain import benchmark
 from tiny_pipelines import build_tiny_pixel_dit, build_tiny_pixel_unet
 
 FAST = ["--n_images", "2", "--n_samples", "2", "--to_keep", "1", "--images_per_class", "1", "--steps", "2",
-        "--timing_repeats", "1", "--timing_batch", "4", "--threads", "1", "--cls_batch_size", "20"]
+        "--timing_repeats", "1", "--target_halfwidth", "0", "--timing_batch", "4", "--threads", "1",
+        "--cls_batch_size", "20"]
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,9 @@ def test_benchmark_runs_resumes_and_writes_outputs(tmp_path, tiny_models):
         assert r["speedup"] > 0 and r["gflops_per_call"] > 0 and r["domain_fid"] is not None
     base = {r["model"]: r["gflops_per_call"] for r in rows if r["method"] == "none"}
     assert all(r["gflops_per_call"] < base[r["model"]] for r in rows if r["method"] != "none")
+    assert all(r["timing_rounds"] == 1 and r["timing_stop"] == "rounds" and r["bound_speedup"] >= 1.0 for r in rows)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["machine_load"]["before"]["cpu_count"] and isinstance(meta["noise_check"]["unreliable"], list)
     assert len(list(csv.DictReader(open(tmp_path / "benchmark.csv")))) == 6
     assert (tmp_path / "tradeoffs.png").stat().st_size > 1000
     assert "BiGain_TM r=0.7" in (tmp_path / "benchmark.md").read_text()

@@ -87,6 +87,9 @@ BAD = [
     ("bigain.benchmark", BENCH + ["--timing_repeats", "0"], "--timing_repeats"),
     ("bigain.benchmark", BENCH + ["--images_per_class", "-1"], "--images_per_class"),
     ("bigain.benchmark", BENCH + ["--out", "{file}"], "--out"),
+    ("bigain.benchmark", BENCH + ["--target_halfwidth", "-0.1"], "--target_halfwidth"),
+    ("bigain.benchmark", BENCH + ["--max_seconds", "nan"], "--max_seconds"),
+    ("bigain.benchmark", BENCH + ["--max_drift", "1.5"], "--max_drift"),
     # sweep
     ("bigain.sweep", ["{tmp}/missing.yaml", "--n_workers", "0"], "--n_workers"),
     ("bigain.sweep", ["{tmp}/missing.yaml", "--worker_idx", "-1"], "--worker_idx"),
@@ -100,6 +103,9 @@ BAD = [
     ("eval.speed", SPEED + ["--batches", "0"], "--batches"),
     ("eval.speed", SPEED + ["--threads", "0"], "--threads"),
     ("eval.speed", SPEED + ["--out", "{file}"], "--out"),
+    ("eval.speed", SPEED + ["--target_halfwidth", "inf"], "--target_halfwidth"),
+    ("eval.speed", SPEED + ["--max_rounds", "0"], "--max_rounds"),
+    ("eval.speed", SPEED + ["--max_drift", "-0.1"], "--max_drift"),
     ("eval.speed", ["--out", "{tmp}/speed"], "--preset or --models"),
     # eval.report, eval.metrics, make_prompts, demo
     ("eval.report", ["{dir}", "--out", "{file}"], "--out"),

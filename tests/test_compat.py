@@ -65,15 +65,11 @@ def test_compile_fullgraph_equals_eager_on_dit():
     assert "compiled == eager" in result.reason
 
 
-@pytest.mark.xfail(strict=False, reason="fullgraph compile of patched Flux: a data-dependent guard in the engine "
-                                        "(issue 22 point 2, fixed on branch h22a); a plain test after that merge")
 def test_compile_fullgraph_on_flux():
     result = cell("compile_fullgraph", "flux")
     assert result.status == "ok", result.reason
 
 
-@pytest.mark.xfail(strict=False, reason="patched Flux blocks ignore a backend set after apply_patch (issue 22 point 1, "
-                                        "fixed on branch h22a); a plain test after that merge")
 @pytest.mark.parametrize("method", ["bigain_tm", "bigain_td"])
 def test_cpu_attention_backend_is_used_by_the_patched_flux(method):
     result = cell("backend:_native_math", "flux", method)
@@ -110,11 +106,11 @@ def test_the_backend_spy_counts_only_calls_that_carry_the_backend():
     assert calls[0] == 0
 
 
-def test_unavailable_and_ignored_backends_are_not_applicable():
+def test_unavailable_backend_is_not_applicable_and_a_patched_pixart_honours_one():
     flash = cell("backend:flash", "dit")
     assert flash.status == "n/a" and "does not run here" in flash.reason
-    ignored = cell("backend:_native_math", "pixart")  # stock AttnProcessor2_0 calls SDPA directly
-    assert ignored.status in ("n/a", "ok"), ignored.reason  # ok once patched processors honour a backend
+    honoured = cell("backend:_native_math", "pixart")  # stock AttnProcessor2_0 calls SDPA directly
+    assert honoured.status == "ok" and "set after apply_patch" in honoured.reason, honoured.reason
 
 
 @pytest.mark.parametrize("kind", F.CACHE_KINDS)

@@ -37,11 +37,13 @@ def _finite(*values: Any) -> bool:
 
 
 def format_cell(value: float, base: float, metric: Metric, baseline_row: bool, incomplete: bool = False,
-                interval: tuple = (None, None), paired: tuple = (None, None, None, None)) -> str:
+                interval: tuple = (None, None), paired: tuple = (None, None, None, None),
+                unreliable: bool = False) -> str:
     """`71.2 (+3.4)`; empty for a missing value; no delta on the baseline row or without a baseline.
 
     With statistics (`eval.report.outcomes.add_intervals`): `71.2 [62.1, 79.0] (+3.4 [-2.0, +8.8] p=0.21)`, the
     95% interval of the value and the paired difference from the baseline (interval, McNemar p for rates).
+    `unreliable` (a speed-up the noise check marked, `eval.speed.reliability`) appends `!`.
     """
     if value is None or pd.isna(value):
         return ""
@@ -58,7 +60,7 @@ def format_cell(value: float, base: float, metric: Metric, baseline_row: bool, i
             text += f" ({'' if delta.startswith('-') else '+'}{delta})"
         elif metric.delta == "rel" and base != 0:
             text += f" ({100.0 * (value - base) / base:+.0f}%)"
-    return text + ("*" if incomplete else "")
+    return text + ("*" if incomplete else "") + ("!" if unreliable else "")
 
 
 def _dimensions(columns: str) -> tuple[str, str]:
@@ -89,11 +91,19 @@ def table_values(df: pd.DataFrame, metric: str, columns: str = "dataset", baseli
                          "delta": extra("delta"), "delta_lo": extra("delta_lo"), "delta_hi": extra("delta_hi"),
                          "delta_p": extra("delta_p", 1.0),
                          "incomplete": ~df["complete"].astype(bool) if "complete" in df.columns else False,
+                         "unreliable": _marked(df) if m.name == "speedup" else False,
                          "is_baseline": df["reduction"].map(lambda t: is_baseline(t, baseline))})
     base = long[long["is_baseline"]].drop_duplicates(["group", "column"], keep="last")
     base = base.set_index(["group", "column"])["value"]
     long["baseline_value"] = [base.get((g, c), float("nan")) for g, c in zip(long["group"], long["column"])]
     return long.reset_index(drop=True)
+
+
+def _marked(df: pd.DataFrame) -> pd.Series:
+    """Rows whose timing the noise check marked (a non-empty `unreliable` cell; absent in older speed.csv files)."""
+    if "unreliable" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["unreliable"].fillna("").astype(str).str.strip().ne("")
 
 
 def build_table(df: pd.DataFrame, metric: str, columns: str = "dataset", baseline: str = "none") -> pd.DataFrame:
@@ -118,7 +128,7 @@ def build_table(df: pd.DataFrame, metric: str, columns: str = "dataset", baselin
             label = reduction_label(r)
             index.append(f"{short_model(g) if columns == 'dataset' else g} | {label}" if multi else label)
             body.append([format_cell(e.value, e.baseline_value, m, bool(e.is_baseline), bool(e.incomplete),
-                                     (e.lo, e.hi), (e.delta, e.delta_lo, e.delta_hi, e.delta_p))
+                                     (e.lo, e.hi), (e.delta, e.delta_lo, e.delta_hi, e.delta_p), bool(e.unreliable))
                          if e is not None else "" for e in entries])
     table = pd.DataFrame(body, index=pd.Index(index, name="Method"), columns=pretty_cols, dtype=object)
     table.attrs.update(metric=m.name, label=m.label, columns=columns)
@@ -243,7 +253,8 @@ def write_tables(df: pd.DataFrame, out_dir: str | Path, metrics: Optional[Sequen
                 f"{len(df)} runs ({counts}). Cells: value (difference from the baseline row of the same column; "
                 "percent change for FLOPs and time); empty: no run or no value; *: incomplete run. Speed-up: "
                 "baseline model time per image / the method's, same task, model and dataset "
-                "(speed benchmark: its own interleaved measurement).", ""]
+                "(speed benchmark: its own interleaved measurement, with its 95% interval in brackets; !: marked "
+                "unreliable by its noise check, docs/speed_method.md).", ""]
     written: list[Path] = []
     for stem, caption, table in iter_tables(df, metrics, columns, baseline):
         written += write_table(table, out, stem, caption, formats)

@@ -69,6 +69,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("class_consistency", "class_consistency", "Class consistency (%)", scale=100.0, digits=1),
     Metric("speedup", "speedup", "Speed-up (x)", digits=2, delta="none", suffix="x"),
     Metric("ideal_speedup", "ideal_speedup", "FLOP-ideal speed-up (x)", digits=2, delta="none", suffix="x"),
+    Metric("bound_speedup", "bound_speedup", "Removed-layers bound (x)", digits=2, delta="none", suffix="x"),
     Metric("flops", "gflops", "GFLOPs per call", delta="rel", higher_is_better=False),
     Metric("time_per_image", "time_per_image_s", "Model time per image (s)", delta="rel", higher_is_better=False),
     Metric("calls_per_image", "calls_per_image", "Denoiser calls per image", digits=1, delta="rel"),
@@ -77,7 +78,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "classify": ("accuracy", "speedup", "flops"),
     "generate": (*GENERATION_METRICS, "speedup", "flops"),
-    "speed": ("speedup", "ideal_speedup", "flops"),
+    "speed": ("speedup", "ideal_speedup", "bound_speedup", "flops"),
 }
 
 

@@ -2,6 +2,8 @@
 
 Command line: `python -m eval.speed` (see `eval/speed/__main__.py`). Modules: `cases` (settings, models,
 presets), `timing` (instruments, one case, a whole run), `tables` (CSV/markdown/plot outputs),
+`reliability` (speed-up intervals, rounds until narrow, the removed-layers bound and drift check; see
+docs/speed_method.md), `check` (that check on published speed.csv files, `python -m eval.speed.check DIR`),
 `model_zoo` (full-size architectures with random weights), `op_count` (ATen ops per reducer), `upstream`
 (upstream tomesd 0.1.3 side by side), `sito_precision` and `shared_plans` (one-off measurements).
 """

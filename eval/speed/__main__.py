@@ -1,7 +1,8 @@
 """Speed, FLOPs and memory of token reduction against the unpatched SDPA baseline (docs/protocol.md §3).
 
-Every method setting is timed against the baseline in the same process, interleaved round by round; the
-columns are described in `eval.speed.tables`. Weights are random (`eval.speed.model_zoo`).
+Every method setting is timed against the baseline in the same process, interleaved round by round, until the
+speed-ups' 95% intervals are narrow or a time cap (docs/speed_method.md); the columns are described in
+`eval.speed.tables`. Weights are random (`eval.speed.model_zoo`).
 
     python -m eval.speed --preset cpu-small --out results/speed/cpu-small
     python -m eval.speed --preset gpu --out results/speed/gpu            # fp16, CUDA
@@ -20,13 +21,14 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from bigain.argtypes import fraction, nonneg_int, positive_int
+from bigain.argtypes import fraction, nonneg_float, nonneg_int, positive_int
 from bigain.cli import check_output_dir, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
 
 from .cases import METHODS, PRESET_FLAGS, PRESETS, Case, attention_backend_names, grid, make_settings, parse_model, \
     preset_cases
-from .tables import RANDOM_WEIGHTS_NOTE, environment, markdown_table, write_outputs
+from .reliability import MAX_DRIFT, TARGET_HALFWIDTH, machine_load, machine_snapshot
+from .tables import RANDOM_WEIGHTS_NOTE, environment, markdown_table, unreliable_rows, write_outputs
 from .timing import BREAKDOWN_CALLS, run_benchmark
 
 DEFAULTS: dict[str, Any] = {
@@ -35,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu", "repeats": 5, "warmup": 1, "out": "results/speed", "upstream": True, "breakdown": True,
     "flops_batch1": True, "seed": 0, "threads": None, "cuda_graphs": False, "attention_backend": None,
     "compile": False, "compile_backend": "inductor",
+    "target_halfwidth": TARGET_HALFWIDTH, "max_seconds": 60.0, "max_rounds": 30, "max_drift": MAX_DRIFT,
 }
 
 
@@ -90,7 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", nargs="+", type=positive_int, default=DEFAULTS["batches"], help="default 2 (the CFG pair)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=DEFAULTS["dtype"])
     p.add_argument("--device", default=DEFAULTS["device"])
-    p.add_argument("--repeats", type=positive_int, default=DEFAULTS["repeats"], help="timed rounds (median)")
+    p.add_argument("--repeats", type=positive_int, default=DEFAULTS["repeats"],
+                   help="timed rounds at least (speed-up: median of per-round ratios)")
+    p.add_argument("--target_halfwidth", type=nonneg_float, default=DEFAULTS["target_halfwidth"],
+                   help="time more rounds until every speed-up's 95%% interval has this relative half-width "
+                        "(0: exactly --repeats rounds)")
+    p.add_argument("--max_seconds", type=nonneg_float, default=DEFAULTS["max_seconds"],
+                   help="time cap on one case's rounds beyond --repeats (seconds)")
+    p.add_argument("--max_rounds", type=positive_int, default=DEFAULTS["max_rounds"], help="round cap per case")
+    p.add_argument("--max_drift", type=fraction, default=DEFAULTS["max_drift"],
+                   help="baseline drift (last- vs first-third median round time) that marks a case unreliable")
     p.add_argument("--warmup", type=nonneg_int, default=DEFAULTS["warmup"], help="warm-up calls per setting")
     p.add_argument("--threads", type=positive_int, default=DEFAULTS["threads"],
                    help="torch CPU threads (default: torch's choice); 1 on a shared machine, where waiting "
@@ -140,21 +152,29 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
                              ", compiled" if c.compile else ""])
             print(f"{c.model} {c.resolution}px batch {c.batch}{extra}: baseline + {len(c.settings)} settings")
         print(f"{len(cases)} cases, {runs} setting runs, {runs * per_setting} forward calls "
-              f"({per_setting} per setting run) on {args.device} in {args.dtype}")
+              f"({per_setting} per setting run) on {args.device} in {args.dtype}, at least; more rounds (up to "
+              f"{args.max_rounds}, {args.max_seconds:.0f} s per case) until the speed-up intervals' half-width is "
+              f"<= {args.target_halfwidth:.0%}")
         return []
     device = torch.device(args.device)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
+    before = machine_snapshot()
 
-    def run_meta(done: int) -> dict[str, Any]:
+    def run_meta(done: int, load: Optional[dict] = None) -> dict[str, Any]:
         return {"command": "python -m eval.speed " + " ".join(sys.argv[1:] if argv is None else argv),
                 "weights": RANDOM_WEIGHTS_NOTE, "environment": environment(device),
                 "seconds": time.perf_counter() - t0, "complete": done == len(cases), "cases_done": done,
+                "rounds": {"min": args.repeats, "max": args.max_rounds, "target_halfwidth": args.target_halfwidth,
+                           "max_seconds_per_case": args.max_seconds},
+                **({"noise_check": {"max_drift": args.max_drift, "unreliable": unreliable_rows(rows_so_far)},
+                    "machine_load": load} if load is not None else {}),
                 "cases": [{"model": c.model, "resolution": c.resolution, "batch": c.batch,
                            "attention_backend": c.attention_backend, "compile": c.compile,
                            "settings": [s.label for s in c.settings]} for c in cases]}
 
     progress = {"cases": 0}
+    rows_so_far: list[dict] = []
 
     def write_partial(rows: list[dict], block_rows: list[dict]) -> None:
         """After each case: every output so far, atomically (a run cut short keeps what finished)."""
@@ -165,10 +185,17 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
                                      warmup=args.warmup, seed=args.seed, upstream=args.upstream,
                                      breakdown=args.breakdown, flops_batch1=args.flops_batch1, log=log,
                                      cuda_graphs=args.cuda_graphs, compile_backend=args.compile_backend,
-                                     on_case=write_partial)
-    meta = run_meta(len(cases))
+                                     target_halfwidth=args.target_halfwidth or None, max_seconds=args.max_seconds,
+                                     max_rounds=args.max_rounds, max_drift=args.max_drift, on_case=write_partial)
+    rows_so_far[:] = rows
+    load = machine_load(before, machine_snapshot())
+    marked = unreliable_rows(rows)
+    meta = run_meta(len(cases), load)
     write_outputs(rows, block_rows, Path(args.out), meta)
-    print(markdown_table(rows))
+    print(markdown_table(rows, load))
+    if marked:
+        log(f"warning: {len(marked)} row(s) marked UNRELIABLE by the noise check (above the removed-layers bound or "
+            f"baseline drift; see the 'check' column and docs/speed_method.md): rerun on an idle machine")
     log(f"wrote {args.out}/speed.csv, speed.md, blocks.csv, blocks.md, speed.png, meta.json "
         f"({meta['seconds']:.0f} s)")
     return rows

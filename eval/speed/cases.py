@@ -221,15 +221,16 @@ PRESETS = {
 }
 
 # Flag values a preset implies unless given on the command line.
+# max_seconds caps each case's rounds beyond `repeats` (docs/speed_method.md estimates each preset's wall time).
 PRESET_FLAGS: dict[str, dict[str, Any]] = {
-    "tiny": {"repeats": 1, "warmup": 0, "threads": 1},
-    "cpu-small": {"repeats": 5, "warmup": 1, "threads": 1},
-    "cpu-sd2-512": {"repeats": 3, "warmup": 1, "threads": 1},
-    "cpu-mmdit": {"repeats": 3, "warmup": 1, "threads": 1},
-    "cpu-reuse": {"repeats": 5, "warmup": 1, "threads": 1, "upstream": False},
-    "cpu-sd2-512-reuse": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False},
-    "cpu-deeper": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False},
-    "gpu": {"device": "cuda", "dtype": "float16", "repeats": 10, "warmup": 3},
+    "tiny": {"repeats": 1, "warmup": 0, "threads": 1, "max_seconds": 0.0},
+    "cpu-small": {"repeats": 5, "warmup": 1, "threads": 1, "max_seconds": 60.0},
+    "cpu-sd2-512": {"repeats": 3, "warmup": 1, "threads": 1, "max_seconds": 300.0},
+    "cpu-mmdit": {"repeats": 3, "warmup": 1, "threads": 1, "max_seconds": 120.0},
+    "cpu-reuse": {"repeats": 5, "warmup": 1, "threads": 1, "upstream": False, "max_seconds": 60.0},
+    "cpu-sd2-512-reuse": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False, "max_seconds": 300.0},
+    "cpu-deeper": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False, "max_seconds": 90.0},
+    "gpu": {"device": "cuda", "dtype": "float16", "repeats": 10, "warmup": 3, "max_seconds": 30.0},
     "gpu-tiny": {"repeats": 1, "warmup": 0, "threads": 1, "upstream": False, "breakdown": False,
-                 "compile_backend": "eager"},
+                 "compile_backend": "eager", "max_seconds": 0.0},
 }

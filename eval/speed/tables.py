@@ -5,7 +5,14 @@ the same process, interleaved round by round (each round times one call of every
 rotated order), so slow drifts of a shared machine hit all settings alike. Per row:
 
 * latency: median over rounds; speed-up = median over rounds of baseline / patched time in the
-  same round (CUDA events on GPU, `time.perf_counter` on CPU, after warm-up calls);
+  same round (CUDA events on GPU, `time.perf_counter` on CPU, after warm-up calls), with its 95%
+  order-statistic interval; rounds continue past `--repeats` until every interval's relative half-width
+  is <= `--target_halfwidth`, or `--max_seconds`, or `--max_rounds` (`stop` says which;
+  `eval.speed.reliability`);
+* removed-layers bound 1 / (1 - s), s = the baseline's time share of the sub-layers the setting reduces
+  (3 instrumented baseline calls); a row whose interval lies above it, or whose case's baseline drifted
+  by more than `--max_drift` between the first and last third of the rounds, is marked unreliable
+  (`unreliable` column, the table's "check" column, meta.json);
 * FLOPs per call (`eval.flops`, SDPA included) and the FLOP-ideal speed-up baseline / patched,
   and measured / ideal;
 * attention share: the part of the baseline's time spent in the attn1 layers the setting reduces;
@@ -31,12 +38,14 @@ import math
 import os
 import platform
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from bigain.records import atomic_write_csv, atomic_write_text
 from eval.report.plots import save_figure
+
+from .reliability import STOP_REASONS, load_note
 
 RANDOM_WEIGHTS_NOTE = "random weights (architecture-only timing; no checkpoint loaded)"
 
@@ -49,6 +58,9 @@ COLUMNS = [
     "plan_ms", "score_ms", "match_ms",
     "reduce_ms", "restore_ms", "kv_ms", "peak_mem_mb", "upstream_speedup", "repeats",
     "ops_per_block", "kernels_per_block", "cuda_graphs", "compiled",
+    # added with the noise check (docs/speed_method.md); older speed.csv files lack them
+    "speedup_lo", "speedup_hi", "speedup_conf", "stop", "reduced_share", "bound_speedup", "baseline_drift",
+    "unreliable",
 ]
 BLOCK_COLUMNS = ["model", "resolution", "batch", "setting", "block", "tokens", "attn_base_ms", "attn_patched_ms",
                  "plan_ms", "score_ms", "match_ms", "reduce_ms", "restore_ms", "kv_ms", "overhead_ms",
@@ -65,27 +77,73 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
+def speedup_cell(row: dict) -> str:
+    """'1.54x [1.50, 1.58]' (the interval's coverage appended when below 95%, e.g. with fewer than 6 rounds)."""
+    value = row.get("speedup", float("nan"))
+    lo, hi = row.get("speedup_lo", float("nan")), row.get("speedup_hi", float("nan"))
+    text = _fmt(value) + "x"
+    if _finite(lo) and _finite(hi):
+        conf = row.get("speedup_conf", float("nan"))
+        text += f" [{lo:.2f}, {hi:.2f}" + (f"; {100 * conf:.0f}%" if _finite(conf) and conf < 0.95 else "") + "]"
+    return text
+
+
+def check_cell(row: dict) -> str:
+    """'ok', or 'UNRELIABLE: <why>' from the noise check; 'n/a' for rows written before the check existed."""
+    if "unreliable" not in row:
+        return "n/a"
+    why = row.get("unreliable")
+    return f"UNRELIABLE: {why}" if isinstance(why, str) and why else "ok"
+
+
+def _finite(value: Any) -> bool:
+    """A real, finite number (not NaN, not a string from an older CSV)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def unreliable_rows(rows: Sequence[dict]) -> list[dict]:
+    """The rows the noise check marked: model, resolution, batch, setting and why (for meta.json and warnings)."""
+    return [{"model": r["model"], "resolution": r["resolution"], "batch": r["batch"], "setting": r["setting"],
+             "why": r["unreliable"]} for r in rows if isinstance(r.get("unreliable"), str) and r["unreliable"]]
+
+
+def rounds_note(rows: Sequence[dict]) -> str:
+    """One line per case: rounds timed and what ended them."""
+    cases = {}
+    for r in rows:
+        cases.setdefault((r["model"], r["resolution"], r["batch"]), (r.get("repeats"), r.get("stop", "")))
+    return "; ".join(f"{m} {px}px b{b}: {n} rounds" + (f" ({STOP_REASONS.get(stop, stop)})" if isinstance(stop, str) and stop else "")
+                     for (m, px, b), (n, stop) in cases.items())
+
+
+def markdown_table(rows: Sequence[dict], load: Optional[dict] = None) -> str:
     """The headline table (one line per setting; upstream rows also feed the `upstream x` column)."""
-    header = ["model", "px", "batch", "setting", "ms", "speed-up", "FLOP-ideal", "meas/ideal", "upstream x",
-              "GFLOPs", "attn share", "overhead", "overhead/attn", "its FLOPs/attn", "ops/block", "peak MB"]
+    header = ["model", "px", "batch", "setting", "ms", "speed-up [95% CI]", "FLOP-ideal", "bound", "meas/ideal",
+              "upstream x", "GFLOPs", "attn share", "overhead", "overhead/attn", "its FLOPs/attn", "ops/block",
+              "peak MB", "check"]
     lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Speed-ups are vs the unpatched SDPA baseline in the same process "
-             "(median of per-round ratios); attn share = baseline time in the attn1 layers the setting reduces; "
+             "(median of per-round ratios, 95% order-statistic interval); bound = 1 / (1 - s), s = the baseline's "
+             "time share of the sub-layers the setting reduces: no speed-up can exceed it; check: UNRELIABLE when "
+             "the interval lies above the bound or the baseline drifted between the first and last third of the "
+             "rounds (docs/speed_method.md); attn share = baseline time in the attn1 layers the setting reduces; "
              "overhead = reducer planning + gather/scatter (ms, and as a share of those layers' baseline time); "
              "its FLOPs/attn = the reducer's own FLOPs (matching, graph, Laplacian) as a share of those layers' "
              "FLOPs, the floor under overhead/attn; ops/block = ATen ops the reducer dispatches per patched block "
              "and call, of which non-view in brackets (a CPU-measurable stand-in for GPU kernel launches).",
+             "", "Rounds: " + rounds_note(rows) + "." + (f" Machine: {load_note(load)}." if load else ""),
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
+        bound = r.get("bound_speedup", float("nan"))
         lines.append("| " + " | ".join([
             r["model"], str(r["resolution"]), str(r["batch"]), setting_cell(r), _fmt(r["latency_ms"], ".1f"),
-            _fmt(r["speedup"]) + "x", _fmt(r["ideal_speedup"]) + "x", _fmt(r["measured_over_ideal"]),
+            speedup_cell(r), _fmt(r["ideal_speedup"]) + "x", "n/a" if not _finite(bound) else f"{bound:.2f}x",
+            _fmt(r["measured_over_ideal"]),
             _fmt(r["upstream_speedup"]) + ("x" if not math.isnan(r["upstream_speedup"]) else ""),
             _fmt(r["flops_g"], ".1f"), _fmt(100 * r["attn_share"], ".0f") + "%" if not math.isnan(r["attn_share"]) else "n/a",
             _fmt(r["overhead_ms"], ".1f"),
             _fmt(100 * r["overhead_share"], ".1f") + "%" if not math.isnan(r["overhead_share"]) else "n/a",
             _fmt(100 * r["overhead_flop_share"], ".1f") + "%" if not math.isnan(r["overhead_flop_share"]) else "n/a",
-            ops_cell(r), _fmt(r["peak_mem_mb"], ".0f"),
+            ops_cell(r), _fmt(r["peak_mem_mb"], ".0f"), check_cell(r),
         ]) + " |")
     return "\n".join(lines)
 
@@ -95,7 +153,7 @@ def setting_cell(row: dict) -> str:
     tags = []
     if str(row.get("attention", "")).startswith("diffusers:"):
         tags.append(str(row["attention"]).split(":", 1)[1])
-    if row.get("compiled"):
+    if isinstance(row.get("compiled"), str) and row["compiled"]:
         tags.append(f"compiled {row['compiled']}")
     return row["setting"] + (f" [{', '.join(tags)}]" if tags else "")
 
@@ -141,10 +199,15 @@ def plot(rows: Sequence[dict], path: Path) -> None:
     for ax, (model, batch) in zip(axes.flat, panels):
         sub = [r for r in rows if r["model"] == model and r["batch"] == batch and r["engine"] != "baseline"]
         for i, setting in enumerate(dict.fromkeys(r["setting"] for r in sub)):
-            pts = sorted((r["resolution"], r["speedup"], r["ideal_speedup"]) for r in sub if r["setting"] == setting)
+            pts = sorted((r["resolution"], r["speedup"], r["ideal_speedup"], r.get("speedup_lo", math.nan),
+                          r.get("speedup_hi", math.nan)) for r in sub if r["setting"] == setting)
             color = f"C{i % 10}"
             xs = [p[0] for p in pts]
             ax.plot(xs, [p[1] for p in pts], "o-", color=color, label=setting)
+            bars = [(x, y, y - lo, hi - y) for x, y, _, lo, hi in pts if _finite(lo) and _finite(hi)]
+            if bars:  # 95% intervals of the speed-up
+                ax.errorbar([b[0] for b in bars], [b[1] for b in bars],
+                            yerr=[[b[2] for b in bars], [b[3] for b in bars]], fmt="none", ecolor=color, capsize=3)
             ax.plot(xs, [p[2] for p in pts], "x--", color=color, alpha=0.6)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_title(f"{model}, batch {batch}", fontsize=9)
@@ -153,7 +216,7 @@ def plot(rows: Sequence[dict], path: Path) -> None:
         ax.legend(fontsize=6, ncol=2)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"measured (solid) and FLOP-ideal (dashed) speed-up; {RANDOM_WEIGHTS_NOTE}", fontsize=9)
+    fig.suptitle(f"measured (solid, 95% intervals) and FLOP-ideal (dashed) speed-up; {RANDOM_WEIGHTS_NOTE}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -180,11 +243,12 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def write_outputs(rows: Sequence[dict], block_rows: Sequence[dict], out: Path, meta: dict,
                   plot_png: bool = True) -> None:
-    """Every output file, each atomically; `plot_png=False` skips the plot (partial writes during a run)."""
+    """speed.csv, blocks.csv, their markdown, meta.json (with `machine_load` when given), speed.png (unless
+    `plot_png=False`: partial writes during a run), each atomically."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "speed.csv", rows, COLUMNS)
     write_csv(out / "blocks.csv", block_rows, BLOCK_COLUMNS)
-    atomic_write_text(out / "speed.md", markdown_table(rows) + "\n")
+    atomic_write_text(out / "speed.md", markdown_table(rows, meta.get("machine_load")) + "\n")
     atomic_write_text(out / "blocks.md", block_markdown(block_rows) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     if rows and plot_png:

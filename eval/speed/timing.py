@@ -1,4 +1,5 @@
-"""Timing for `eval.speed`: interleaved rounds, FLOPs, attention share, reducer overhead breakdown, upstream runs."""
+"""Timing for `eval.speed`: interleaved rounds, FLOPs, reduced layers' time share, reducer overhead breakdown,
+upstream runs."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,7 @@ from eval.flops import FlopSpans, count_flops
 
 from . import op_count
 from .cases import BASELINE, Case, Setting, parse_model
+from .reliability import MAX_DRIFT, TARGET_HALFWIDTH, run_rounds, speedup_columns
 from .model_zoo import ModelSpec, build_model, make_inputs
 from .tables import COLUMNS
 from .upstream import load_upstream
@@ -140,6 +142,81 @@ def timed_attn1(model: torch.nn.Module, spans: Spans) -> Iterator[None]:
             attn.processor = processor
 
 
+def sublayers(block: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The token-wise sub-layers of a transformer block a reducer may shorten: self-attention (`attn1` / `attn`),
+    `attn2` (cross-attention on SD; SD3.5's second self-attention), the MLP (`ff`; Flux single blocks: `proj_mlp`)."""
+    names = (attention_name(block), "attn2", "ff", "proj_mlp")
+    return {n: m for n in names if isinstance(m := getattr(block, n, None), torch.nn.Module)}
+
+
+def reduced_sublayers(block: torch.nn.Module, options: dict) -> list[str]:
+    """Names (in `sublayers`) of the block's sub-layers a patch with `options` runs on fewer tokens (or, for K/V
+    methods, on a shorter K/V): mirrors `tomesd.patch.install_block` / `tomesd.mmdit.install_mmdit_block`."""
+    present, mmdit = sublayers(block), not hasattr(block, "attn1")
+    names = []
+    if options.get("merge_attn", True):
+        names.append(attention_name(block))
+        if mmdit:
+            names.append("attn2")  # SD3.5's second self-attention shares the block's plan
+    if options.get("merge_crossattn", False) and not mmdit:
+        names.append("attn2")
+    if options.get("merge_mlp", False):
+        names += ["ff", "proj_mlp"]
+    return [n for n in names if n in present]
+
+
+@contextlib.contextmanager
+def timed_sublayers(model: torch.nn.Module, spans: Spans) -> Iterator[None]:
+    """Time every block's `sublayers` (module hooks, whatever processor is installed) under (block, sub-layer)."""
+    starts: dict[tuple[str, str], Any] = {}
+    handles = []
+
+    def begin(key: tuple[str, str]) -> Callable[..., None]:
+        return lambda module, args: starts.__setitem__(key, spans.now())
+
+    def end(key: tuple[str, str]) -> Callable[..., None]:
+        return lambda module, args, output: spans.marks.setdefault(key, []).append((starts.pop(key), spans.now()))
+
+    for site in find_backbone(model).sites:
+        for name, module in sublayers(site.block).items():
+            handles += [module.register_forward_pre_hook(begin((site.name, name))),
+                        module.register_forward_hook(end((site.name, name)))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def reduced_time_shares(model: torch.nn.Module, call: Callable[[], Any], settings: Sequence[tuple[str, dict]],
+                        device: torch.device, calls: int = BREAKDOWN_CALLS) -> list[float]:
+    """Per setting (method, options), the share of the unpatched `call`'s time spent in the sub-layers the setting
+    reduces: the median over `calls` instrumented baseline calls (s in the removed-layers bound 1 / (1 - s)).
+
+    `model` is the denoiser the settings patch; `call` runs it (possibly with pre/post-processing, timed too).
+    Shared by `eval.speed` and the main job so both bound their speed-ups the same way.
+    """
+    sites = {site.name: site.block for site in find_backbone(model).sites}
+    reduced = []
+    for method, options in settings:
+        if method == "none":
+            reduced.append([])
+            continue
+        report = tomesd.apply_patch(model, method="tome" if method == "upstream" else method, **options)
+        tomesd.remove_patch(model)
+        reduced.append([(b, n) for b in report.blocks for n in reduced_sublayers(sites[b], options)])
+    shares: list[list[float]] = []
+    with torch.no_grad():
+        for _ in range(calls):
+            spans = Spans(device)
+            with timed_sublayers(model, spans), spans.span("total", ""):
+                call()
+            totals = spans.totals_ms()
+            total = totals[("", "total")]
+            shares.append([sum(totals.get(k, 0.0) for k in keys) / total for keys in reduced])
+    return [median([c[i] for c in shares]) for i in range(len(settings))]
+
+
 def timed_reducers(model: torch.nn.Module, spans: Any) -> contextlib.AbstractContextManager:
     """Record every reducer phase of the patched `model` (`PHASES`: plan, and within it score and match;
     reduce, restore, kv) under `spans.span(phase)`, through the engine's `tomesd.trace_reducers` hook.
@@ -231,9 +308,13 @@ def attention_backend(device: torch.device) -> str:
 def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype: torch.dtype,
                    device: torch.device, repeats: int, warmup: int, seed: int = 0, upstream: Optional[Any] = None,
                    breakdown: bool = True, flops_batch1: bool = True, log: Callable[[str], None] = print,
-                   breakdown_calls: int = BREAKDOWN_CALLS, cuda_graphs: bool = False) -> tuple[list[dict], list[dict]]:
+                   breakdown_calls: int = BREAKDOWN_CALLS, cuda_graphs: bool = False,
+                   target_halfwidth: Optional[float] = TARGET_HALFWIDTH, max_seconds: Optional[float] = None,
+                   max_rounds: int = 50, max_drift: float = MAX_DRIFT) -> tuple[list[dict], list[dict]]:
     """Rows (one per setting, baseline first) and per-block overhead rows for one case.
 
+    `repeats` rounds at least, then more until every speed-up's 95% interval has a relative half-width <=
+    `target_halfwidth`, or the rounds took `max_seconds`, or `max_rounds` (`eval.speed.reliability.run_rounds`).
     `cuda_graphs`: time CUDA-graph replays of each setting's forward (captured once after warm-up).
     """
     if cuda_graphs and device.type != "cuda":
@@ -242,8 +323,6 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
     settings = [BASELINE] + [s for s in case.settings if s.method != "upstream" or upstream is not None]
     reports: dict[Setting, Any] = {}
     blocks = {s: reduced_blocks(model, s) for s in settings}
-    times: dict[Setting, list[float]] = {s: [] for s in settings}
-    ratios: dict[Setting, list[float]] = {s: [] for s in settings}
     peak: dict[Setting, float] = {}
     graphs: dict[Setting, Callable[[], None]] = {}
     with torch.no_grad():
@@ -261,19 +340,19 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
                     peak[s] = (torch.cuda.max_memory_allocated(device) - resting) / 2**20
                 if cuda_graphs:
                     graphs[s] = capture_cuda_graph(model, args, kwargs, device)
-        # Interleaved rounds; the order rotates so no setting always follows another.
-        for r in range(repeats):
-            order = settings[r % len(settings):] + settings[: r % len(settings)]
-            round_ms = {}
-            for s in order:
-                if cuda_graphs:
-                    round_ms[s] = timed_replay(graphs[s], device)
-                    continue
-                with patched(model, s, seed, upstream):
-                    round_ms[s] = timed_call(model, args, kwargs, device)
-            for s in settings:
-                times[s].append(round_ms[s])
-                ratios[s].append(round_ms[BASELINE] / round_ms[s])
+        # Interleaved rounds (the order rotates so no setting always follows another) until the intervals are narrow.
+        def time_one(s: Setting) -> float:
+            if cuda_graphs:
+                return timed_replay(graphs[s], device)
+            with patched(model, s, seed, upstream):
+                return timed_call(model, args, kwargs, device)
+
+        rounds = run_rounds(settings, time_one, BASELINE, min_rounds=repeats, target=target_halfwidth,
+                            max_seconds=max_seconds, max_rounds=max(max_rounds, repeats))
+        times, ratios = rounds.times, rounds.ratios
+        # The reduced sub-layers' share of the baseline's time (the removed-layers bound), in plain baseline calls.
+        shares = dict(zip(settings, reduced_time_shares(model, lambda: model(*args, **kwargs),
+                                                        [(s.method, s.kwargs) for s in settings], device)))
         # FLOPs (linear in the batch: counted at batch 1 and scaled, unless disabled).
         flop_batch = 1 if flops_batch1 else case.batch
         fargs, fkwargs = make_inputs(spec, flop_batch, case.resolution, dtype=dtype, device=device, seed=seed)
@@ -332,9 +411,10 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
             "overhead_flops_g": own_flops / 1e9,
             "overhead_flop_share": own_flops / attn_base_flops if attn_base_flops else float("nan"),
             **{f"{p}_ms": by_phase.get(p, float("nan")) if s.engine == "bigain" else float("nan") for p in PHASES},
-            "peak_mem_mb": peak.get(s, float("nan")), "upstream_speedup": float("nan"), "repeats": repeats,
+            "peak_mem_mb": peak.get(s, float("nan")), "upstream_speedup": float("nan"), "repeats": rounds.n,
             "ops_per_block": op_counts.get(s, {}).get("ops", float("nan")),
             "kernels_per_block": op_counts.get(s, {}).get("kernels", float("nan")), "cuda_graphs": cuda_graphs,
+            **speedup_columns(ratios[s], times[BASELINE], shares[s], max_drift=max_drift), "stop": rounds.stop,
         }
         row["measured_over_ideal"] = row["speedup"] / row["ideal_speedup"]
         rows.append(row)
@@ -356,7 +436,7 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
             if twin is not None:
                 row["upstream_speedup"] = twin["speedup"]
     log(f"  {spec.name} {case.resolution}px b{case.batch}: baseline {base_ms:.1f} ms, "
-        f"{len(settings) - 1} settings x {repeats} rounds")
+        f"{len(settings) - 1} settings x {rounds.n} rounds ({rounds.stop}, {rounds.seconds:.0f} s)")
     return rows, block_rows
 
 # ----------------------------------------------------------------------------------------------
@@ -434,7 +514,8 @@ def benchmark_compiled(case: Case, model: torch.nn.Module, spec: ModelSpec, *, d
                      "attention": attention_backend(device), "engine": s.engine, "method": s.method,
                      "setting": s.label, "options": json.dumps(s.kwargs), "blocks": len(reduced_blocks(model, s)),
                      "tokens": tokens, "reduced_tokens": kept, "latency_ms": median(times[s]), "baseline_ms": base_ms,
-                     "speedup": base_ms / median(times[s]), "repeats": repeats, "cuda_graphs": False})
+                     "speedup": base_ms / median(times[s]), "repeats": repeats, "cuda_graphs": False,
+                     "stop": "compiled", "unreliable": ""})
     log(f"  {spec.name} {case.resolution}px b{case.batch} compiled ({compile_backend}): baseline {base_ms:.1f} ms, "
         f"{len(rows) - 1} settings x {repeats} calls")
     return rows
@@ -448,10 +529,13 @@ def run_benchmark(cases: Sequence[Case], *, dtype: str | torch.dtype = "float32"
                   repeats: int = 5, warmup: int = 1, seed: int = 0, upstream: bool = True, breakdown: bool = True,
                   flops_batch1: bool = True, log: Callable[[str], None] = print,
                   cuda_graphs: bool = False, compile_backend: str = "inductor",
+                  target_halfwidth: Optional[float] = TARGET_HALFWIDTH, max_seconds: Optional[float] = None,
+                  max_rounds: int = 50, max_drift: float = MAX_DRIFT,
                   on_case: Optional[Callable[[list[dict], list[dict]], None]] = None) -> tuple[list[dict], list[dict]]:
     """Benchmark every case (models built once each, in case order); returns (rows, block rows).
 
-    A case with `attention_backend` runs with it set on the model (skipped, logged, when it cannot run here); a case
+    Rounds per case: see `benchmark_case` (`repeats` at least; `max_seconds` caps each case's rounds). A case
+    with `attention_backend` runs with it set on the model (skipped, logged, when it cannot run here); a case
     with `compile` is timed compiled (`benchmark_compiled`). `on_case(rows, block_rows)` gets the rows so far after
     each case (the CLI writes them, so a run stopped by a time limit keeps every finished case).
     """
@@ -485,7 +569,9 @@ def run_benchmark(cases: Sequence[Case], *, dtype: str | torch.dtype = "float32"
                 else:
                     r, b = benchmark_case(case, model, spec, dtype=dtype, device=device, repeats=repeats,
                                           warmup=warmup, seed=seed, upstream=up, breakdown=breakdown,
-                                          flops_batch1=flops_batch1, log=log, cuda_graphs=cuda_graphs)
+                                          flops_batch1=flops_batch1, log=log, cuda_graphs=cuda_graphs,
+                                          target_halfwidth=target_halfwidth, max_seconds=max_seconds,
+                                          max_rounds=max_rounds, max_drift=max_drift)
             for row in r:
                 row["attention"] = f"diffusers:{case.attention_backend}" if case.attention_backend else row["attention"]
                 row["compiled"] = compile_backend if case.compile else ""
