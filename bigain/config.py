@@ -42,13 +42,29 @@ def option_dest(parser: argparse.ArgumentParser, key: str) -> Optional[str]:
     return None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader refusing a mapping that repeats a key (plain YAML silently keeps the later value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file whose top level is a mapping (safe loader; empty file = {})."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config {path}: file does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"config {path}: {yaml_error_text(err)}") from None
     except (OSError, UnicodeDecodeError) as err:

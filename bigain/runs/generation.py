@@ -25,7 +25,7 @@ from bigain.config import save_effective_config
 from bigain.datasets import check_dataset_args
 from bigain.generation_items import Item, build_items
 from bigain.identity import model_identity
-from bigain.models import load_model, resolve_run_device
+from bigain.models import check_steps, load_model, resolve_run_device
 from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, clean_stale_tmp, \
     config_fingerprint, try_lock
 from bigain.reduction import apply_reduction, validate_reduction
@@ -70,6 +70,7 @@ class GenerateRun(RunFields):
             raise ValueError(f"--guidance must be a finite number >= 0; got {self.guidance}")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1; got {self.steps}")
+        check_steps(self.steps, self.version, self.model_path)  # scheduler config read, model not loaded
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1; got {self.batch_size}")
         if self.images_per_class < 1:
