@@ -90,7 +90,8 @@ def describe(action: argparse.Action) -> str:
     kind = getattr(action.type, "__name__", "string") if action.type not in (None, str) else "string"
     text = {"parse_bool": "true or false", "lower": "string", "positive_int": "int >= 1",
             "nonneg_int": "int >= 0", "finite_float": "float (finite)", "nonneg_float": "float >= 0 (finite)",
-            "positive_float": "float > 0 (finite)", "fraction": "float in [0, 1)"}.get(kind, kind)
+            "positive_float": "float > 0 (finite)", "fraction": "float in [0, 1)",
+            "batch_size": "int >= 1 or auto"}.get(kind, kind)
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
         text = f"a list of {text}"
     if action.choices:
@@ -101,6 +102,10 @@ def describe(action: argparse.Action) -> str:
 def coerce_scalar(action: argparse.Action, value: Any) -> Any:
     """One value converted as the option's `type` would, strictly (no bool for int, no int for str)."""
     kind = action.type
+    if getattr(kind, "accepts_auto", False):  # e.g. batch_size: 8 or batch_size: auto
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError
+        return kind(value)
     base = getattr(kind, "base", None)  # a checked type of bigain.argtypes (positive_int, finite_float, ...)
     if base is int or base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (base is int and not isinstance(value, int)):
