@@ -92,24 +92,24 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     return check_device(device)
 
 
-def check_device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device, flag: str = "--device") -> torch.device:
     """`device` as a torch.device that exists on this machine; ValueError naming it otherwise (before any loading)."""
     allowed = "auto, cpu, cuda, cuda:N, mps"
     try:
         dev = device if isinstance(device, torch.device) else torch.device(str(device))
     except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"--device {device!r} is not a device; allowed: {allowed}") from None
+        raise ValueError(f"{flag} {device} is not a device; allowed: {allowed}") from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu or auto")
+            raise ValueError(f"{flag} {device}: no CUDA GPU is available on this machine; use --device cpu or auto")
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"--device {device}: this machine has {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1})")
+            raise ValueError(f"{flag} {device}: this machine has {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1})")
     elif dev.type == "mps":
         if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto")
+            raise ValueError(f"{flag} {device}: MPS is not available on this machine; use --device cpu or auto")
     elif dev.type != "cpu":
-        raise ValueError(f"--device {device}: unsupported device type {dev.type!r}; allowed: {allowed}")
+        raise ValueError(f"{flag} {device}: unsupported device type {dev.type!r}; allowed: {allowed}")
     return dev
 
 
