@@ -11,7 +11,9 @@ classes in stages (--n_samples / --to_keep), and predicts the class with the low
     python -m bigain.classify ... --merge_only        # accuracy over all shards' records
 
 Results: <output_dir>/<dataset>_<split>/<model>/<reducer>/<settings>/records/<index>.npz (one per
-image), config.json, log*.txt; one row per invocation in <output_dir>/summary.csv.
+image), config.json, log*.txt; one row per invocation in <output_dir>/summary.csv (with --run_dir and no
+--output_dir: <run_dir>/summary.csv). SIGTERM stops a run resumably (exit 143); --batch_size auto finds the largest
+batch that fits (docs/failures.md).
 In Python: ``run_classification(ClassifyRun(...))`` (bigain.runs) does what this command does; in memory
 (e.g. the testbed benchmark): ``ctx = make_context(model, load_prompts("fmnist"), StageSchedule())`` then
 ``classify_many(ctx, images, labels)`` -> records (bigain.classifier; the core is ``classify_image``).

@@ -2,9 +2,10 @@
 project's one set of atomic writers (bytes, text, JSON, CSV, safetensors: temp file, fsync, rename).
 
 A run directory holds ``records/<index>.npz`` (one per image, any shard may have written it),
-``config.json`` and logs. A record is reused only when it loads, is complete, and carries the
-run's config fingerprint; anything else (missing, half-written, corrupt, other config) is
-recomputed. No pickles: arrays plus a JSON string.
+``config.json`` and logs. A record is reused only when it loads, is complete, carries the
+run's config fingerprint and matches its own content digest (records older than digests: accepted);
+anything else (missing, half-written, corrupt, edited, other config) is recomputed
+(docs/failures.md). No pickles: arrays plus a JSON string.
 """
 from __future__ import annotations
 
