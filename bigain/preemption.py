@@ -30,7 +30,11 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold a SIGTERM until the block ends (an atomic write, an image's PNG and its record): never half done."""
+    """Hold a SIGTERM until the block ends (an atomic write, an image's PNG and its record): never half done.
+    Only the main thread's blocks count (the signal is handled there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _state["depth"] += 1
     completed = False
     try:

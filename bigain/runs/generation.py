@@ -164,6 +164,7 @@ def _auto_batch_size(model: Any, items: list[Item], schedule: Any, guidance: flo
     and VAE decode fit, from min(items, AUTO_START) down by halving (bigain.batching). Batch b is seeded with
     seed + b, so the size found is part of the run's settings like a fixed one."""
     refuse_auto_with_shards(n_shards)
+
     def probe(n: int) -> None:
         batch = [items[i % len(items)] for i in range(n)]
         cond, uncond = conditions(model, batch, guidance)
