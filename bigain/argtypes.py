@@ -6,7 +6,8 @@ import argparse
 import math
 from typing import Any, Callable
 
-__all__ = ["finite_float", "fraction", "nonneg_float", "nonneg_int", "positive_float", "positive_int"]
+__all__ = ["AUTO", "batch_size", "finite_float", "fraction", "nonneg_float", "nonneg_int", "positive_float",
+           "positive_int"]
 
 
 def _checked(base: type, name: str, allowed: str, ok: Callable[[Any], bool]) -> Callable[[Any], Any]:
@@ -32,3 +33,18 @@ finite_float = _checked(float, "finite_float", "a finite number", lambda v: True
 nonneg_float = _checked(float, "nonneg_float", "a finite number >= 0", lambda v: v >= 0)
 positive_float = _checked(float, "positive_float", "a finite number > 0", lambda v: v > 0)
 fraction = _checked(float, "fraction", "a number in [0, 1)", lambda v: 0 <= v < 1)
+
+AUTO = "auto"
+
+
+def batch_size(text: Any) -> int | str:
+    """A batch size: an integer >= 1, or 'auto' (the largest that fits in memory, found by halving; bigain.batching)."""
+    if isinstance(text, str) and text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}") from None
+
+
+batch_size.accepts_auto = True  # config files: an int, or the string 'auto' (bigain.config)

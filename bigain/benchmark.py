@@ -33,10 +33,10 @@ from tqdm.auto import tqdm
 
 import tomesd
 from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
-from bigain.argtypes import fraction, nonneg_float, nonneg_int, positive_int
+from bigain.argtypes import AUTO, batch_size, fraction, nonneg_float, nonneg_int, positive_int
 from bigain.cli import add_max_images_arg, add_output_args, add_threads_arg, check_output_dir, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
-from bigain.models import load_model
+from bigain.models import check_device, load_model
 from bigain.records import atomic_write_json, atomic_write_text
 from bigain.runs import ClassifyRun, GenerateRun
 from bigain.runs import run_classification as classify_run
@@ -180,11 +180,16 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
     """All settings on one model: classification, generation + metrics, timing, FLOPs."""
     out = Path(args.out)
     rows = []
+    args = argparse.Namespace(**vars(args))  # batch sizes `auto` are pinned per model by its first (baseline) setting
     for method, options in tqdm(settings, desc=f"benchmark {name}", unit="setting", file=sys.stdout):
         tag = setting_tag(method, options)
         print(f"\n=== {name}: {setting_label(method, options)}", flush=True)
         cls = run_classification(model_path, method, options, out / "classify" / name / tag, args)
         gen = run_generation(model_path, method, options, out / "generate" / name / tag, args) if args.images_per_class else {}
+        if args.cls_batch_size == AUTO:  # every setting then runs with the size the baseline found
+            args.cls_batch_size = int(cls["batch_size"])
+        if gen and args.gen_batch_size == AUTO:  # same batches, so same seeds, for every setting
+            args.gen_batch_size = int(gen["batch_size"])
         rows.append({"model": name, "method": method, "options": dict(options),
                      "setting": setting_label(method, options), "tag": tag,
                      "accuracy": cls.get("accuracy"), "images": cls.get("images"),
@@ -228,11 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_stages_without_new_timesteps", action="store_true",
                    help="passed to bigain.classify: accept --n_samples whose later stages add no timestep")
     p.add_argument("--to_keep", type=positive_int, nargs="+", default=[5, 1], help="adaptive protocol classes kept")
-    p.add_argument("--cls_batch_size", type=positive_int, default=125, help="classifier (class, timestep) batch")
+    p.add_argument("--cls_batch_size", type=batch_size, default=125,
+                   help="classifier (class, timestep) batch, or auto: the largest that fits for the baseline, then "
+                        "used by every setting")
     p.add_argument("--images_per_class", type=nonneg_int, default=5, help="generated images per class (0: skip generation)")
     p.add_argument("--steps", type=positive_int, default=10, help="sampling steps (default: 10)")
     p.add_argument("--guidance", type=nonneg_float, default=None, help="CFG scale (default: the model kind's)")
-    p.add_argument("--gen_batch_size", type=positive_int, default=50, help="images per sampling batch")
+    p.add_argument("--gen_batch_size", type=batch_size, default=50,
+                   help="images per sampling batch, or auto (found for the baseline, then used by every setting)")
     p.add_argument("--timing_batch", type=positive_int, default=50, help="rows of the timed denoiser call")
     p.add_argument("--timing_repeats", type=positive_int, default=7,
                    help="timed rounds at least (median per-round ratio), after one warm-up call per setting")
@@ -272,6 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     if missing:
         raise FileNotFoundError(f"testbed model folder(s) missing: {missing} (train them with python -m bigain.testbed.train)")
     check_output_dir(args.out, "--out")
+    for flag, device in (("--device", args.device), ("--metrics_device", args.metrics_device)):
+        if device != "auto":  # before any model loads
+            check_device(device, flag)
     settings = select_settings(args.settings, args.sweep, args.methods)
     start, before = time.perf_counter(), machine_snapshot()
     rows = [row for name in args.models

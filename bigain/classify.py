@@ -11,7 +11,9 @@ classes in stages (--n_samples / --to_keep), and predicts the class with the low
     python -m bigain.classify ... --merge_only        # accuracy over all shards' records
 
 Results: <output_dir>/<dataset>_<split>/<model>/<reducer>/<settings>/records/<index>.npz (one per
-image), config.json, log*.txt; one row per invocation in <output_dir>/summary.csv.
+image), config.json, log*.txt; one row per invocation in <output_dir>/summary.csv (with --run_dir and no
+--output_dir: <run_dir>/summary.csv). SIGTERM stops a run resumably (exit 143); --batch_size auto finds the largest
+batch that fits (docs/failures.md).
 In Python: ``run_classification(ClassifyRun(...))`` (bigain.runs) does what this command does; in memory
 (e.g. the testbed benchmark): ``ctx = make_context(model, load_prompts("fmnist"), StageSchedule())`` then
 ``classify_many(ctx, images, labels)`` -> records (bigain.classifier; the core is ``classify_image``).
@@ -22,7 +24,7 @@ import argparse
 from typing import Any, Sequence
 
 from bigain.classifier import LOSSES, StageSchedule
-from bigain.argtypes import nonneg_int, positive_int
+from bigain.argtypes import batch_size, nonneg_int, positive_int
 from bigain.cli import add_data_args, add_max_images_arg, add_model_args, add_output_args, add_shard_args, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
 from bigain.datasets import DATASETS, INTERPOLATIONS
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes kept after each stage; the last must be 1 (default: 5 1)")
     g.add_argument("--n_trials", type=positive_int, default=1, help="noises per timestep (default: 1)")
     g.add_argument("--loss", default="l2", choices=LOSSES, help="error between eps and prediction (default: l2)")
-    g.add_argument("--batch_size", type=positive_int, default=32, help="(class, timestep) samples per forward (default: 32)")
+    g.add_argument("--batch_size", type=batch_size, default=32,
+                   help="(class, timestep) samples per forward, or auto: the largest that fits (default: 32)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="noise seed; each image uses (seed, image index)")
     add_reduction_args(p)
 

@@ -1,7 +1,8 @@
 """What every CLI shares: the model/data/output/shard flag groups, output-path checks, the launch shard, the model
 label, the TF32 switch, and `run_cli` (clean errors). The checked argparse types live in bigain.argtypes.
 
-Bad input ends as ``error: <message>`` on stderr with exit status 2, before any model is loaded;
+Bad input ends as ``error: <message>`` on stderr with exit status 2, before any model is loaded; SIGTERM ends a run
+promptly with a message saying how to resume and exit status 143 (bigain.preemption);
 ``--debug`` (or ``BIGAIN_DEBUG=1``) re-raises instead, for a traceback.
 
     p.add_argument("--steps", type=positive_int)       # checked types: from bigain.argtypes import positive_int
@@ -24,6 +25,7 @@ import yaml
 
 from bigain import argtypes
 from bigain.models import MODEL_VERSIONS
+from bigain.preemption import PREEMPTED_EXIT, Preempted, sigterm_stops_run
 
 __all__ = ["BAD_INPUT", "add_data_args", "add_max_images_arg", "add_model_args", "add_output_args", "add_shard_args",
            "add_threads_arg", "check_output_dir", "check_output_file", "enable_tf32", "launch_shard", "model_label",
@@ -117,7 +119,9 @@ def add_output_args(group: Any, default: Optional[str], dest: str = "output_dir"
     group.add_argument("--output_dir", "--out", dest=dest, default=default, help="base folder of the outputs")
     if run_files:
         group.add_argument("--run_dir", default=None, help="explicit run folder (default: derived from every setting)")
-        group.add_argument("--summary_csv", default=None, help="summary CSV (default: <output_dir>/summary.csv)")
+        group.add_argument("--summary_csv", default=None,
+                           help="summary CSV (default: <output_dir>/summary.csv; with --run_dir and no --output_dir: "
+                                "<run_dir>/summary.csv)")
 
 
 def add_shard_args(group: Any, what: str = "the work") -> None:
@@ -175,7 +179,14 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Seque
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        return main(args)
+        with sigterm_stops_run():
+            return main(args)
+    except Preempted:
+        if debug:
+            raise
+        print("error: stopped by SIGTERM (preempted); every finished record is kept and the one in flight was "
+              "dropped: run the same command again to resume", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT) from None
     except BAD_INPUT as err:
         if debug:
             raise

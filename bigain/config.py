@@ -42,13 +42,29 @@ def option_dest(parser: argparse.ArgumentParser, key: str) -> Optional[str]:
     return None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader refusing a mapping that repeats a key (plain YAML silently keeps the later value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file whose top level is a mapping (safe loader; empty file = {})."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config {path}: file does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"config {path}: {yaml_error_text(err)}") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -74,7 +90,8 @@ def describe(action: argparse.Action) -> str:
     kind = getattr(action.type, "__name__", "string") if action.type not in (None, str) else "string"
     text = {"parse_bool": "true or false", "lower": "string", "positive_int": "int >= 1",
             "nonneg_int": "int >= 0", "finite_float": "float (finite)", "nonneg_float": "float >= 0 (finite)",
-            "positive_float": "float > 0 (finite)", "fraction": "float in [0, 1)"}.get(kind, kind)
+            "positive_float": "float > 0 (finite)", "fraction": "float in [0, 1)",
+            "batch_size": "int >= 1 or auto"}.get(kind, kind)
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
         text = f"a list of {text}"
     if action.choices:
@@ -85,6 +102,10 @@ def describe(action: argparse.Action) -> str:
 def coerce_scalar(action: argparse.Action, value: Any) -> Any:
     """One value converted as the option's `type` would, strictly (no bool for int, no int for str)."""
     kind = action.type
+    if getattr(kind, "accepts_auto", False):  # e.g. batch_size: 8 or batch_size: auto
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError
+        return kind(value)
     base = getattr(kind, "base", None)  # a checked type of bigain.argtypes (positive_int, finite_float, ...)
     if base is int or base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (base is int and not isinstance(value, int)):

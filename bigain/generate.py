@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from bigain.argtypes import finite_float, nonneg_int, positive_int
+from bigain.argtypes import batch_size, finite_float, nonneg_int, positive_int
 from bigain.cli import add_data_args, add_max_images_arg, add_model_args, add_output_args, add_shard_args, run_cli
 from bigain.config import add_config_arg, parse_args_with_config
 from bigain.reduction import add_reduction_args
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: euler (SD), ddim (DiT), flow (SD3), flow-linear (Flux)")
     g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default: {DEFAULT_STEPS})")
     g.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance (SD 7.5, DiT 4.0)")
-    g.add_argument("--batch_size", type=positive_int, default=4, help="images per batch (default: 4)")
+    g.add_argument("--batch_size", type=batch_size, default=4,
+                   help="images per batch (seeds follow batches), or auto: the largest that fits (default: 4)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="batch b uses seed + b")
     add_reduction_args(p)
 

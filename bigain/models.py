@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .folder_checks import component_config_problems, safetensors_problems
 from .flow_models import FLOW_VERSIONS, is_flow_folder, load_flow_folder
 from .hub import (CachedSnapshot, cached_snapshot, download_snapshot, hub_cache_dir, hub_offline,
                   missing_components, weight_format)
@@ -37,7 +38,10 @@ __all__ = [
     "FORMER_HUB_IDS",
     "ModelFolderError",
     "ModelNotFoundError",
+    "check_device",
     "check_image_size",
+    "check_steps",
+    "find_scheduler_config",
     "download_command",
     "hub_candidates",
     "image_size_multiple",
@@ -85,7 +89,28 @@ def resolve_device(device: str | None = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    return check_device(device)
+
+
+def check_device(device: str | torch.device, flag: str = "--device") -> torch.device:
+    """`device` as a torch.device that exists on this machine; ValueError naming it otherwise (before any loading)."""
+    allowed = "auto, cpu, cuda, cuda:N, mps"
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device))
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{flag} {device} is not a device; allowed: {allowed}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{flag} {device}: no CUDA GPU is available on this machine; use --device cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{flag} {device}: this machine has {count} CUDA GPU(s) (cuda:0 .. cuda:{count - 1})")
+    elif dev.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise ValueError(f"{flag} {device}: MPS is not available on this machine; use --device cpu or auto")
+    elif dev.type != "cpu":
+        raise ValueError(f"{flag} {device}: unsupported device type {dev.type!r}; allowed: {allowed}")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -229,6 +254,9 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
     import diffusers
 
     _check_json_files(folder)
+    problems = component_config_problems(folder) + safetensors_problems(folder)
+    if problems:  # refused before any weights load, naming each file (and key)
+        raise ModelFolderError("damaged model folder:\n  " + "\n  ".join(problems))
     if is_flow_folder(folder):  # SD3 / Flux pipelines: their own loader
         return load_flow_folder(folder, name, device, dtype)
     kind = _detect_kind(folder)
@@ -351,6 +379,33 @@ def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None
     except (OSError, ValueError) as err:  # an incomplete snapshot
         raise ModelNotFoundError(_missing_message(name, tried + [f"snapshot {snap.folder} (incomplete)"], err,
                                                   snap.hub_id)) from err
+
+
+def find_scheduler_config(version: str = "2-0", model_path: str | os.PathLike | None = None) -> dict:
+    """The scheduler_config.json of the folder `load_model` would use (local folder or HF cache), read without
+    loading or downloading anything; {} when there is none yet (the check then happens after loading)."""
+    if model_path is not None:
+        folders = [Path(model_path).expanduser()]
+    else:
+        name, targets = hub_candidates(str(version))
+        folders = _local_candidates(targets)
+        folders += [snap.folder for t in targets if _is_hub_id(t) and (snap := cached_snapshot(t)) is not None]
+    for folder in folders:
+        if folder.is_dir():
+            return _read_json(folder / "scheduler" / "scheduler_config.json")
+    return {}
+
+
+def check_steps(steps: int, version: str = "2-0", model_path: str | os.PathLike | None = None) -> None:
+    """ValueError when `steps` exceeds the timesteps the model's (DDPM-type) scheduler was trained with, read from
+    its scheduler config before the model loads; flow-matching schedules take any number of steps."""
+    config = find_scheduler_config(version, model_path)
+    if not config or str(config.get("_class_name", "")).startswith("FlowMatch"):
+        return
+    train_steps = int(config.get("num_train_timesteps", 1000))
+    if steps > train_steps:
+        raise ValueError(f"--steps {steps}: the scheduler has {train_steps} training timesteps, so at most "
+                         f"--steps {train_steps}")
 
 
 def image_size_multiple(model: LoadedModel) -> tuple[int, str]:

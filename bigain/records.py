@@ -2,16 +2,19 @@
 project's one set of atomic writers (bytes, text, JSON, CSV, safetensors: temp file, fsync, rename).
 
 A run directory holds ``records/<index>.npz`` (one per image, any shard may have written it),
-``config.json`` and logs. A record is reused only when it loads, is complete, and carries the
-run's config fingerprint; anything else (missing, half-written, corrupt, other config) is
-recomputed. No pickles: arrays plus a JSON string.
+``config.json`` and logs. A record is reused only when it loads, is complete, carries the
+run's config fingerprint and matches its own content digest (records older than digests: accepted);
+anything else (missing, half-written, corrupt, edited, other config) is recomputed
+(docs/failures.md). No pickles: arrays plus a JSON string.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import hashlib
+import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -24,6 +27,8 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from bigain.preemption import deferred
+
 __all__ = [
     "ImageRecord",
     "MergeResult",
@@ -33,16 +38,20 @@ __all__ = [
     "atomic_write_csv",
     "atomic_write_json",
     "atomic_write_text",
+    "check_record_paths",
     "clean_stale_tmp",
     "config_fingerprint",
     "load_record",
     "merge_records",
+    "read_csv_rows",
+    "record_digest",
     "record_path",
     "save_record",
     "try_lock",
 ]
 
 RECORD_VERSION = 1
+LOG = logging.getLogger("bigain.records")
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -52,17 +61,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to a temp file in the same folder, fsync, then os.replace (never a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with deferred():  # a SIGTERM waits for the rename (or the cleanup): no temp file left behind
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -123,22 +133,60 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
             return path
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
-        if set(row) - set(header):  # new columns: rewrite the file with the wider header
-            with open(path, newline="", encoding="utf-8") as f:
-                old = list(csv.DictReader(f))
+        if set(row) - set(header):  # new columns: rewrite the file with the wider header (malformed rows dropped)
+            old = read_csv_rows(path)[1]
             header = header + [k for k in row if k not in header]
             atomic_write_csv(path, header, old + [row])
             return path
         line = _csv_line(header, row)
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) not in (b"\n", b"\r"):
-                line = "\n" + line
+        if not _drop_cut_last_row(path, len(header)):
+            line = "\n" + line  # a complete last row missing only its newline
         with open(path, "a", encoding="utf-8", newline="") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
     return path
+
+
+def _drop_cut_last_row(path: Path, n_fields: int) -> bool:
+    """Make `path` end with a line end before an append (caller holds the lock): True when it does (or now does
+    because a cut last row, one without `n_fields` fields or with an open quote, was removed with a warning naming
+    it); False when the last row is complete but lacks its newline (the caller adds one)."""
+    data = path.read_bytes()
+    if not data or data.endswith((b"\n", b"\r")):
+        return True
+    start = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+    tail = data[start:].decode("utf-8", "replace")
+    try:
+        fields = next(csv.reader(io.StringIO(tail), strict=True), [])
+    except csv.Error:
+        fields = None
+    if fields is not None and len(fields) == n_fields:
+        return False
+    LOG.warning("%s line %d: a cut row (%s fields, expected %d; a writer killed mid-row) is removed before "
+                "appending: %r", path, data[:start].count(b"\n") + 1, "?" if fields is None else len(fields),
+                n_fields, tail[:200])
+    atomic_write_bytes(path, data[:start])
+    return True
+
+
+def read_csv_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a summary CSV; a row without the header's field count (cut or damaged) is named in a
+    warning and skipped, so no reader builds on it."""
+    path = Path(path)
+    rows: list[dict[str, str]] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        for values in reader:
+            if not values:
+                continue
+            if len(values) != len(header):
+                LOG.warning("%s line %d: %d fields, expected %d (a cut or damaged row): skipped", path,
+                            reader.line_num, len(values), len(header))
+                continue
+            rows.append(dict(zip(header, values)))
+    return header, rows
 
 
 def clean_stale_tmp(folder: str | Path, max_age_s: float = 3600.0) -> int:
@@ -179,8 +227,6 @@ def try_lock(path: str | Path) -> Iterator[bool]:
 
 def _csv_line(header: Sequence[str], row: dict[str, Any]) -> str:
     """One CSV line for `row` in `header` order."""
-    import io
-
     buf = io.StringIO()
     csv.writer(buf).writerow([row.get(k, "") for k in header])
     return buf.getvalue()
@@ -238,17 +284,40 @@ def record_path(run_dir: str | Path, index: int) -> Path:
     return Path(run_dir) / "records" / f"{int(index):08d}.npz"
 
 
-def save_record(path: str | Path, rec: ImageRecord) -> Path:
-    """Write a record atomically as .npz (arrays + a JSON string, no pickles)."""
-    import io
+RECORD_ARRAYS = ("errors", "timesteps", "classidx")  # digest order
 
+
+def record_digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
+    """sha256 of a record's contents: each array's name, dtype, shape and bytes in RECORD_ARRAYS order, then the
+    metadata JSON (sorted keys) without the digest itself; an edited record no longer matches it."""
+    h = hashlib.sha256()
+    for name in RECORD_ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "digest"}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def save_record(path: str | Path, rec: ImageRecord) -> Path:
+    """Write a record atomically as .npz (arrays + a JSON string with the contents' digest, no pickles)."""
     meta = {"version": RECORD_VERSION, "index": int(rec.index), "labels": [int(v) for v in rec.labels],
             "pred": int(rec.pred), "calls": int(rec.calls), "model_time_s": float(rec.model_time_s),
             "wall_time_s": float(rec.wall_time_s), "fingerprint": rec.fingerprint, "extra": rec.meta}
+    arrays = {"errors": np.asarray(rec.errors, np.float32), "timesteps": np.asarray(rec.timesteps, np.int64),
+              "classidx": np.asarray(rec.classidx, np.int64)}
+    meta["digest"] = record_digest(arrays, meta)
     buf = io.BytesIO()
-    np.savez_compressed(buf, errors=np.asarray(rec.errors, np.float32), timesteps=np.asarray(rec.timesteps, np.int64),
-                        classidx=np.asarray(rec.classidx, np.int64), meta=np.array(json.dumps(meta)))
+    np.savez_compressed(buf, **arrays, meta=np.array(json.dumps(meta)))
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def check_record_paths(paths: Iterable[str | Path]) -> None:
+    """IsADirectoryError naming the first record path that is a folder: checked when a run starts, not when its
+    record is finally written."""
+    for path in paths:
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{path} is a folder where a record file belongs; remove it and rerun")
 
 
 def load_record(path: str | Path, fingerprint: str | None = None) -> ImageRecord | None:
@@ -263,6 +332,11 @@ def load_record(path: str | Path, fingerprint: str | None = None) -> ImageRecord
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
         return None
     if meta.get("version") != RECORD_VERSION or (fingerprint is not None and meta.get("fingerprint") != fingerprint):
+        return None
+    arrays = {"errors": errors, "timesteps": timesteps, "classidx": classidx}
+    if "digest" in meta and record_digest(arrays, meta) != meta["digest"]:  # records written before digests: kept
+        LOG.warning("%s: contents do not match the record's digest (edited or damaged): it is not counted and "
+                    "is recomputed", path)
         return None
     if errors.ndim != 3 or errors.shape[0] != classidx.shape[0] or errors.shape[1] != timesteps.shape[0]:
         return None

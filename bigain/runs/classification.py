@@ -20,16 +20,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import tomesd
+from bigain.argtypes import AUTO
+from bigain.batching import find_batch_size, recorded_batch_size
 from bigain.cli import check_output_dir, check_output_file, enable_tf32, launch_shard
-from bigain.classifier import RunContext, StageSchedule, classify_dataset_image
+from bigain.classifier import RunContext, StageSchedule, classify_dataset_image, forward_process
 from bigain.config import save_effective_config
 from bigain.datasets import build_dataset, check_dataset_args, load_prompts, make_transform, subset_indices
 from bigain.identity import model_identity
 from bigain.models import check_image_size, load_model, resolve_run_device
-from bigain.records import append_csv_row, atomic_write_json, clean_stale_tmp, config_fingerprint, load_record, \
-    merge_records, record_path, save_record, try_lock
+from bigain.records import append_csv_row, atomic_write_json, check_record_paths, clean_stale_tmp, config_fingerprint, \
+    load_record, merge_records, record_path, save_record, try_lock
 from bigain.reduction import apply_reduction, validate_reduction
-from bigain.runs.common import RunFields, barrier, git_commit, setup_logging
+from bigain.runs.common import RunFields, barrier, git_commit, refuse_auto_with_shards, setup_logging
 from eval.flops import count_flops
 
 __all__ = ["ClassifyRun", "run_classification", "count_flops_per_call"]
@@ -52,7 +55,7 @@ class ClassifyRun(RunFields):
     to_keep: tuple[int, ...] = (5, 1)
     n_trials: int = 1
     loss: str = "l2"
-    batch_size: int = 32
+    batch_size: int | str = 32  # or "auto": resolved when the model is loaded
     # outputs, resumption
     output_dir: str = "results/classification"
     force_recalc: bool = False
@@ -77,8 +80,8 @@ class ClassifyRun(RunFields):
         check_output_dir(self.output_dir, "--output_dir")
         check_output_dir(self.run_dir, "--run_dir")
         check_output_file(self.summary_csv, "--summary_csv")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1; got {self.batch_size}")
+        if self.batch_size != AUTO and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"--batch_size must be an integer >= 1 or auto; got {self.batch_size!r}")
         if self.n_workers < 1 or not 0 <= self.worker_idx < self.n_workers:
             raise ValueError(f"need 0 <= --worker_idx < --n_workers; got {self.worker_idx} / {self.n_workers}")
         if self.max_images is not None and self.max_images < 1:
@@ -150,6 +153,9 @@ def run_classification(run: ClassifyRun) -> dict:
     img_size = run.img_size or model.image_size
     latent_side = check_image_size(model, img_size) if model is not None else None
     dataset.transform = make_transform(img_size, run.interpolation)
+    if run.batch_size == AUTO:  # from here on the run is the fixed-size run of the size found
+        run = run.replace(batch_size=recorded_batch_size(run.run_dir)
+                          or _auto_batch_size(run, model, table, schedule, latent_side, n_shards))
     run_dir = run.run_folder(split, img_size, dtype_name)
     setup_logging(LOG, run_dir, "" if n_shards == 1 else f".{shard}of{n_shards}")
 
@@ -159,6 +165,7 @@ def run_classification(run: ClassifyRun) -> dict:
         return _finish(run, run_dir, indices, fingerprint, result_config, wall_start, shard, n_shards,
                        flops=None)
 
+    check_record_paths(record_path(run_dir, i) for i in mine)  # a folder in a record's place: refused up front
     args = run.namespace()
     report = apply_reduction(model.denoiser, args, seed=run.seed, latent_size=latent_side)
     LOG.info("model %s (%s) on %s, %s; %s", model.name, model.source, device, dtype_name,
@@ -194,6 +201,41 @@ def run_classification(run: ClassifyRun) -> dict:
         return {}
     return _finish(run, run_dir, indices, fingerprint, result_config, wall_start, shard, n_shards,
                    flops=flops, computed=computed)
+
+
+def largest_call(schedule: StageSchedule, num_classes: int) -> int:
+    """Samples in the largest stage (classes alive x new timesteps x trials): no batch is ever bigger."""
+    alive, largest = num_classes, 1
+    for new, keep in zip(schedule.stage_slots(), schedule.to_keep):
+        largest = max(largest, alive * len(new) * schedule.n_trials)
+        alive = min(alive, keep)
+    return largest
+
+
+def _auto_batch_size(run: ClassifyRun, model: Any, table: Any, schedule: StageSchedule, latent_side: int,
+                     n_shards: int = 1) -> int:
+    """`--batch_size auto`: the largest batch of the run's denoiser calls (reducer applied, classes and grid
+    timesteps cycling) that fits, from the largest stage down by halving (bigain.batching)."""
+    refuse_auto_with_shards(n_shards)
+    if model is None:
+        raise ValueError("--merge_only with --batch_size auto needs --run_dir of a run whose config.json records "
+                         "its batch size, or the --batch_size the run used")
+    apply_reduction(model.denoiser, run.namespace(), seed=run.seed, latent_size=latent_side)
+    cond = model.condition(prompts=list(table.prompts), class_ids=list(table.classidx))
+    shape, grid, rows = (model.in_channels, latent_side, latent_side), schedule.grid(), len(table)
+    velocity = forward_process(model, shape)[2]
+    predict = model.predict_target if velocity else model.predict_eps
+
+    def probe(n: int) -> None:
+        x = torch.zeros((n, *shape), device=model.device)
+        t = torch.tensor([grid[i % len(grid)] for i in range(n)], device=model.device)
+        with torch.no_grad():
+            predict(x, t, model.select(cond, [i % rows for i in range(n)]))
+
+    try:
+        return find_batch_size(probe, largest_call(schedule, len(table)), "(class, timestep) samples")
+    finally:
+        tomesd.remove_patch(model.denoiser)
 
 
 def _model_identity(model: Any, run: ClassifyRun, run_dir: Path) -> dict:

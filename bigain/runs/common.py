@@ -16,7 +16,7 @@ import torch.distributed as dist
 from bigain.cli import model_label
 from bigain.reduction import REDUCTION_FLAGS, run_reduction_tag
 
-__all__ = ["RunFields", "barrier", "git_commit", "setup_logging"]
+__all__ = ["RunFields", "barrier", "git_commit", "refuse_auto_with_shards", "setup_logging"]
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,22 @@ class RunFields:
 
     @property
     def summary_path(self) -> Path:
-        """The summary CSV a run appends its row to."""
-        return Path(self.summary_csv) if self.summary_csv else Path(self.output_dir) / "summary.csv"
+        """The summary CSV a run appends its row to: --summary_csv; else, with --run_dir and --output_dir left at
+        its default, <run_dir>/summary.csv (the summary stays with the run); else <output_dir>/summary.csv."""
+        if self.summary_csv:
+            return Path(self.summary_csv)
+        default_output = next(f.default for f in dataclasses.fields(self) if f.name == "output_dir")
+        if self.run_dir and self.output_dir == default_output:
+            return Path(self.run_dir) / "summary.csv"
+        return Path(self.output_dir) / "summary.csv"
+
+
+def refuse_auto_with_shards(n_shards: int) -> None:
+    """Shards probing separately could find different sizes (other seeds per batch, other fingerprints)."""
+    if n_shards > 1:
+        raise ValueError("--batch_size auto with several shards (--n_workers or a multi-process launch): each shard "
+                         "could find another size; run one shard with auto first (its --run_dir then records the "
+                         "size), or give every shard the same fixed --batch_size")
 
 
 def setup_logging(log: logging.Logger, run_dir: Path, tag: str) -> None:

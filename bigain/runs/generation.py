@@ -20,23 +20,27 @@ import torch
 from tqdm import tqdm
 
 import tomesd
+from bigain.argtypes import AUTO
+from bigain.batching import find_batch_size, recorded_batch_size
 from bigain.cli import check_output_dir, check_output_file, enable_tf32, launch_shard
 from bigain.config import save_effective_config
 from bigain.datasets import check_dataset_args
 from bigain.generation_items import Item, build_items
 from bigain.identity import model_identity
-from bigain.models import load_model, resolve_run_device
-from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, clean_stale_tmp, \
+from bigain.models import check_steps, load_model, resolve_run_device
+from bigain.preemption import deferred
+from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, check_record_paths, clean_stale_tmp, \
     config_fingerprint, try_lock
 from bigain.reduction import apply_reduction, validate_reduction
-from bigain.runs.common import RunFields
-from bigain.runs.sampling import DEFAULT_STEPS, DEFAULTS_BY_KIND, check_items_fit, count_flops, png_bytes, \
-    sample_batch, to_uint8
-from bigain.samplers import CallStats, make_schedule
+from bigain.runs.common import RunFields, refuse_auto_with_shards
+from bigain.runs.sampling import DEFAULT_STEPS, DEFAULTS_BY_KIND, check_items_fit, conditions, count_flops, \
+    png_bytes, sample_batch, to_uint8
+from bigain.samplers import CallStats, guided_eps_fn, make_schedule
 
 __all__ = ["GenerateRun", "run_generation"]
 
 LOG = logging.getLogger("bigain.generate")
+AUTO_START = 64  # --batch_size auto starts here (or at the item count), then halves
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class GenerateRun(RunFields):
     sampler: Optional[str] = None
     steps: int = DEFAULT_STEPS
     guidance: Optional[float] = None
-    batch_size: int = 4
+    batch_size: int | str = 4  # or "auto": resolved when the model is loaded
     # outputs
     output_dir: str = "results/generation"
     no_progress: bool = False
@@ -70,8 +74,9 @@ class GenerateRun(RunFields):
             raise ValueError(f"--guidance must be a finite number >= 0; got {self.guidance}")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1; got {self.steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1; got {self.batch_size}")
+        check_steps(self.steps, self.version, self.model_path)  # scheduler config read, model not loaded
+        if self.batch_size != AUTO and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"--batch_size must be an integer >= 1 or auto; got {self.batch_size!r}")
         if self.images_per_class < 1:
             raise ValueError(f"--images_per_class must be >= 1; got {self.images_per_class}")
         if self.max_images is not None and self.max_images < 1:
@@ -154,6 +159,23 @@ def attention_backend(denoiser: torch.nn.Module) -> str:
     return ",".join(sorted({type(p).__name__ for p in procs.values()})) or "n/a"
 
 
+def _auto_batch_size(model: Any, items: list[Item], schedule: Any, guidance: float, n_shards: int = 1) -> int:
+    """`--batch_size auto`: the largest batch of images whose denoiser call (guidance rows included, reducer applied)
+    and VAE decode fit, from min(items, AUTO_START) down by halving (bigain.batching). Batch b is seeded with
+    seed + b, so the size found is part of the run's settings like a fixed one."""
+    refuse_auto_with_shards(n_shards)
+
+    def probe(n: int) -> None:
+        batch = [items[i % len(items)] for i in range(n)]
+        cond, uncond = conditions(model, batch, guidance)
+        x = torch.zeros((n, model.in_channels, model.sample_size, model.sample_size), device=model.device)
+        t = schedule.timesteps[:1].to(model.device).expand(n)
+        with torch.no_grad():
+            model.decode_latents(guided_eps_fn(model, cond, uncond, guidance)(x, t))
+
+    return find_batch_size(probe, min(len(items), AUTO_START), "images")
+
+
 def run_generation(run: GenerateRun) -> dict:
     """Generate a run's images (this shard's share, skipping finished ones); returns the summary row (the plan
     with `dry_run`)."""
@@ -164,7 +186,8 @@ def run_generation(run: GenerateRun) -> dict:
     n_shards, shard = run.n_workers * n_procs, run.worker_idx * n_procs + proc_idx
     device, dtype, dtype_name = resolve_run_device(run.device, run.dtype, run.cpu_threads, n_procs, proc_idx)
     if run.dry_run:
-        plan = {"items": len(items), "batches": -(-len(items) // run.batch_size), "shard": f"{shard}/{n_shards}",
+        batches = "auto" if run.batch_size == AUTO else -(-len(items) // run.batch_size)
+        plan = {"items": len(items), "batches": batches, "shard": f"{shard}/{n_shards}",
                 "first": asdict(items[0]), "model": run.model_path or run.version, "reduction": run.reduction_tag}
         print(json.dumps(plan, indent=2))
         return plan
@@ -185,6 +208,10 @@ def run_generation(run: GenerateRun) -> dict:
     reduction_seed = run.effective_reduction_seed
     args = run.namespace()
     report = apply_reduction(model.denoiser, args, seed=reduction_seed)
+    if run.batch_size == AUTO:  # from here on the run is the fixed-size run of the size found
+        run = run.replace(batch_size=recorded_batch_size(run.run_dir)
+                          or _auto_batch_size(model, items, schedule, guidance, n_shards))
+        args = run.namespace()
 
     run_dir = run.run_folder(sampler, guidance, dtype_name, model.image_size)
     images_dir = run_dir / "images"
@@ -200,6 +227,8 @@ def run_generation(run: GenerateRun) -> dict:
 
     batches = [items[i : i + run.batch_size] for i in range(0, len(items), run.batch_size)]
     mine = [b for b in range(len(batches)) if b % n_shards == shard]
+    check_record_paths(images_dir / f"{it.index:06d}{ext}" for b in mine for it in batches[b]
+                       for ext in (".png", ".json"))  # a folder in a record's place: refused up front
     todo = [b for b in mine if not all(finished(images_dir, it.index, fingerprint) for it in batches[b])]
     LOG.info("%s: %d items, %d batches for shard %d/%d, %d to do", run_dir, len(items), len(mine), shard, n_shards,
              len(todo))
@@ -223,13 +252,14 @@ def run_generation(run: GenerateRun) -> dict:
                 if finished(images_dir, it.index, fingerprint):
                     continue  # finished by an earlier, interrupted run: never rewritten
                 data = png_bytes(img)
-                atomic_write_bytes(images_dir / f"{it.index:06d}.png", data)
                 record = {**asdict(it), "file": f"{it.index:06d}.png", "batch_index": b, "row": row,
                           "seed": run.seed + b, "reduction_seed": reduction_seed + b, "fingerprint": fingerprint,
                           "png_bytes": len(data), "png_sha256": hashlib.sha256(data).hexdigest(),
                           **{k: settings[k] for k in ("model", "sampler", "steps", "guidance", "method", "reduction",
                                                        "reduction_options", "image_size", "dtype")}}
-                atomic_write_json(images_dir / f"{it.index:06d}.json", record)
+                with deferred():  # a SIGTERM waits until the image and its record are both written
+                    atomic_write_bytes(images_dir / f"{it.index:06d}.png", data)
+                    atomic_write_json(images_dir / f"{it.index:06d}.json", record)
                 written += 1
 
     wall = time.perf_counter() - wall_start

@@ -46,7 +46,7 @@ from eval.metrics.inception import (
     cache_dir,
 )
 from eval.metrics.prerequisites import MetricPlan, MetricsUnavailableError, plan_metrics
-from eval.metrics.references import ImageSource, Reference, list_images
+from eval.metrics.references import ImageSource, Reference, check_images, list_images
 
 __all__ = [
     "frechet_distance", "KEY_FID", "KEY_KID_MEAN", "KEY_KID_STD", "KEY_IS_MEAN", "KEY_IS_STD", "KEY_DOMAIN_FID",
@@ -197,6 +197,7 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
     gen_files = list_images(generated_dir)
     if not gen_files:
         raise FileNotFoundError(f"no generated images under {generated_dir}")
+    check_images(gen_files)
     with Image.open(gen_files[0]) as im:
         size = int(opts["resize"] or min(im.size))
     plan = check_metrics(reference, gen_files=gen_files, **opts)

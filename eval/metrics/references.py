@@ -21,7 +21,7 @@ from torchvision.transforms import functional as TF
 from bigain.datasets import DATASETS, build_dataset
 from bigain.testbed.data import SUBSET_PATH
 
-__all__ = ["IMAGE_EXTS", "REFERENCES", "Reference", "ImageSource", "list_images", "resize_center_crop",
+__all__ = ["IMAGE_EXTS", "REFERENCES", "Reference", "ImageSource", "check_images", "list_images", "resize_center_crop",
            "register_reference", "dataset_reference", "resolve_reference"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -31,6 +31,21 @@ def list_images(root: str | Path) -> list[Path]:
     """Image files under ``root`` (recursive, sorted)."""
     root = Path(root)
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def check_images(files: Sequence[Path], limit: int = 10) -> None:
+    """ValueError naming every file that does not verify as a complete image (truncated, garbage), checked before
+    feature extraction so a damaged file is named instead of failing minutes in; PIL's verify() reads no pixels."""
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as err:  # noqa: BLE001 - OSError, SyntaxError, DecompressionBombError...: all "damaged"
+            bad.append(f"{path} ({type(err).__name__}: {err})")
+    if bad:
+        shown = "\n  ".join(bad[:limit]) + (f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else "")
+        raise ValueError(f"{len(bad)} damaged image file(s); regenerate or remove them:\n  {shown}")
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -1,6 +1,7 @@
 """Reading runs for the report: summary CSVs, run folders, speed CSVs; normalising, de-duplicating, derived columns."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pandas as pd
+
+from bigain.records import read_csv_rows
 
 from .tags import COLUMN_ALIASES, GENERATION_METRICS, KEY, TASKS, ReportError, is_baseline, parse_reduction
 
@@ -130,11 +133,12 @@ def _speed_row(row: dict) -> dict:
 
 def _csv_rows(path: Path) -> list[dict]:
     """Rows of a summary or speed CSV (speed rows translated, others filled from their run folder)."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    try:  # rows with the wrong field count (cut by a killed writer) are named and skipped
+        header, records = read_csv_rows(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
         print(f"warning: skipping {path}: {err}", file=sys.stderr)
         return []
+    frame = pd.DataFrame(records, columns=header, dtype=str)
     is_speed = path.name == "speed.csv" or {"setting", "speedup", "latency_ms"} <= set(frame.columns)
     out = []
     for row in frame.to_dict("records"):
