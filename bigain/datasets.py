@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from bigain.testbed import data as tb
+from bigain.testbed import textures
 
 from .dataset_layouts import (
     TORCHVISION_LAYOUTS,
@@ -82,6 +83,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "fmnist": DatasetInfo("the shipped subset bigain/assets/testbed/fmnist_test_subset.npz, or the full test set "
                           "from /usr/share/datasets/fashion-mnist/t10k-*.gz (Debian dataset-fashion-mnist)",
                           "subset", ("subset", "test"), needs_root=False),
+    "textures": DatasetInfo("the shipped subset bigain/assets/testbed/textures_test_subset.npz, or 500 test crops per "
+                            "class cut from the scikit-image photographs (docs/testbed/textures.md)",
+                            "subset", ("subset", "test"), needs_root=False),
     "folder": DatasetInfo("--data_dir DIR with one sub-folder of images per class and DIR/prompts.csv "
                           "(prompt,classname,classidx; classname = sub-folder name); every file with an image "
                           "extension must be an image", "all", ("all",), needs_root=False),
@@ -340,6 +344,15 @@ def _fmnist(split: str) -> tuple[torch.Tensor, list[int]]:
     return torch.from_numpy(images), [int(v) for v in labels]
 
 
+def _textures(split: str) -> tuple[torch.Tensor, list[int]]:
+    """The natural-texture testbed: (N, 1, 32, 32) in [-1, 1] and labels."""
+    try:
+        images, labels = textures.load_textures(split)
+    except (FileNotFoundError, OSError, ValueError, ImportError) as err:
+        raise _layout_error("textures", str(err)) from err
+    return torch.from_numpy(images), [int(v) for v in labels]
+
+
 def _imagenet(name: str, root_dir: Path, split: str, table: ClassTable, transform: Callable,
               names_from_metadata: bool) -> EvalDataset:
     """ImageNet / ImageNet-100 val: wnid folders checked against the published class list; labels = ImageNet ids."""
@@ -407,8 +420,8 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str |
                            metadata_classnames=classes)
 
     table = load_prompts(prompts_csv or name) if not names_from_metadata else ClassTable((), (), ())
-    if name == "fmnist":
-        images, labels = _fmnist(split)
+    if name in ("fmnist", "textures"):
+        images, labels = _fmnist(split) if name == "fmnist" else _textures(split)
         return EvalDataset(name, split, table, lambda i: images[i], labels, transform,
                            prefix_subsets=split == "subset")
     root_dir = _root_dir(root, name)

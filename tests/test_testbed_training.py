@@ -1,5 +1,6 @@
 """Embedded testbed: shipped data/model files, the training script (2 steps + resume),
 loading the shipped diffusion models, and the reference classifier."""
+import dataclasses
 import json
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bigain.testbed import ASSETS_DIR, CLASSIFIER_PATH, DIT_PATH, UNET_PATH, train, train_classifier
+from bigain.testbed import ASSETS_DIR, CLASSIFIER_PATH, DIT_PATH, UNET_PATH, sources, train, train_classifier
 from bigain.testbed.data import CLASS_NAMES, load_test_subset, verify_checksums
 from bigain.testbed.reference_classifier import load_reference_classifier
 
@@ -137,7 +138,8 @@ def test_train_needs_output_dir(capsys):
 
 def test_train_classifier_writes_its_folder(tmp_path, monkeypatch):
     """One short epoch on the shipped subset: the weights and config land in --output_dir (atomic writers)."""
-    monkeypatch.setattr(train_classifier, "load_fashion_mnist", lambda split: load_test_subset())
+    fmnist = sources.TESTBED_DATA["fmnist"]
+    monkeypatch.setitem(sources.TESTBED_DATA, "fmnist", dataclasses.replace(fmnist, load=lambda split: load_test_subset()))
     out = tmp_path / "classifier"
     acc = train_classifier.main(["--output_dir", str(out), "--epochs", "1", "--batch_size", "250",
                                  "--max_train", "500"])

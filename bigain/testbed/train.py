@@ -35,7 +35,7 @@ from tqdm import tqdm
 from bigain.records import atomic_save_safetensors, atomic_write_json
 
 from . import architectures as A
-from .data import CLASS_NAMES, load_fashion_mnist, load_test_subset
+from .sources import TESTBED_DATA, TestbedData, testbed_data
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -154,7 +154,7 @@ def eval_loss(net: Trainable, sched, x0: torch.Tensor, y: torch.Tensor, device, 
 
 # ----------------------------------------------------------------------------- export
 
-def export(out: str, ema: Trainable, sched, settings: dict, metrics: dict) -> None:
+def export(out: str, ema: Trainable, sched, settings: dict, metrics: dict, source: TestbedData) -> None:
     """Write the EMA model in the loader layout (each item replaced atomically)."""
     os.makedirs(out, exist_ok=True)
     stage = os.path.join(out, ".export_tmp")
@@ -168,9 +168,9 @@ def export(out: str, ema: Trainable, sched, settings: dict, metrics: dict) -> No
     info = {
         "kind": kind,
         "format": "bigain-testbed-v1",
-        "dataset": "Fashion-MNIST (MIT licence), padded 28->32, pixel range [-1, 1]",
-        "class_names": list(CLASS_NAMES),
-        "num_classes": 10,
+        "dataset": source.description,
+        "class_names": list(source.class_names),
+        "num_classes": len(source.class_names),
         "null_class_index": A.NULL_CLASS,
         "image_size": 32,
         "in_channels": 1,
@@ -229,8 +229,10 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt_every", type=float, default=300, help="checkpoint every N seconds (and at the end)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU with AVX512-BF16 / GPU)")
+    ap.add_argument("--dataset", choices=list(TESTBED_DATA), default="fmnist",
+                    help="testbed data set: fmnist (Fashion-MNIST) or textures (natural-texture crops)")
     ap.add_argument("--data", choices=["train", "subset"], default="train",
-                    help="train: Fashion-MNIST train split; subset: the shipped 1,000-image test subset "
+                    help="train: the data set's train split; subset: its shipped 1,000-image test subset "
                          "(smoke tests only; needs no data set install)")
     ap.add_argument("--max_train", type=int, default=0, help="use only N training images (0 = all; tests)")
     ap.add_argument("--eval_images", type=int, default=500, help="test-subset images for the eval loss (0 = none)")
@@ -272,7 +274,8 @@ def main(argv=None):
         state.setdefault("resumes", []).append({"at_step": state["step"], "settings": settings})
     start_step = state["step"]
 
-    xtr, ytr = load_fashion_mnist("train") if a.data == "train" else load_test_subset()
+    source = testbed_data(a.dataset)
+    xtr, ytr = source.load(a.data)
     if a.max_train:
         xtr, ytr = xtr[:a.max_train], ytr[:a.max_train]
     xtr, ytr = torch.from_numpy(xtr), torch.from_numpy(ytr)
@@ -351,7 +354,7 @@ def main(argv=None):
                "seconds_per_step": round(state.get("elapsed_s", 0.0) / max(1, step), 3),
                "final_train_loss_last50": state["loss_log"][-1][1] if state["loss_log"] else None}
     if a.eval_images:
-        xs, ys = load_test_subset()
+        xs, ys = source.load("subset")
         n = min(a.eval_images, len(xs))
         xs, ys = torch.from_numpy(xs[:n]), torch.from_numpy(ys[:n])
         metrics["eval_loss_ema_cond"] = eval_loss(ema, sched, xs, ys, device)
@@ -365,7 +368,7 @@ def main(argv=None):
     settings["platform"] = platform.platform()
     settings["device_used"] = str(device)
     settings["loss_log"] = state["loss_log"]
-    export(out, ema, sched, settings, metrics)
+    export(out, ema, sched, settings, metrics, source)
     print("[train] exported EMA model to", out, json.dumps(metrics), flush=True)
     return state
 

@@ -1,4 +1,4 @@
-"""Train the reference CNN classifier on the Fashion-MNIST train split.
+"""Train the reference CNN classifier on a testbed train split (Fashion-MNIST or natural textures).
 
     python -m bigain.testbed.train_classifier --output_dir bigain/assets/testbed/classifier --epochs 4 --threads 1
 """
@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from bigain.records import atomic_save_safetensors, atomic_write_text
 
-from .data import load_fashion_mnist, load_test_subset
 from .reference_classifier import DEFAULT_CONFIG, DEFAULT_PATH, ReferenceCNN
+from .sources import TESTBED_DATA, testbed_data
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output_dir", "--out", dest="output_dir", default=DEFAULT_PATH,
                     help="output folder (model.safetensors, config.json)")
+    ap.add_argument("--dataset", choices=list(TESTBED_DATA), default="fmnist", help="testbed data set")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch_size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -58,10 +59,11 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     g = torch.Generator().manual_seed(a.seed)
-    xtr, ytr = load_fashion_mnist("train")
+    source = testbed_data(a.dataset)
+    xtr, ytr = source.load("train")
     if a.max_train:
         xtr, ytr = xtr[:a.max_train], ytr[:a.max_train]
-    xte, yte = load_fashion_mnist("test")
+    xte, yte = source.load("test")
     xtr, ytr = torch.from_numpy(xtr), torch.from_numpy(ytr)
     xte, yte = torch.from_numpy(xte), torch.from_numpy(yte)
     model = ReferenceCNN(**DEFAULT_CONFIG)
@@ -87,12 +89,12 @@ def main(argv=None):
     bar.close()
     wall = time.time() - t0
     test_acc = evaluate(model, xte, yte)
-    xs, ys = load_test_subset()
+    xs, ys = source.load("subset")
     subset_acc = evaluate(model, torch.from_numpy(xs), torch.from_numpy(ys))
     print(f"test accuracy {test_acc:.4f}  subset accuracy {subset_acc:.4f}  wall {wall:.0f}s")
     atomic_save_safetensors(model.state_dict(), os.path.join(a.output_dir, "model.safetensors"))
     cfg = dict(DEFAULT_CONFIG)
-    cfg.update(architecture="ReferenceCNN", input_range=[-1, 1], test_accuracy=test_acc,
+    cfg.update(architecture="ReferenceCNN", input_range=[-1, 1], dataset=a.dataset, test_accuracy=test_acc,
                subset_accuracy=subset_acc,
                parameters=sum(p.numel() for p in model.parameters()),
                training=dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, optimizer="AdamW",
