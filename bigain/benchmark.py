@@ -12,7 +12,7 @@ subset, generates a fixed class-balanced sample set (`bigain.generate`), scores 
 FID and class consistency (`eval.metrics`, the shipped reference CNN), and times the denoiser on
 the classifier's mixed-timestep batch, interleaving methods in one process (median of repeats).
 Prints one table with 95% intervals and a table of paired differences (vs baseline, BiGain vs its
-counterpart; `bigain.benchmark_outputs`), writes CSV/markdown, trade-off plots with error bars, a
+counterpart; `eval.report.benchmark_outputs`), writes CSV/markdown, trade-off plots with error bars, a
 sample grid and a per-class accuracy heatmap per model. Every stage resumes: finished images and
 samples are reused on a rerun.
 """
@@ -30,16 +30,16 @@ import torch
 from tqdm.auto import tqdm
 
 import tomesd
-from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
-from bigain.argtypes import nonneg_float, nonneg_int, positive_int
+from eval.report.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
+from bigain.cli import nonneg_float, nonneg_int, positive_int
 from bigain.cli import add_max_images_arg, add_output_args, add_threads_arg, check_output_dir, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
+from bigain.cli import add_config_arg, parse_args_with_config
 from bigain.models import load_model
-from bigain.records import atomic_write_text
+from bigain.storage import atomic_write_text
 from bigain.runs import ClassifyRun, GenerateRun
 from bigain.runs import run_classification as classify_run
 from bigain.runs import run_generation as generate_run
-from bigain.settings import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
+from bigain.reduction import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
 from eval.flops import count_flops
 from eval.metrics import compute_metrics
 

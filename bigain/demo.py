@@ -12,9 +12,9 @@ import torch
 from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DConditionModel
 
 import tomesd
-from bigain.argtypes import nonneg_int
+from bigain.cli import nonneg_int
 from bigain.cli import run_cli
-from bigain.settings import PAPER_SETTINGS
+from bigain.reduction import PAPER_SETTINGS
 
 DEMO_METHODS = {method: options for method, options in PAPER_SETTINGS if method != "none"}  # the paper's settings
 

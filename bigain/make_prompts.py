@@ -1,6 +1,6 @@
 """Write the prompt CSVs (``prompt,classname,classidx``) the classifier conditions on.
 
-    python -m bigain.make_prompts                      # every built-in dataset -> bigain/prompts/
+    python -m bigain.make_prompts                      # every built-in dataset -> bigain/data/prompts/
     python -m bigain.make_prompts --datasets pets food # a few
     python -m bigain.make_prompts --from_dataset_root  # class names read from the datasets' own metadata
     python -m bigain.make_prompts --folder /data/mine --template "a photo of a {}."   # -> /data/mine/prompts.csv
@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Sequence
 
 from bigain.cli import check_output_dir, run_cli
-from bigain.datasets import IMAGENET100_IDS, build_dataset
-from bigain.records import atomic_write_text
+from bigain.data import IMAGENET100_IDS, PROMPTS_DIR, build_dataset
+from bigain.storage import atomic_write_text
 
 __all__ = ["TEMPLATES", "CLASSNAMES", "IMAGENET100_IDS", "class_table", "write_csv", "main"]
-
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
 TEMPLATES: dict[str, str] = {
     "imagenet": "a photo of a {}.",

@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 import tomesd
 from bigain.benchmark import MODELS
 from bigain.cli import add_max_images_arg, add_output_args
-from bigain.records import atomic_write_text
-from bigain.settings import PAPER_SETTINGS, setting_label
+from bigain.storage import atomic_write_text
+from bigain.reduction import PAPER_SETTINGS, setting_label
 from bigain.models import load_model
 from bigain.testbed.data import load_test_subset
 from eval.flops import count_flops

@@ -26,14 +26,14 @@ from typing import Any, Callable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from bigain import classify, generate
-from bigain.argtypes import nonneg_int, positive_int
+from bigain.cli import nonneg_int, positive_int
 from bigain.cli import check_output_dir, run_cli
-from bigain.config import option_actions, option_dest, read_yaml_mapping, validate_config
-from bigain.identity import model_identity
-from bigain.records import atomic_write_text, file_digest
+from bigain.cli import option_actions, option_dest, read_yaml_mapping, validate_config
+from bigain.models import model_identity
+from bigain.storage import atomic_write_text, file_digest
 from bigain.reduction import reduction_kwargs
 from bigain.runs import ClassifyRun, GenerateRun, run_classification, run_generation
-from bigain.settings import setting_tag
+from bigain.reduction import setting_tag
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ PATH_OPTIONS = ("model_path", "prompts_csv", "prompts_file", "config")
 
 
 def input_identities(options: dict[str, Any]) -> dict[str, Any]:
-    """Content identity of the local inputs a run's options name: a model folder's weights (bigain.identity), a
+    """Content identity of the local inputs a run's options name: a model folder's weights (bigain.models.identity), a
     file's sha256; so a sweep cell whose model or prompts changed since it finished is run again."""
     out: dict[str, Any] = {}
     for key in PATH_OPTIONS:

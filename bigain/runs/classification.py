@@ -21,13 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from bigain.cli import check_output_dir, check_output_file, enable_tf32, launch_shard
-from bigain.classifier import RunContext, StageSchedule, classify_dataset_image
-from bigain.config import save_effective_config
-from bigain.datasets import build_dataset, check_dataset_args, load_prompts, make_transform, subset_indices
-from bigain.identity import model_identity
+from bigain.diffusion import RunContext, StageSchedule, classify_dataset_image
+from bigain.cli import save_effective_config
+from bigain.data import build_dataset, check_dataset_args, load_prompts, make_transform, subset_indices
+from bigain.models import model_identity
 from bigain.models import check_image_size, load_model, resolve_run_device
-from bigain.records import append_csv_row, atomic_write_json, clean_stale_tmp, config_fingerprint, load_record, \
-    merge_records, record_path, save_record, try_lock
+from bigain.storage import (
+    append_csv_row, atomic_write_json, clean_stale_tmp, config_fingerprint, load_record, merge_records, record_path,
+    save_record, try_lock,
+)
 from bigain.reduction import apply_reduction, validate_reduction
 from bigain.runs.common import RunFields, barrier, git_commit, setup_logging
 from eval.flops import count_flops
@@ -197,7 +199,7 @@ def run_classification(run: ClassifyRun) -> dict:
 
 
 def _model_identity(model: Any, run: ClassifyRun, run_dir: Path) -> dict:
-    """Identity of the weights (bigain.identity); a merge without the model loaded takes it from --model_path or
+    """Identity of the weights (bigain.models.identity); a merge without the model loaded takes it from --model_path or
     the run's config.json."""
     if model is not None:
         return model_identity(model.source)

@@ -21,18 +21,19 @@ from tqdm import tqdm
 
 import tomesd
 from bigain.cli import check_output_dir, check_output_file, enable_tf32, launch_shard
-from bigain.config import save_effective_config
-from bigain.datasets import check_dataset_args
-from bigain.generation_items import Item, build_items
-from bigain.identity import model_identity
+from bigain.cli import save_effective_config
+from bigain.data import check_dataset_args
+from bigain.data import Item, build_items
+from bigain.models import model_identity
 from bigain.models import load_model, resolve_run_device
-from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, clean_stale_tmp, \
-    config_fingerprint, try_lock
+from bigain.storage import (
+    append_csv_row, atomic_write_bytes, atomic_write_json, clean_stale_tmp, config_fingerprint, try_lock,
+)
 from bigain.reduction import apply_reduction, validate_reduction
 from bigain.runs.common import RunFields
 from bigain.runs.sampling import DEFAULT_STEPS, DEFAULTS_BY_KIND, check_items_fit, count_flops, png_bytes, \
     sample_batch, to_uint8
-from bigain.samplers import CallStats, make_schedule
+from bigain.diffusion import CallStats, make_schedule
 
 __all__ = ["GenerateRun", "run_generation"]
 

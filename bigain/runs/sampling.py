@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bigain.generation_items import Item
-from bigain.samplers import SAMPLERS, CallStats, Schedule, guided_eps_fn, initial_noise
+from bigain.data import Item
+from bigain.diffusion import SAMPLERS, CallStats, Schedule, guided_eps_fn, initial_noise
 from eval.flops import count_flops as count_flops_of
 
 __all__ = ["DEFAULT_STEPS", "DEFAULTS_BY_KIND", "check_items_fit", "conditions", "count_flops", "png_bytes",

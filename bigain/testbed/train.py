@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bigain.records import atomic_save_safetensors, atomic_write_json
+from bigain.storage import atomic_save_safetensors, atomic_write_json
 
-from . import architectures as A
-from .data import CLASS_NAMES, load_fashion_mnist, load_test_subset
+from bigain.testbed import architectures as A
+from bigain.testbed.data import CLASS_NAMES, load_fashion_mnist, load_test_subset
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bigain.records import atomic_save_safetensors, atomic_write_text
+from bigain.storage import atomic_save_safetensors, atomic_write_text
 
-from .data import load_fashion_mnist, load_test_subset
-from .reference_classifier import DEFAULT_CONFIG, DEFAULT_PATH, ReferenceCNN
+from bigain.testbed.data import load_fashion_mnist, load_test_subset
+from bigain.testbed.reference_classifier import DEFAULT_CONFIG, DEFAULT_PATH, ReferenceCNN
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

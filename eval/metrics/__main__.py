@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from bigain.argtypes import positive_int
+from bigain.cli import positive_int
 from bigain.cli import check_output_file, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
-from bigain.records import atomic_write_json
+from bigain.cli import add_config_arg, parse_args_with_config
+from bigain.storage import atomic_write_json
 from eval.metrics import extractors as ext
 from eval.metrics.compute import DEFAULTS, EXIT_SKIPPED, KEY_REPORT, KEY_SKIPPED, METRICS, check_metrics, \
     compute_metrics

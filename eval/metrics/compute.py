@@ -37,7 +37,7 @@ from torch_fidelity.metric_kid import (
 )
 from torch_fidelity.utils import get_featuresdict_from_dataset
 
-from bigain.records import atomic_save_safetensors
+from bigain.storage import atomic_save_safetensors
 from eval.metrics import extractors as ext
 from eval.metrics.clip_score import compute_clip_score
 from eval.metrics.inception import (

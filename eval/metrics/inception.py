@@ -36,8 +36,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
-from bigain.hub import hub_offline
-from bigain.records import atomic_save_safetensors, file_digest
+from bigain.models import hub_offline
+from bigain.storage import atomic_save_safetensors, file_digest
 
 __all__ = [
     "INCEPTION_EXTRACTOR",

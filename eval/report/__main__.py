@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from bigain.cli import check_output_dir, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
-from bigain.records import atomic_write_text
+from bigain.cli import add_config_arg, parse_args_with_config
+from bigain.storage import atomic_write_text
 
-from .outcomes import add_intervals, paired_markdown
-from .plots import per_class_plots, tradeoff_plots
-from .rows import collect_rows
-from .tables import write_tables
-from .tags import METRICS, TASKS, ReportError
+from eval.report.outcomes import add_intervals, paired_markdown
+from eval.report.plots import per_class_plots, tradeoff_plots
+from eval.report.rows import collect_rows
+from eval.report.tables import write_tables
+from eval.report.tags import METRICS, TASKS, ReportError
 
 DEFAULTS: dict[str, Any] = {"columns": "dataset", "formats": ("md", "csv", "tex"), "baseline": "none"}
 

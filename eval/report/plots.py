@@ -8,12 +8,14 @@ from typing import Any
 
 import pandas as pd
 
-from bigain.records import atomic_write_bytes
+from bigain.storage import atomic_write_bytes
 
-from .outcomes import classification_outcomes, per_class_accuracy
-from .rows import add_derived
-from .tags import METHOD_NAMES, METHOD_ORDER, OPTION_SHORT, _option_text, is_baseline, parse_reduction, \
-    reduction_label, reduction_sort_key, short_model
+from eval.report.outcomes import classification_outcomes, per_class_accuracy
+from eval.report.rows import add_derived
+from eval.report.tags import (
+    METHOD_NAMES, METHOD_ORDER, OPTION_SHORT, _option_text, is_baseline, parse_reduction, reduction_label,
+    reduction_sort_key, short_model,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Trade-off plots

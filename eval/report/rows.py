@@ -9,7 +9,7 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
-from .tags import COLUMN_ALIASES, GENERATION_METRICS, KEY, TASKS, ReportError, is_baseline, parse_reduction
+from eval.report.tags import COLUMN_ALIASES, GENERATION_METRICS, KEY, TASKS, ReportError, is_baseline, parse_reduction
 
 NUMERIC = ("accuracy", "images", "expected_images", "calls_per_image", "model_time_s", "images_per_s",
            "images_written", "items", "model_time_per_image_s", "flops_per_call_per_image", "flops_per_image",

@@ -7,11 +7,13 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import pandas as pd
 
-from bigain.records import atomic_write_text
+from bigain.storage import atomic_write_text
 
-from .rows import add_derived
-from .tags import DEFAULT_METRICS, METRICS, TASKS, Metric, ReportError, get_metric, is_baseline, \
-    reduction_label, reduction_sort_key, short_model
+from eval.report.rows import add_derived
+from eval.report.tags import (
+    DEFAULT_METRICS, METRICS, TASKS, Metric, ReportError, get_metric, is_baseline, reduction_label, reduction_sort_key,
+    short_model,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Tables

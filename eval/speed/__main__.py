@@ -19,13 +19,13 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from bigain.argtypes import fraction, nonneg_int, positive_int
+from bigain.cli import fraction, nonneg_int, positive_int
 from bigain.cli import check_output_dir, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
+from bigain.cli import add_config_arg, parse_args_with_config
 
-from .cases import METHODS, PRESET_FLAGS, PRESETS, Case, grid, make_settings, parse_model, preset_cases
-from .tables import RANDOM_WEIGHTS_NOTE, environment, markdown_table, write_outputs
-from .timing import BREAKDOWN_CALLS, run_benchmark
+from eval.speed.cases import METHODS, PRESET_FLAGS, PRESETS, Case, grid, make_settings, parse_model, preset_cases
+from eval.speed.tables import RANDOM_WEIGHTS_NOTE, environment, markdown_table, write_outputs
+from eval.speed.timing import BREAKDOWN_CALLS, run_benchmark
 
 DEFAULTS: dict[str, Any] = {
     "preset": None, "models": None, "methods": list(METHODS), "ratios": [0.3, 0.5, 0.7], "dfs": [2, 4],

@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from bigain.settings import PAPER_SETTINGS, declared_order, speed_label
+from bigain.reduction import PAPER_SETTINGS, declared_order, speed_label
 
-from .model_zoo import ModelSpec, get_spec
+from eval.speed.model_zoo import ModelSpec, get_spec
 
 METHODS = ("tome", "bigain_tm", "todo", "bigain_td", "sito", "upstream")
 RATIO_METHODS = ("tome", "bigain_tm", "sito", "upstream")
@@ -45,7 +45,7 @@ BASELINE = Setting("none")
 
 
 def paper_settings(*placement: tuple[str, Any], **extra: tuple[tuple[str, Any], ...]) -> tuple[Setting, ...]:
-    """The paper's five reducing settings (`bigain.settings.PAPER_SETTINGS`), options in each method's declared
+    """The paper's five reducing settings (`bigain.reduction.settings.PAPER_SETTINGS`), options in each method's declared
     order, then `extra[method]` options, then `placement` (e.g. `("max_downsample", 1)`)."""
     return tuple(Setting(m, declared_order(m, o) + extra.get(m, ()) + placement) for m, o in PAPER_SETTINGS if m != "none")
 

@@ -18,9 +18,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import tomesd
 
-from . import timing
-from .cases import parse_model
-from .model_zoo import build_model, make_inputs
+from eval.speed import timing
+from eval.speed.cases import parse_model
+from eval.speed.model_zoo import build_model, make_inputs
 
 OP_PHASES = ("plan", "reduce", "restore", "kv")
 

@@ -33,16 +33,16 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
 import tomesd
-from bigain.classifier import StageSchedule
-from bigain.records import atomic_write_json
+from bigain.diffusion import StageSchedule
+from bigain.storage import atomic_write_json
 from bigain.testbed import ASSETS_DIR
 from tomesd.reducers.base import ReductionContext
 from tomesd.reducers.lgtm import LGTM, LGTMOptions
 from tomesd.reducers.tome import ToMe, ToMeOptions
 from tomesd.rng import CounterRandom
 
-from .sito_precision import first_block_metrics, test_images
-from .timing import median, timed_call
+from eval.speed.sito_precision import first_block_metrics, test_images
+from eval.speed.timing import median, timed_call
 
 UNET_DIR = Path(ASSETS_DIR) / "unet-fmnist"
 NUM_CLASSES = 10
@@ -57,7 +57,7 @@ def stage_rows(schedule: StageSchedule, num_classes: int, order: str) -> list[li
     alive, stages = list(range(num_classes)), []
     for new_slots, keep in zip(schedule.stage_slots(), schedule.to_keep):
         inputs = [(s, k) for s in new_slots for k in range(schedule.n_trials)]
-        if order == "class-major":  # the classifier's order (bigain.classifier.classify_image)
+        if order == "class-major":  # the classifier's order (bigain.diffusion.classifier.classify_image)
             rows = [(r, s, k) for r in alive for s, k in inputs]
         else:
             rows = [(r, s, k) for s, k in inputs for r in alive]

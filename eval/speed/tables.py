@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import torch
 
-from bigain.records import atomic_write_csv, atomic_write_text
+from bigain.storage import atomic_write_csv, atomic_write_text
 from eval.report.plots import save_figure
 
 RANDOM_WEIGHTS_NOTE = "random weights (architecture-only timing; no checkpoint loaded)"

@@ -15,10 +15,10 @@ from tomesd.reducers.base import PHASES
 
 from eval.flops import FlopSpans, count_flops
 
-from . import op_count
-from .cases import BASELINE, Case, Setting, parse_model
-from .model_zoo import ModelSpec, build_model, make_inputs
-from .upstream import load_upstream
+from eval.speed import op_count
+from eval.speed.cases import BASELINE, Case, Setting, parse_model
+from eval.speed.model_zoo import ModelSpec, build_model, make_inputs
+from eval.speed.upstream import load_upstream
 
 BREAKDOWN_CALLS = 3  # instrumented calls per setting; the breakdown is their per-phase median
 

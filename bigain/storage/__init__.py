@@ -1,0 +1,12 @@
+"""Files on disk: the atomic writers, locks, digests and fingerprints, and per-image result records (`records`)."""
+from bigain.storage.records import (
+    RECORD_VERSION, ImageRecord, MergeResult, append_csv_row, atomic_save_safetensors, atomic_write_bytes,
+    atomic_write_csv, atomic_write_json, atomic_write_text, clean_stale_tmp, config_fingerprint, file_digest,
+    load_record, merge_records, record_path, save_record, try_lock,
+)
+
+__all__ = [
+    "RECORD_VERSION", "ImageRecord", "MergeResult", "append_csv_row", "atomic_save_safetensors", "atomic_write_bytes",
+    "atomic_write_csv", "atomic_write_json", "atomic_write_text", "clean_stale_tmp", "config_fingerprint",
+    "file_digest", "load_record", "merge_records", "record_path", "save_record", "try_lock",
+]
