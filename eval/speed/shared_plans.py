@@ -37,7 +37,7 @@ from bigain.diffusion import StageSchedule
 from bigain.storage import atomic_write_json
 from bigain.testbed import ASSETS_DIR
 from tomesd.reducers.base import ReductionContext
-from tomesd.reducers.lgtm import LGTM, LGTMOptions
+from tomesd.reducers.bigain_tm import LGTM, LGTMOptions
 from tomesd.reducers.tome import ToMe, ToMeOptions
 from tomesd.rng import CounterRandom
 

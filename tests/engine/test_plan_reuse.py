@@ -6,7 +6,7 @@ import tomesd
 from bigain.zoo import dit_inputs, tiny_dit, tiny_sd_unet, unet_inputs
 from tomesd.hooks import BlockHook, RuntimeState
 from tomesd.reducers.base import ReductionContext
-from tomesd.reducers.lgtm import LGTM, LGTMOptions
+from tomesd.reducers.bigain_tm import LGTM, LGTMOptions
 from tomesd.reducers.sito import SiTo, SiToOptions, base_token_scores
 from tomesd.rng import CounterRandom, mix32
 

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from tomesd.reducers.base import ReductionContext
 from tomesd.rng import CounterRandom
 from tomesd.reducers.grid import block_positions
-from tomesd.reducers.iekvd import IEKVD, IEKVDOptions, blended_kv_source
-from tomesd.reducers.lgtm import LGTM, LGTMOptions, block_argmin_destinations, laplacian_scores
+from tomesd.reducers.bigain_td import IEKVD, IEKVDOptions, blended_kv_source
+from tomesd.reducers.bigain_tm import LGTM, LGTMOptions, block_argmin_destinations, laplacian_scores
 from tomesd.reducers.matching import bipartite_merge_plan, row_max
 from tomesd.reducers.sito import SiTo, SiToOptions
 from tomesd.reducers.todo import ToDo, ToDoOptions, downsample_tokens

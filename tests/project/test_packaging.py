@@ -19,6 +19,6 @@ def test_wheel_contains_every_shipped_asset_and_prompt(tmp_path):
     assert len(shipped) > 20
     missing = [str(p.relative_to(REPO)) for p in shipped if str(p.relative_to(REPO)) not in names]
     assert not missing, missing
-    for package in ("tomesd/__init__.py", "tomesd/reducers/lgtm.py", "bigain/benchmark.py", "eval/speed/__main__.py",
+    for package in ("tomesd/__init__.py", "tomesd/reducers/bigain_tm.py", "bigain/benchmark.py", "eval/speed/__main__.py",
                     "eval/metrics/__main__.py", "eval/report/__main__.py"):
         assert package in names

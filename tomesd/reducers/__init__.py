@@ -5,9 +5,9 @@ decorated with `@register_reducer`, plus its import below.
 """
 from . import none  # noqa: F401  (registration side effects, in listing order)
 from . import tome  # noqa: F401
-from . import lgtm  # noqa: F401
+from . import bigain_tm  # noqa: F401
 from . import todo  # noqa: F401
-from . import iekvd  # noqa: F401
+from . import bigain_td  # noqa: F401
 from . import sito  # noqa: F401
 from .base import KVPlan, Plan, ReductionContext, TokenPlan
 
