@@ -129,13 +129,6 @@ class CounterRandom:
         return (radius * torch.cos((2.0 * math.pi) * u[1])).view(*shape)
 
 
-def draw_randint(random: Optional[CounterRandom], high: int, shape: Sequence[int], device: torch.device) -> Tensor:
-    """`random.randint`, or torch's global RNG when no stream is given (a reducer called directly)."""
-    if random is None:
-        return torch.randint(high, tuple(shape), device=device)
-    return random.randint(high, shape, device)
-
-
 def draw_normal(random: Optional[CounterRandom], shape: Sequence[int], device: torch.device) -> Tensor:
     """`random.normal`, or torch's global RNG when no stream is given."""
     if random is None:

@@ -4,7 +4,7 @@ Timestep grid and staged elimination (:class:`StageSchedule`), per-image noise (
 :func:`make_noise`), per-sample errors, :func:`classify_image` for one encoded image, and the
 in-memory API: ``ctx = make_context(model, load_prompts("fmnist"), StageSchedule())`` then
 ``classify_many(ctx, images, labels)`` -> records. The command line (run folders, sharding,
-merging, summary rows) is `bigain.classify`, which re-exports every name here.
+merging, summary rows) is `bigain.classify` over `bigain.runs.classification`.
 """
 from __future__ import annotations
 

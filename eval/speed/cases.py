@@ -36,10 +36,6 @@ class Setting:
     def label(self) -> str:
         return speed_label(self.method, dict(self.options))
 
-    def tome_equivalent(self) -> "Setting":
-        """The ToMe setting this upstream setting mirrors (and vice versa)."""
-        return Setting("tome" if self.method == "upstream" else "upstream", self.options)
-
 
 BASELINE = Setting("none")
 

@@ -1,6 +1,8 @@
 """The engine contract: the `Reducer` protocol checked at registration, display labels, shared option
 bases, and the reducer-phase tracing hook (`tomesd.trace_reducers`)."""
 import contextlib
+import importlib
+import sys
 from dataclasses import dataclass, fields
 
 import pytest
@@ -155,3 +157,18 @@ def test_trace_reducers_without_a_patch_is_a_no_op():
     with torch.no_grad(), tomesd.trace_reducers(model, log):
         model(**dit_inputs(batch=1))
     assert log.entered == []
+
+
+@pytest.mark.parametrize("old, new", [("lgtm", "bigain_tm"), ("iekvd", "bigain_td")])
+def test_former_reducer_module_names_import_with_a_warning(old, new):
+    """Reducer files are named after their registered names; the former module names still import, and warn."""
+    sys.modules.pop(f"tomesd.reducers.{old}", None)
+    with pytest.warns(DeprecationWarning, match=f"tomesd.reducers.{new}"):
+        former = importlib.import_module(f"tomesd.reducers.{old}")
+    current = importlib.import_module(f"tomesd.reducers.{new}")
+    assert former.__all__ and all(getattr(former, name) is getattr(current, name) for name in former.__all__)
+
+
+def test_methods_list_in_registration_order():
+    """tomesd/reducers/__init__.py imports the reducers in listing order (kept out of import sorting)."""
+    assert tomesd.list_methods() == ["none", "tome", "bigain_tm", "todo", "bigain_td", "sito"]

@@ -66,11 +66,6 @@ class KVPlan:
 Plan = Union[TokenPlan, KVPlan, None]
 
 
-def do_nothing(x: Tensor) -> Tensor:
-    """Identity, so callers never branch on an idle plan."""
-    return x
-
-
 def run_phase(trace: Optional[Tracer], phase: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
     """`fn(*args, **kwargs)`, inside `trace(phase)` when a tracer is attached (None: a plain call, so
     untraced forwards pay nothing and still compile to one graph)."""
