@@ -1,6 +1,7 @@
 """The one tiny-model zoo (offline, CPU, seeded, random weights built from configs), used by the tests, `bigain.demo`
 and eval.speed's tiny presets: denoisers and their inputs (`denoisers`, `mmdit`) and whole pipelines saved like real
-checkpoints (`pipelines`, `flow_pipelines`)."""
+checkpoints (`pipelines`, `flow_pipelines`), and the demo's backbones (`demo`)."""
+from bigain.zoo.demo import demo_models
 from bigain.zoo.denoisers import (
     IDLE, METHODS, PER_SAMPLE, dit_inputs, pixart_inputs, randomize_zero_init, sd2_sized_unet, tiny_dit, tiny_pixart,
     tiny_sd_unet, tiny_sdxl_unet, unet_inputs,
@@ -13,7 +14,7 @@ from bigain.zoo.pipelines import (
 )
 
 __all__ = [
-    "IDLE", "METHODS", "PER_SAMPLE", "dit_inputs", "pixart_inputs", "randomize_zero_init", "sd2_sized_unet", "tiny_dit",
+    "demo_models", "IDLE", "METHODS", "PER_SAMPLE", "dit_inputs", "pixart_inputs", "randomize_zero_init", "sd2_sized_unet", "tiny_dit",
     "tiny_pixart", "tiny_sd_unet", "tiny_sdxl_unet", "unet_inputs", "build_tiny_flux", "build_tiny_sd3", "TEXT_TOKENS",
     "flux_image_ids", "flux_inputs", "image_tokens", "sd3_inputs", "tiny_flux", "tiny_sd3", "build_clip_tokenizer",
     "build_tiny_dit", "build_tiny_pixel_dit", "build_tiny_pixel_unet", "build_tiny_sd", "install_in_hf_cache",
