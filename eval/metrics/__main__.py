@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             res = compute_metrics(args.gen, args.ref, **opts)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     if not args.check:
         out = Path(args.out) if args.out else Path(args.gen) / "metrics.json"
         atomic_write_json(out, res)

@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
             written += per_class_plots(df, args.out)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     counts = df.groupby("task").size().to_dict()
     print(f"{len(df)} runs ({', '.join(f'{k}: {v}' for k, v in counts.items())}) -> {args.out}", file=sys.stderr)
     for path in written:

@@ -168,8 +168,8 @@ def _rows_from_path(path: Path) -> list[dict]:
         raise ReportError(f"{path}: no such file or folder")
     summaries = sorted(p for name in SUMMARY_FILES for p in path.rglob(name))
     # Run folders first: a summary row of the same run (same time) then wins, with the CSV's columns.
-    return [row for d in _run_dirs_under(path) for row in _run_folder_rows(d)] + \
-        [row for p in summaries for row in _csv_rows(p)]
+    return ([row for d in _run_dirs_under(path) for row in _run_folder_rows(d)]
+            + [row for p in summaries for row in _csv_rows(p)])
 
 
 def _infer_task(row: dict) -> str:

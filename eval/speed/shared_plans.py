@@ -92,7 +92,7 @@ def plan_times(metric: torch.Tensor, side: int, distinct: Sequence[int]) -> dict
     reducers = {"tome": (ToMe, ToMeOptions(ratio=0.7)), "bigain_tm": (LGTM, LGTMOptions(ratio=0.7))}
     out = {}
     for name, (reducer, opts) in reducers.items():
-        def plan_rows(k: int) -> Callable[[], object]:
+        def plan_rows(k: int, reducer=reducer, opts=opts) -> Callable[[], object]:
             ctx = ReductionContext(metric[:k].contiguous(), side, side, None, CounterRandom(0))
             return lambda: reducer.plan(ctx, opts)
         out[name] = {f"plan_ms_{k}_rows": median_ms(plan_rows(k)) for k in sorted({metric.shape[0], *distinct})}
@@ -119,8 +119,9 @@ def call_times(model: UNet2DConditionModel, x_t: torch.Tensor, t: torch.Tensor, 
     return {name: median(v) for name, v in times.items()}
 
 
-def measure(schedule: StageSchedule = StageSchedule(), batch_size: int = BATCH_SIZE) -> dict:
-    """The whole report (see the module docstring)."""
+def measure(schedule: StageSchedule | None = None, batch_size: int = BATCH_SIZE) -> dict:
+    """The whole report (see the module docstring); `schedule` defaults to the paper's `StageSchedule()`."""
+    schedule = StageSchedule() if schedule is None else schedule
     torch.set_num_threads(1)
     torch.manual_seed(0)
     # Does it hold? One test image, one timestep and noise, all ten classes: first-block metrics per model.

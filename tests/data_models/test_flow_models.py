@@ -76,7 +76,7 @@ def test_predict_eps_is_implied_by_the_velocity(models, name):
     sigma = model.flow_sigmas(x_t.shape[1:])[t].float().view(-1, 1, 1, 1)
     assert torch.allclose(eps, x_t + (1 - sigma) * v, atol=1e-6)
     with pytest.raises(ValueError, match="rectified-flow"):
-        model.alphas_cumprod
+        _ = model.alphas_cumprod
 
 
 class OracleFlow:

@@ -81,9 +81,9 @@ def test_tables_show_intervals_and_resolved_differences(bench):
     table, diffs = format_table(rows), format_differences(rows)
     assert "[95% CI]" in table and "| dit | Baseline | " in table and " [" in table.splitlines()[2]
     assert "BiGain_TM r=0.7 − ToMe r=0.7" in diffs and "BiGain_TM r=0.7 − Baseline" in diffs
-    line = next(l for l in diffs.splitlines() if "BiGain_TM r=0.7 − ToMe" in l)
+    line = next(row for row in diffs.splitlines() if "BiGain_TM r=0.7 − ToMe" in row)
     assert "**-20.0 [" in line and "p=0.00049" in line
-    same = next(l for l in diffs.splitlines() if "ToMe r=0.7 − Baseline" in l)
+    same = next(row for row in diffs.splitlines() if "ToMe r=0.7 − Baseline" in row)
     assert "+0.0 [+0.0, +0.0] p=1" in same and "**" not in same
 
 

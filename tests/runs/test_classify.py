@@ -259,7 +259,7 @@ def test_text_conditioned_sd_on_folder_dataset(tmp_path):
     from bigain.make_prompts import table_from_names, write_csv
 
     root = tmp_path / "data"
-    for c, color in enumerate(["red", "green", "blue"]):
+    for color in ["red", "green", "blue"]:
         (root / color).mkdir(parents=True)
         for k in range(2):
             Image.new("RGB", (40, 36), color).save(root / color / f"{k}.png")

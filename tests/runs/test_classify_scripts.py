@@ -42,8 +42,7 @@ def _tiny_env(tmp_path: Path, model_path: Path, **extra: str) -> dict:
 
 @pytest.mark.parametrize("script", list(SCRIPTS))
 def test_script_runs_end_to_end_on_tiny_model(script, tmp_path):
-    model = SCRIPTS[script](tmp_path / "model", image_size=16) if script == "dit.sh" else \
-        SCRIPTS[script](tmp_path / "model", image_size=32)
+    model = SCRIPTS[script](tmp_path / "model", image_size=16 if script == "dit.sh" else 32)
     env = _tiny_env(tmp_path, model, IMG_SIZE="16" if script == "dit.sh" else "32")
     proc = subprocess.run(["bash", str(REPO / "scripts" / script)], env=env, capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
