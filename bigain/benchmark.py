@@ -37,8 +37,7 @@ from bigain.cli import add_config_arg, parse_args_with_config
 from bigain.models import load_model
 from bigain.storage import atomic_write_text
 from bigain.runs import ClassifyRun, GenerateRun
-from bigain.runs import run_classification as classify_run
-from bigain.runs import run_generation as generate_run
+from bigain.runs import run_classification, run_generation
 from bigain.reduction import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
 from eval.flops import count_flops
 from eval.metrics import compute_metrics
@@ -63,10 +62,10 @@ def place_settings(model_name: str, settings: Sequence[tuple[str, dict]], unet_m
     return [(m, o if m == "none" else {**o, "max_downsample": unet_max_downsample}) for m, o in settings]
 
 
-def run_classification(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
+def classify_setting(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
     """Adaptive diffusion classification of the first images of the shipped subset (resumable: records carry the
     run's fingerprint, so changed settings or weights are recomputed)."""
-    return classify_run(ClassifyRun(
+    return run_classification(ClassifyRun(
         dataset="fmnist", split=args.split, model_path=str(model_path), dtype="fp32", device=args.device,
         batch_size=args.cls_batch_size, n_samples=tuple(args.n_samples), to_keep=tuple(args.to_keep), seed=args.seed,
         allow_stages_without_new_timesteps=args.allow_stages_without_new_timesteps, max_images=args.n_images,
@@ -87,11 +86,11 @@ def metrics_key(generation_fingerprint: str, n_images: int) -> dict[str, Any]:
     return {"generation_fingerprint": generation_fingerprint, "n_images": n_images, **METRIC_SETTINGS}
 
 
-def run_generation(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
+def generate_setting(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
     """A fixed, class-balanced sample set (`--images_per_class` per class), then its metrics, cached under the
     generation run's fingerprint and the metric settings (any change recomputes them)."""
     run_dir = generation_run_dir(out, args)
-    row = generate_run(GenerateRun(
+    row = run_generation(GenerateRun(
         model_path=str(model_path), classes=tuple(range(10)), images_per_class=args.images_per_class, steps=args.steps,
         dtype="fp32", device=args.device, batch_size=args.gen_batch_size, seed=args.seed, guidance=args.guidance,
         run_dir=str(run_dir), summary_csv=str(out.parent.parent / "summary.csv"), no_progress=True,
@@ -164,8 +163,8 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
     for method, options in tqdm(settings, desc=f"benchmark {name}", unit="setting", file=sys.stdout):
         tag = setting_tag(method, options)
         print(f"\n=== {name}: {setting_label(method, options)}", flush=True)
-        cls = run_classification(model_path, method, options, out / "classify" / name / tag, args)
-        gen = run_generation(model_path, method, options, out / "generate" / name / tag, args) if args.images_per_class else {}
+        cls = classify_setting(model_path, method, options, out / "classify" / name / tag, args)
+        gen = generate_setting(model_path, method, options, out / "generate" / name / tag, args) if args.images_per_class else {}
         rows.append({"model": name, "method": method, "options": dict(options),
                      "setting": setting_label(method, options), "tag": tag,
                      "accuracy": cls.get("accuracy"), "images": cls.get("images"),

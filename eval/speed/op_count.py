@@ -18,7 +18,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import tomesd
 
-from eval.speed import timing
 from eval.speed.cases import parse_model
 from eval.speed.model_zoo import build_model, make_inputs
 
@@ -41,7 +40,7 @@ class CountingMode(TorchDispatchMode):
 
 
 class OpSpans:
-    """`Spans`-compatible collector for `eval.speed.timing.timed_reducers`: phase -> (ops, views).
+    """A reducer-phase tracer for `tomesd.trace_reducers` (as `eval.speed.timing` uses): phase -> (ops, views).
 
     Only the top-level phases (plan, reduce, restore, kv) count; nested scoring/matching spans are
     part of `plan` already.
@@ -76,7 +75,7 @@ def count_reducer_ops(model: torch.nn.Module, method: str, options: dict, args: 
     spans = OpSpans(mode)
     report = tomesd.apply_patch(model, method=method, seed=seed, **options)
     try:
-        with torch.no_grad(), timing.timed_reducers(model, spans):
+        with torch.no_grad(), tomesd.trace_reducers(model, spans.span):
             model(*args, **kwargs)
     finally:
         tomesd.remove_patch(model)

@@ -125,3 +125,39 @@ def test_bigain_top_level_holds_only_commands(path: Path):
     functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     runs_as_main = any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body)
     assert "main" in functions and runs_as_main, f"{path.name} is not a command: move it into a bigain subpackage"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """First-party modules a file imports at module level; `from package import submodule` names the submodule."""
+    module, is_package = module_name(path), path.name == "__init__.py"
+    found = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for base in resolve(node, module, is_package):
+                subs = [f"{base}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) else []
+                found.update([s for s in subs if module_path(s).exists()] or [base])
+    return found - {module}
+
+
+def test_no_import_cycles_among_first_party_modules():
+    """No first-party module reaches itself through module-level imports (e.g. eval.speed.op_count <-> timing)."""
+    graph = {module_name(path): imported_modules(path) for path in first_party_modules()}
+    cycles = []
+
+    def visit(node: str, stack: list[str], on_stack: set[str], done: set[str]) -> None:
+        on_stack.add(node)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in on_stack:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in done:
+                visit(nxt, stack, on_stack, done)
+        stack.pop()
+        on_stack.discard(node)
+        done.add(node)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [], set(), done)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)

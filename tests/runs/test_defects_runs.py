@@ -123,12 +123,12 @@ def test_benchmark_metrics_are_recomputed_when_generation_settings_change(tmp_pa
     args = argparse.Namespace(images_per_class=1, steps=3, guidance=None, gen_batch_size=10, seed=0, device="cpu",
                               metrics_device="cpu")
     out = tmp_path / "bench" / "generate" / "dit" / "none"
-    first = benchmark.run_generation(model, "none", {}, out, args)
+    first = benchmark.generate_setting(model, "none", {}, out, args)
     assert first["domain_frechet_distance"] == 3.0
-    assert benchmark.run_generation(model, "none", {}, out, args)["domain_frechet_distance"] == 3.0
+    assert benchmark.generate_setting(model, "none", {}, out, args)["domain_frechet_distance"] == 3.0
     assert len(calls) == 1  # same settings: cached
     args.steps = 2  # the images are regenerated; the metrics must follow them
-    second = benchmark.run_generation(model, "none", {}, out, args)
+    second = benchmark.generate_setting(model, "none", {}, out, args)
     assert len(calls) == 2 and calls[-1] == {2} and second["domain_frechet_distance"] == 2.0
 
 

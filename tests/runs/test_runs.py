@@ -141,14 +141,14 @@ def test_benchmark_builds_the_run_its_former_command_line_did(tmp_path, monkeypa
     """bigain.benchmark hands run_classification / run_generation the runs its former argv lists parsed into."""
     monkeypatch.delenv("MODEL_PATH", raising=False)
     seen = {}
-    monkeypatch.setattr(benchmark, "classify_run", lambda run: seen.setdefault("cls", run) and {})
-    monkeypatch.setattr(benchmark, "generate_run", lambda run: seen.setdefault("gen", run) and {"fingerprint": "f"})
+    monkeypatch.setattr(benchmark, "run_classification", lambda run: seen.setdefault("cls", run) and {})
+    monkeypatch.setattr(benchmark, "run_generation", lambda run: seen.setdefault("gen", run) and {"fingerprint": "f"})
     monkeypatch.setattr(benchmark, "compute_metrics", lambda *a, **k: {"domain_frechet_distance": 1.0})
     args = benchmark.build_parser().parse_args(["--n_images", "7", "--guidance", "2", "--device", "cpu",
                                                 "--allow_stages_without_new_timesteps"])
     out = tmp_path / "classify" / "dit" / "tag"
-    benchmark.run_classification(Path("/m/dit"), "bigain_td", {"alpha": 0.5, "df": 2}, out, args)
-    benchmark.run_generation(Path("/m/dit"), "tome", {"ratio": 0.7}, tmp_path / "generate" / "dit" / "tag", args)
+    benchmark.classify_setting(Path("/m/dit"), "bigain_td", {"alpha": 0.5, "df": 2}, out, args)
+    benchmark.generate_setting(Path("/m/dit"), "tome", {"ratio": 0.7}, tmp_path / "generate" / "dit" / "tag", args)
     former_cls = ["--dataset", "fmnist", "--split", "subset", "--model_path", "/m/dit", "--dtype", "fp32", "--device",
                   "cpu", "--batch_size", "125", "--n_samples", "5", "20", "--to_keep", "5", "1", "--seed", "0",
                   "--run_dir", str(out), "--summary_csv", str(tmp_path / "classify" / "summary.csv"),
