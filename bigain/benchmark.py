@@ -156,7 +156,8 @@ def flops_per_call(model: Any, method: str, options: dict, batch: int, seed: int
         tomesd.remove_patch(model.denoiser)
 
 
-def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, dict]], args: argparse.Namespace) -> list[dict]:
+def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, dict]],
+                    args: argparse.Namespace) -> list[dict]:
     """All settings on one model: classification, generation + metrics, timing, FLOPs."""
     out = Path(args.out)
     rows = []
@@ -164,7 +165,8 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
         tag = setting_tag(method, options)
         print(f"\n=== {name}: {setting_label(method, options)}", flush=True)
         cls = classify_setting(model_path, method, options, out / "classify" / name / tag, args)
-        gen = generate_setting(model_path, method, options, out / "generate" / name / tag, args) if args.images_per_class else {}
+        gen_dir = out / "generate" / name / tag
+        gen = generate_setting(model_path, method, options, gen_dir, args) if args.images_per_class else {}
         rows.append({"model": name, "method": method, "options": dict(options),
                      "setting": setting_label(method, options), "tag": tag,
                      "accuracy": cls.get("accuracy"), "images": cls.get("images"),
@@ -198,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", nargs="+", default=["paper"], choices=list(SETTING_GROUPS),
                    help="setting groups: paper (the six paper settings, default), compare (ratios 0.5/0.7, df 2/4 for "
                         "every method), compression (ToMe ratio 0.1-0.75, ToDo df 2/3/4), headline (baseline + the "
-                        "two paired comparisons at the paper's settings), reuse (ToMe/BiGain_TM 0.7 with per-block plans, "
-                        "plan_reuse=level and plan_every=5; each reuse setting paired with per-block plans), sweep")
+                        "two paired comparisons at the paper's settings), reuse (ToMe/BiGain_TM 0.7 with per-block "
+                        "plans, plan_reuse=level and plan_every=5; each reuse setting paired with per-block plans), "
+                        "sweep")
     p.add_argument("--compare", action="store_true", help="shorthand for --settings compare compression")
     p.add_argument("--unet_max_downsample", type=int, default=None, choices=[1, 2],
                    help="U-Net placement: reduce transformer blocks at levels <= this (default: the method's, 1)")
@@ -211,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passed to bigain.classify: accept --n_samples whose later stages add no timestep")
     p.add_argument("--to_keep", type=positive_int, nargs="+", default=[5, 1], help="adaptive protocol classes kept")
     p.add_argument("--cls_batch_size", type=positive_int, default=125, help="classifier (class, timestep) batch")
-    p.add_argument("--images_per_class", type=nonneg_int, default=5, help="generated images per class (0: skip generation)")
+    p.add_argument("--images_per_class", type=nonneg_int, default=5,
+                   help="generated images per class (0: skip generation)")
     p.add_argument("--steps", type=positive_int, default=10, help="sampling steps (default: 10)")
     p.add_argument("--guidance", type=nonneg_float, default=None, help="CFG scale (default: the model kind's)")
     p.add_argument("--gen_batch_size", type=positive_int, default=50, help="images per sampling batch")
@@ -244,18 +248,21 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         paths[name] = Path(path)
     missing = [str(paths[m]) for m in args.models if not paths[m].exists()]
     if missing:
-        raise FileNotFoundError(f"testbed model folder(s) missing: {missing} (train them with python -m bigain.testbed.train)")
+        raise FileNotFoundError(f"testbed model folder(s) missing: {missing} "
+                                "(train them with python -m bigain.testbed.train)")
     check_output_dir(args.out, "--out")
     settings = select_settings(args.settings, args.sweep, args.methods)
     start = time.perf_counter()
     rows = [row for name in args.models
-            for row in benchmark_model(name, paths[name], place_settings(name, settings, args.unet_max_downsample), args)]
+            for row in benchmark_model(name, paths[name], place_settings(name, settings, args.unet_max_downsample),
+                                       args)]
     wall = time.perf_counter() - start
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images classified "
-              f"per setting (adaptive {args.n_samples}/{args.to_keep}), {10 * args.images_per_class} samples per setting "
-              f"({args.steps} steps); timing: median of {args.timing_repeats} interleaved calls, batch {args.timing_batch}, "
-              f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; wall {wall / 60:.1f} min.")
+    header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images "
+              f"classified per setting (adaptive {args.n_samples}/{args.to_keep}), {10 * args.images_per_class} "
+              f"samples per setting ({args.steps} steps); timing: median of {args.timing_repeats} interleaved calls, "
+              f"batch {args.timing_batch}, device {device}, torch {torch.__version__}, {torch.get_num_threads()} "
+              f"threads; wall {wall / 60:.1f} min.")
     out = Path(args.out)
     per_class = add_statistics(rows, out, args.n_boot) if args.n_boot else None
     written = write_outputs(rows, out, header, per_class)

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes kept after each stage; the last must be 1 (default: 5 1)")
     g.add_argument("--n_trials", type=positive_int, default=1, help="noises per timestep (default: 1)")
     g.add_argument("--loss", default="l2", choices=LOSSES, help="error between eps and prediction (default: l2)")
-    g.add_argument("--batch_size", type=positive_int, default=32, help="(class, timestep) samples per forward (default: 32)")
+    g.add_argument("--batch_size", type=positive_int, default=32,
+                   help="(class, timestep) samples per forward (default: 32)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="noise seed; each image uses (seed, image index)")
     add_reduction_args(p)
 

@@ -130,7 +130,8 @@ def imagenet_names(source: str = "openai") -> list[str]:
         try:
             from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
         except ImportError as err:
-            raise ImportError("imagenet_names('openai') needs open_clip_torch; use --imagenet_names torchvision") from err
+            raise ImportError("imagenet_names('openai') needs open_clip_torch; "
+                              "use --imagenet_names torchvision") from err
         return list(IMAGENET_CLASSNAMES)
     if source == "torchvision":
         from torchvision.models._meta import _IMAGENET_CATEGORIES
@@ -156,7 +157,8 @@ def class_table(dataset: str, imagenet_source: str = "openai") -> list[tuple[str
     return [(template.format(name), name, idx) for idx, name in pairs]
 
 
-def table_from_names(names: Sequence[str], template: str, ids: Sequence[int] | None = None) -> list[tuple[str, str, int]]:
+def table_from_names(names: Sequence[str], template: str,
+                     ids: Sequence[int] | None = None) -> list[tuple[str, str, int]]:
     """Rows for arbitrary class names (e.g. a dataset's own `.classes`)."""
     ids = list(range(len(names))) if ids is None else list(ids)
     return [(template.format(n), n, i) for n, i in zip(names, ids)]

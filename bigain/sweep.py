@@ -158,7 +158,8 @@ def plan_sweep(path: str | Path, output_dir: Optional[str] = None) -> list[Plann
             options = {**experiment, **model_opts, **method_opts, "dataset": dataset, **extra}
             validate_config(options, parser, f"{path} [{task}/{model_name}/{dataset}]")
             tag, data_name = method_tag(options), "classes" if dataset is None else str(dataset)
-            runs.append(PlannedRun(task, model_name, data_name, tag, options, base / task / model_name / data_name / tag))
+            runs.append(PlannedRun(task, model_name, data_name, tag, options,
+                                   base / task / model_name / data_name / tag))
     return runs
 
 

@@ -160,7 +160,8 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
         raise ValueError(f"seed={seed!r} must be None or an integer")
     if ratio is not None:
         if "ratio" not in [f for f in reducer.Options.__dataclass_fields__]:
-            raise ValueError(f"method {name!r} takes no ratio; its options are {list(reducer.Options.__dataclass_fields__)}")
+            raise ValueError(f"method {name!r} takes no ratio; "
+                             f"its options are {list(reducer.Options.__dataclass_fields__)}")
         options["ratio"] = ratio
     opts = build_options(reducer.Options, name, options)
     if getattr(opts, "plan_every", 1) > 1 and reducer.plan_kind != "token":

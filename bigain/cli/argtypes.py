@@ -10,7 +10,8 @@ __all__ = ["finite_float", "fraction", "nonneg_float", "nonneg_int", "positive_f
 
 
 def _checked(base: type, name: str, allowed: str, ok: Callable[[Any], bool]) -> Callable[[Any], Any]:
-    """An argparse `type`: parse with `base`, reject NaN/inf and values failing `ok` with a message saying what is allowed."""
+    """An argparse `type`: parse with `base`, reject NaN/inf and values failing `ok` with a message saying what is
+    allowed."""
 
     def parse(text: Any) -> Any:
         try:

@@ -87,7 +87,8 @@ def coerce_scalar(action: argparse.Action, value: Any) -> Any:
     kind = action.type
     base = getattr(kind, "base", None)  # a checked type of bigain.cli.argtypes (positive_int, finite_float, ...)
     if base is int or base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (base is int and not isinstance(value, int)):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (base is int and not isinstance(value, int))):
             raise TypeError
         return kind(value)
     if kind is int:

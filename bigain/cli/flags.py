@@ -101,7 +101,8 @@ def add_data_args(group: Any) -> None:
     group.add_argument("--split", default=None, help="split used (default: the dataset's test/val split)")
     group.add_argument("--data_dir", default=None, help="--dataset folder: folder with one sub-folder per class")
     group.add_argument("--skip_bad_images", action="store_true",
-                       help="--dataset folder: leave out files that do not decode as images (default: error naming them)")
+                       help="--dataset folder: leave out files that do not decode as images "
+                            "(default: error naming them)")
     group.add_argument("--prompts_csv", default=None,
                        help="prompt CSV (prompt,classname,classidx) replacing the shipped one")
 

@@ -358,7 +358,8 @@ def _check_csv_matches(name: str, table: ClassTable, n_classes: int) -> None:
                                  f"{n_classes} classes")
 
 
-def check_dataset_args(name: str, root: str | None = None, data_dir: str | None = None, split: str | None = None) -> str:
+def check_dataset_args(name: str, root: str | None = None, data_dir: str | None = None,
+                       split: str | None = None) -> str:
     """Validate dataset name / root / split cheaply (no image decoding); returns the effective split."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")

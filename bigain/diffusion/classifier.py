@@ -22,7 +22,8 @@ import tomesd
 from bigain.data import match_channels
 from bigain.storage import ImageRecord
 
-__all__ = ["LOSSES", "StageSchedule", "forward_process", "ClassifyResult", "RunContext", "classify_image", "classify_dataset_image",
+__all__ = ["LOSSES", "StageSchedule", "forward_process", "ClassifyResult", "RunContext", "classify_image",
+           "classify_dataset_image",
            "classify_many", "make_context", "image_seed", "make_noise", "per_sample_error"]
 
 LOSSES = ("l2", "l1", "huber")

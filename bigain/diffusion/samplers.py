@@ -105,12 +105,14 @@ def flow_schedule(config: Any, steps: int, linear_sigmas: bool = False) -> Sched
     else:
         sched.set_timesteps(steps, mu=mu, device="cpu")
     sigmas = sched.sigmas.to(torch.float64)
-    return Schedule("flow-linear" if linear_sigmas else "flow", sched.timesteps.to(torch.float64), 1 - sigmas, sigmas, 1.0)
+    name = "flow-linear" if linear_sigmas else "flow"
+    return Schedule(name, sched.timesteps.to(torch.float64), 1 - sigmas, sigmas, 1.0)
 
 
-SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {"euler": euler_schedule, "ddim": ddim_schedule,
-                                                        "flow": flow_schedule,
-                                                        "flow-linear": lambda config, steps: flow_schedule(config, steps, True)}
+SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {
+    "euler": euler_schedule, "ddim": ddim_schedule, "flow": flow_schedule,
+    "flow-linear": lambda config, steps: flow_schedule(config, steps, True),
+}
 
 
 def make_schedule(name: str, config: Any, steps: int) -> Schedule:
@@ -156,8 +158,8 @@ def sample_euler(eps_fn: EpsFn, x: Tensor, schedule: Schedule, *, generator: Opt
                  callback: Optional[Callable[[dict], None]] = None) -> Tensor:
     """Euler steps on the probability-flow ODE in sigma space (Karras et al. 2022, Alg. 1 without churn).
 
-    ``x`` starts as noise * ``schedule.init_sigma`` (about sigma_max); the model sees ``x / sqrt(sigma^2 + 1)``; returns the
-    sigma = 0 sample. ``generator`` is unused (no churn) and kept for a uniform signature.
+    ``x`` starts as noise * ``schedule.init_sigma`` (about sigma_max); the model sees ``x / sqrt(sigma^2 + 1)``;
+    returns the sigma = 0 sample. ``generator`` is unused (no churn) and kept for a uniform signature.
     """
     for i, t in enumerate(schedule.timesteps):
         sigma, sigma_next = schedule.sigmas[i].item(), schedule.sigmas[i + 1].item()

@@ -57,7 +57,8 @@ def flow_sigmas(scheduler: Any, image_seq_len: int) -> torch.Tensor:
     if getattr(config, "use_dynamic_shifting", False):
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096),
                              config.get("base_shift", 0.5), config.get("max_shift", 1.15))
         return scheduler.time_shift(mu, 1.0, s).to(torch.float64)
     shift = float(config.shift)
@@ -196,7 +197,8 @@ def load_flow_folder(folder: Path, name: str, device: torch.device, dtype: torch
             module.eval().requires_grad_(False)
     tokenizer = pipe.tokenizer_3 if kind == "sd3" else pipe.tokenizer_2
     max_len = 256 if tokenizer is None else min(512 if kind == "flux" else 256, int(tokenizer.model_max_length))
-    return FlowLoadedModel(kind=kind, name=name, source=str(folder), denoiser=pipe.transformer, scheduler=pipe.scheduler,
+    return FlowLoadedModel(kind=kind, name=name, source=str(folder), denoiser=pipe.transformer,
+                           scheduler=pipe.scheduler,
                            device=device, dtype=dtype, vae=pipe.vae, text_encoder=pipe.text_encoder,
                            tokenizer=pipe.tokenizer, meta={k: v for k, v in index.items() if not k.startswith("_")},
                            pipe=pipe, max_sequence_length=max_len)

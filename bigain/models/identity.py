@@ -40,7 +40,8 @@ def _identity_files(folder: Path) -> list[Path]:
 
 def _hub_revision(folder: Path) -> str | None:
     """The revision of a hub snapshot folder (``.../models--o--n/snapshots/<rev>``), else None."""
-    return folder.name if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--") else None
+    in_snapshots = folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--")
+    return folder.name if in_snapshots else None
 
 
 def _load_cache(path: Path) -> dict[str, Any]:
@@ -82,7 +83,8 @@ def model_identity(folder: str | os.PathLike) -> dict[str, Any]:
     folder = Path(folder).expanduser()
     files = _identity_files(folder)
     if not files:
-        raise FileNotFoundError(f"model folder {folder} holds no weight or config files ({', '.join(IDENTITY_SUFFIXES)})")
+        raise FileNotFoundError(f"model folder {folder} holds no weight or config files "
+                                f"({', '.join(IDENTITY_SUFFIXES)})")
     revision = _hub_revision(folder)
     linked = [f for f in files if revision is not None and f.is_symlink()]  # hub blobs: named by content hash
     per_file = {f: "blob:" + Path(os.path.realpath(f)).name for f in linked}

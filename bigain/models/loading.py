@@ -244,7 +244,8 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
                                                                   **_format_kwargs(folder, "unet"))
     vae = None
     if (folder / "vae").is_dir():
-        vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", **common, **_format_kwargs(folder, "vae"))
+        vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", **common,
+                                                      **_format_kwargs(folder, "vae"))
     text_encoder = tokenizer = None
     if (folder / "text_encoder").is_dir():
         import transformers
@@ -298,7 +299,8 @@ def _find_snapshot(name: str, hub_ids: list[str], tried: list[str]) -> CachedSna
     for hub_id in hub_ids:
         found = cached_snapshot(hub_id)
         missing = missing_components(found.folder) if found else []
-        tried.append(f"HF cache {cache} (repo {hub_id})" + (f": partial, lacks {', '.join(missing)}" if missing else ""))
+        tried.append(f"HF cache {cache} (repo {hub_id})"
+                     + (f": partial, lacks {', '.join(missing)}" if missing else ""))
         if found is not None and not missing:
             return found
         partial = partial or found

@@ -53,7 +53,8 @@ SETTING_GROUPS: dict[str, list[MethodSetting]] = {
 }
 
 # option -> its name in a label
-LABEL_SHORT = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md", "plan_reuse": "plans", "plan_every": "every"}
+LABEL_SHORT = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md", "plan_reuse": "plans",
+               "plan_every": "every"}
 SPEED_SHORT = {**LABEL_SHORT, "blocks": "blocks"}
 
 

@@ -75,7 +75,8 @@ class ClassifyRun(RunFields):
         if empty and not self.allow_stages_without_new_timesteps:
             raise ValueError(f"--n_samples {list(self.n_samples)}: stage(s) {empty} add no new timestep (each stage "
                              "must score more timesteps than the last, e.g. 5 20); pass "
-                             "--allow_stages_without_new_timesteps to eliminate classes on the earlier stages' errors alone")
+                             "--allow_stages_without_new_timesteps to eliminate classes on the earlier stages' "
+                             "errors alone")
         check_output_dir(self.output_dir, "--output_dir")
         check_output_dir(self.run_dir, "--run_dir")
         check_output_file(self.summary_csv, "--summary_csv")
@@ -214,7 +215,8 @@ def _model_identity(model: Any, run: ClassifyRun, run_dir: Path) -> dict:
 
 def count_flops_per_call(model: Any, latent_shape: Sequence[int], cond: dict[str, torch.Tensor],
                          schedule: StageSchedule, batch_size: int) -> float:
-    """FLOPs of one denoiser call (torch.utils.flop_counter, CPU SDPA included), averaged over a batch of grid timesteps."""
+    """FLOPs of one denoiser call (torch.utils.flop_counter, CPU SDPA included), averaged over a batch of grid
+    timesteps."""
     grid = schedule.grid()
     n = max(1, min(batch_size, len(grid)))
     t = torch.tensor([grid[int(i * len(grid) / n)] for i in range(n)], device=model.device)

@@ -22,7 +22,8 @@ __all__ = ["RunFields", "barrier", "git_commit", "setup_logging"]
 @dataclass(frozen=True)
 class RunFields:
     """The settings every run kind shares (data source, model, reducer, outputs and sharding; same names as the CLI
-    flags). List values become tuples, reducer options (`reduction`, the values of bigain.reduction.options.REDUCTION_FLAGS
+    flags). List values become tuples, reducer options (`reduction`, the values of
+    bigain.reduction.options.REDUCTION_FLAGS
     that are set) one mapping; `namespace()` is the CLI's view of the run. Each run kind sets its own `output_dir`
     default."""
 

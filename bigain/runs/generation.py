@@ -98,7 +98,8 @@ class GenerateRun(RunFields):
             return f"prompts-{Path(self.prompts_file).stem}"
         if self.classes is not None:
             ids = "-".join(map(str, self.classes))
-            return f"classes{ids if len(ids) <= 40 else config_fingerprint({'c': list(self.classes)})[:8]}x{self.images_per_class}"
+            named = ids if len(ids) <= 40 else config_fingerprint({"c": list(self.classes)})[:8]
+            return f"classes{named}x{self.images_per_class}"
         return f"{self.dataset}{'_' + self.split if self.split else ''}"
 
     def run_folder(self, sampler: str, guidance: float, dtype_name: str, size: int) -> Path:
@@ -242,7 +243,8 @@ def run_generation(run: GenerateRun) -> dict:
         "dtype": dtype_name, "device": str(device), "attention": attention, "image_size": model.image_size,
         "shard": f"{shard}/{n_shards}", "items": len(items), "images_written": written,
         "images_skipped": sum(len(batches[b]) for b in mine) - sum(len(batches[b]) for b in todo),
-        "calls": stats.calls, "calls_per_image": calls_per_image, "rows_per_call_per_image": 2 if guidance != 1.0 else 1,
+        "calls": stats.calls, "calls_per_image": calls_per_image,
+        "rows_per_call_per_image": 2 if guidance != 1.0 else 1,
         "model_time_s": round(stats.seconds, 4), "wall_time_s": round(wall, 3),
         "images_sampled": sampled, "images_held_elsewhere": held, "fingerprint": fingerprint,
         "model_time_per_image_s": round(stats.seconds / sampled, 5) if sampled else "",

@@ -45,7 +45,8 @@ def check_items_fit(model: Any, items: Sequence[Item]) -> None:
         missing = [it.index for it in items if it.label is None]
         if missing:
             raise ValueError(f"{model.name} is class-conditioned but items {missing[:5]} have no class id")
-        bad = sorted({it.label for it in items if model.num_classes is not None and not 0 <= it.label < model.num_classes})
+        bad = sorted({it.label for it in items
+                      if model.num_classes is not None and not 0 <= it.label < model.num_classes})
         if bad:
             raise ValueError(f"class ids {bad[:5]} outside [0, {model.num_classes}) for {model.name}")
 

@@ -142,7 +142,8 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
 
 
 def clean_stale_tmp(folder: str | Path, max_age_s: float = 3600.0) -> int:
-    """Delete `atomic_write_bytes` temp files (`.<name>.*.tmp`) older than `max_age_s` left by killed runs; returns the count."""
+    """Delete `atomic_write_bytes` temp files (`.<name>.*.tmp`) older than `max_age_s` left by killed runs; returns
+    the count."""
     import time
 
     folder, removed, now = Path(folder), 0, time.time()
@@ -160,7 +161,8 @@ def clean_stale_tmp(folder: str | Path, max_age_s: float = 3600.0) -> int:
 
 @contextlib.contextmanager
 def try_lock(path: str | Path) -> Iterator[bool]:
-    """Non-blocking exclusive lock on `path` (a lock file): yields True when this process holds it, False when another does."""
+    """Non-blocking exclusive lock on `path` (a lock file): yields True when this process holds it, False when
+    another does."""
     from filelock import FileLock, Timeout
 
     path = Path(path)

@@ -29,8 +29,10 @@ def demo_models(seed: int = 0) -> dict[str, tuple[torch.nn.Module, dict, dict]]:
     text = torch.randn(2, 8, 32, generator=g)
     return {
         "SD-style U-Net": (sd, {"sample": latent, "timestep": t, "encoder_hidden_states": text}, {}),
-        "SDXL-style U-Net": (sdxl, {"sample": latent, "timestep": t, "encoder_hidden_states": text}, {"max_downsample": 2}),
+        "SDXL-style U-Net": (sdxl, {"sample": latent, "timestep": t, "encoder_hidden_states": text},
+                             {"max_downsample": 2}),
         "DiT": (dit, {"hidden_states": latent, "timestep": t, "class_labels": torch.tensor([1, 2])}, {}),
-        "PixArt": (pixart, {"hidden_states": latent, "timestep": t, "encoder_hidden_states": torch.randn(2, 8, 32, generator=g),
+        "PixArt": (pixart,
+                   {"hidden_states": latent, "timestep": t, "encoder_hidden_states": torch.randn(2, 8, 32, generator=g),
                             "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}, {}),
     }

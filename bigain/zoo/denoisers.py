@@ -108,7 +108,8 @@ METHODS = {
     "bigain_td": {"alpha": 0.5},
     "sito": {"ratio": 0.5},
 }
-IDLE = {"tome": {"ratio": 0.0}, "bigain_tm": {"ratio": 0.0}, "todo": {"df": 1}, "bigain_td": {"df": 1}, "sito": {"ratio": 0.0}}
+IDLE = {"tome": {"ratio": 0.0}, "bigain_tm": {"ratio": 0.0}, "todo": {"df": 1}, "bigain_td": {"df": 1},
+        "sito": {"ratio": 0.0}}
 # Settings whose result depends on each sample's timestep (gates, alpha schedules), for per-sample tests.
 PER_SAMPLE = {
     "tome": {"ratio": 0.6, "use_rand": False},

@@ -12,13 +12,15 @@ def tiny_sd3(seed: int = 0, num_layers: int = 2, dual: bool = False) -> SD3Trans
     torch.manual_seed(seed)
     return SD3Transformer2DModel(
         sample_size=16, patch_size=2, in_channels=4, num_layers=num_layers, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=TEXT_DIM, caption_projection_dim=16, pooled_projection_dim=POOLED_DIM,
+        num_attention_heads=2, joint_attention_dim=TEXT_DIM, caption_projection_dim=16,
+        pooled_projection_dim=POOLED_DIM,
         out_channels=4, pos_embed_max_size=16, dual_attention_layers=(0,) if dual else (),
         qk_norm="rms_norm" if dual else None,
     ).eval()
 
 
-def tiny_flux(seed: int = 0, num_layers: int = 2, num_single_layers: int = 2, guidance: bool = False) -> FluxTransformer2DModel:
+def tiny_flux(seed: int = 0, num_layers: int = 2, num_single_layers: int = 2,
+              guidance: bool = False) -> FluxTransformer2DModel:
     """Flux with 2 double- and 2 single-stream blocks, 3-axis rotary embedding (2+2+4 = head dim 8)."""
     torch.manual_seed(seed)
     return FluxTransformer2DModel(

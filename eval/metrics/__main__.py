@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"folder of real images, or one of {sorted(REFERENCES)} (optionally NAME:SPLIT)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(DEFAULTS["metrics"]))
     p.add_argument("--out", default=None, help="JSON output (default: <gen>/metrics.json)")
-    p.add_argument("--resize", type=positive_int, default=DEFAULTS["resize"], help="common size (default: generated size)")
+    p.add_argument("--resize", type=positive_int, default=DEFAULTS["resize"],
+                   help="common size (default: generated size)")
     p.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--device", default=DEFAULTS["device"])
     p.add_argument("--inception_weights", default=None,

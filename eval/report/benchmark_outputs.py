@@ -141,7 +141,8 @@ def plot_tradeoffs(rows: list[dict], path: Path) -> Path:
                 if x is None:
                     continue
                 point = r if key in r else {key: r.get(fallback)}  # no statistics: the plain value
-                y = _errorbar(ax, point, x, key, scale, fmt=MARKERS.get(r["method"], "o"), ms=11 if r["method"] == "none" else 6,
+                y = _errorbar(ax, point, x, key, scale, fmt=MARKERS.get(r["method"], "o"),
+                              ms=11 if r["method"] == "none" else 6,
                               label=r["setting"], alpha=0.85)
                 if y is not None:
                     ax.annotate(r["setting"], (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")

@@ -61,7 +61,8 @@ def cases_from_args(args: argparse.Namespace) -> list[Case]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """CLI options (underscore spellings; the dashed ones of earlier versions stay as aliases); defaults from DEFAULTS."""
+    """CLI options (underscore spellings; the dashed ones of earlier versions stay as aliases); defaults from
+    DEFAULTS."""
     p = argparse.ArgumentParser(prog="python -m eval.speed", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default=DEFAULTS["preset"],
@@ -71,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=DEFAULTS["methods"])
     p.add_argument("--ratios", nargs="+", type=fraction, default=DEFAULTS["ratios"])
     p.add_argument("--dfs", nargs="+", type=positive_int, default=DEFAULTS["dfs"])
-    p.add_argument("--max_downsample", "--max-downsample", nargs="+", type=positive_int, default=DEFAULTS["max_downsample"])
+    p.add_argument("--max_downsample", "--max-downsample", nargs="+", type=positive_int,
+                   default=DEFAULTS["max_downsample"])
     p.add_argument("--blocks", nargs="+", choices=["published", "all"], default=DEFAULTS["blocks"],
                    help="DiT/PixArt block patterns")
     p.add_argument("--resolutions", nargs="+", type=positive_int, default=DEFAULTS["resolutions"])
-    p.add_argument("--batches", nargs="+", type=positive_int, default=DEFAULTS["batches"], help="default 2 (the CFG pair)")
+    p.add_argument("--batches", nargs="+", type=positive_int, default=DEFAULTS["batches"],
+                   help="default 2 (the CFG pair)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=DEFAULTS["dtype"])
     p.add_argument("--device", default=DEFAULTS["device"])
     p.add_argument("--repeats", type=positive_int, default=DEFAULTS["repeats"], help="timed rounds (median)")
@@ -85,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a busy second core stalls every parallel op")
     p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"])
     p.add_argument("--out", default=DEFAULTS["out"])
-    p.add_argument("--dry_run", "--dry-run", action="store_true", help="list the cases and the number of forward calls, run nothing")
+    p.add_argument("--dry_run", "--dry-run", action="store_true",
+                   help="list the cases and the number of forward calls, run nothing")
     p.add_argument("--no_upstream", "--no-upstream", dest="upstream", action="store_false", help="skip upstream tomesd")
-    p.add_argument("--no_breakdown", "--no-breakdown", dest="breakdown", action="store_false", help="skip the instrumented calls (overhead breakdown)")
+    p.add_argument("--no_breakdown", "--no-breakdown", dest="breakdown", action="store_false",
+                   help="skip the instrumented calls (overhead breakdown)")
     p.add_argument("--cuda_graphs", "--cuda-graphs", action="store_true",
                    help="time CUDA-graph replays of each setting's forward (fixed shapes; needs --device cuda)")
     p.add_argument("--flops_full_batch", "--flops-full-batch", dest="flops_batch1", action="store_false",

@@ -41,9 +41,10 @@ BASELINE = Setting("none")
 
 
 def paper_settings(*placement: tuple[str, Any], **extra: tuple[tuple[str, Any], ...]) -> tuple[Setting, ...]:
-    """The paper's five reducing settings (`bigain.reduction.settings.PAPER_SETTINGS`), options in each method's declared
+    """The paper's five reducing settings (`bigain.reduction.PAPER_SETTINGS`), options in each method's declared
     order, then `extra[method]` options, then `placement` (e.g. `("max_downsample", 1)`)."""
-    return tuple(Setting(m, declared_order(m, o) + extra.get(m, ()) + placement) for m, o in PAPER_SETTINGS if m != "none")
+    return tuple(Setting(m, declared_order(m, o) + extra.get(m, ()) + placement)
+                 for m, o in PAPER_SETTINGS if m != "none")
 
 
 def make_settings(family: str, methods: Sequence[str] = METHODS, ratios: Sequence[float] = (0.3, 0.5, 0.7),

@@ -3,7 +3,8 @@
 Timing and FLOP counts depend only on the architecture, so the benchmark builds each model from
 a config dict that matches the published `config.json` of its checkpoint and never loads
 weights. Every entry can be shrunk for CPU runs (`num_layers` for DiT/PixArt, `width` scales
-U-Net channels) and tiny variants (configs in `bigain.zoo.speed`) exist for tests; the shrinking is recorded in the spec name.
+U-Net channels) and tiny variants (configs in `bigain.zoo.speed`) exist for tests; the shrinking is recorded in the spec
+name.
 
     spec = get_spec("sd2")                      # SD 2 base U-Net, 512 px default
     model = build_model(spec, dtype=torch.float16, device="cuda")

@@ -96,7 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     spec = parse_model(args.model)
     model = build_model(spec, dtype=torch.float32, device=torch.device("cpu"), seed=0)
-    margs, mkwargs = make_inputs(spec, args.batch, args.resolution, dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    margs, mkwargs = make_inputs(spec, args.batch, args.resolution, dtype=torch.float32, device=torch.device("cpu"),
+                                 seed=0)
     rows = []
     print("| method | plan_reuse | ATen ops per block | of which non-view (kernel-launch proxy) |\n|---|---|---|---|")
     for method in args.methods:

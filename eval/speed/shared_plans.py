@@ -66,7 +66,8 @@ def stage_rows(schedule: StageSchedule, num_classes: int, order: str) -> list[li
     return stages
 
 
-def batch_sizes_and_distinct(schedule: StageSchedule, num_classes: int, batch_size: int, order: str) -> list[tuple[int, int]]:
+def batch_sizes_and_distinct(schedule: StageSchedule, num_classes: int, batch_size: int,
+                             order: str) -> list[tuple[int, int]]:
     """(rows, distinct noisy inputs) of every denoiser call for one image under `order`."""
     calls = []
     for rows in stage_rows(schedule, num_classes, order):
@@ -143,7 +144,8 @@ def measure(schedule: StageSchedule | None = None, batch_size: int = BATCH_SIZE)
                          if any(r == batch_size for r, _ in c) else float("nan")}
                  for order, c in calls.items()}
     distinct = sorted({round(v["mean_distinct_per_full_batch"]) for v in per_order.values()})
-    return {"model": "testbed unet-fmnist", "batch_size": batch_size, "schedule": {"n_samples": list(schedule.n_samples),
+    return {"model": "testbed unet-fmnist", "batch_size": batch_size,
+            "schedule": {"n_samples": list(schedule.n_samples),
             "to_keep": list(schedule.to_keep)}, "first_block_tokens": metric.shape[1], "channels": metric.shape[2],
             "first_metric_equal_across_class_rows": equal_rows, "orders": per_order,
             "plan": plan_times(metric, grid_side, distinct), "call_ms": call_times(model, x_t, t, cond)}

@@ -81,7 +81,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
             r["model"], str(r["resolution"]), str(r["batch"]), r["setting"], _fmt(r["latency_ms"], ".1f"),
             _fmt(r["speedup"]) + "x", _fmt(r["ideal_speedup"]) + "x", _fmt(r["measured_over_ideal"]),
             _fmt(r["upstream_speedup"]) + ("x" if not math.isnan(r["upstream_speedup"]) else ""),
-            _fmt(r["flops_g"], ".1f"), _fmt(100 * r["attn_share"], ".0f") + "%" if not math.isnan(r["attn_share"]) else "n/a",
+            _fmt(r["flops_g"], ".1f"),
+            _fmt(100 * r["attn_share"], ".0f") + "%" if not math.isnan(r["attn_share"]) else "n/a",
             _fmt(r["overhead_ms"], ".1f"),
             _fmt(100 * r["overhead_share"], ".1f") + "%" if not math.isnan(r["overhead_share"]) else "n/a",
             _fmt(100 * r["overhead_flop_share"], ".1f") + "%" if not math.isnan(r["overhead_flop_share"]) else "n/a",
@@ -100,7 +101,8 @@ def block_markdown(block_rows: Sequence[dict]) -> str:
     """Per-block reducer overhead (ms) with the block's baseline attn1 time."""
     header = ["model", "px", "batch", "setting", "block", "attn base", "attn patched", "plan", "score", "match",
               "reduce", "restore", "kv", "overhead/attn"]
-    lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Milliseconds, median of 3 instrumented calls; plan includes score and match.",
+    lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Milliseconds, median of 3 instrumented calls; "
+             "plan includes score and match.",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in block_rows:
         lines.append("| " + " | ".join([

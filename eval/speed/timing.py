@@ -320,7 +320,8 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
         own_flops = reducer_flops.get(s, float("nan"))
         row = {
             "model": spec.name, "model_note": spec.note or spec.description, "family": spec.family,
-            "resolution": case.resolution, "latent": latent, "batch": case.batch, "dtype": str(dtype).replace("torch.", ""),
+            "resolution": case.resolution, "latent": latent, "batch": case.batch,
+            "dtype": str(dtype).replace("torch.", ""),
             "device": device.type, "attention": attention_backend(device), "engine": s.engine, "method": s.method,
             "setting": s.label, "options": json.dumps(s.kwargs), "blocks": len(blocks[s]), "tokens": tokens,
             "reduced_tokens": kept, "latency_ms": median(times[s]), "baseline_ms": base_ms,

@@ -1,4 +1,5 @@
-"""Datasets fail loudly, naming what is wrong and the published layout, when the files on disk are laid out otherwise."""
+"""Datasets fail loudly, naming what is wrong and the published layout, when the files on disk are laid out
+otherwise."""
 from __future__ import annotations
 
 import pytest

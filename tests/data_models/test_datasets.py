@@ -82,7 +82,8 @@ def test_imagenet100_labels_are_imagenet_ids(tmp_path):
     ds = build_dataset("imagenet100", root=str(tmp_path))
     assert sorted(set(ds.labels)) == list(IMAGENET100_IDS) and ds.labels[0] == 15
     (tmp_path / "imagenet-100" / "val" / "extra").mkdir()
-    with pytest.raises(DatasetLayoutError, match="101 class folders, expected the 100 wnid folders; unexpected 1: extra"):
+    with pytest.raises(DatasetLayoutError,
+                       match="101 class folders, expected the 100 wnid folders; unexpected 1: extra"):
         build_dataset("imagenet100", root=str(tmp_path))
 
 

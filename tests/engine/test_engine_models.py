@@ -109,7 +109,8 @@ def test_sd2_levels_and_dit_default_pattern():
     assert report.blocks == expected
     assert len(tomesd.apply_patch(dit, method="sito", ratio=0.7).blocks) == 28
     assert len(tomesd.apply_patch(dit, method="tome", ratio=0.7, blocks="all").blocks) == 28
-    assert tomesd.apply_patch(dit, method="tome", ratio=0.7, blocks=[0, 27]).blocks == ["transformer_blocks.0", "transformer_blocks.27"]
+    assert tomesd.apply_patch(dit, method="tome", ratio=0.7, blocks=[0, 27]).blocks == ["transformer_blocks.0",
+                                                                                        "transformer_blocks.27"]
     tomesd.remove_patch(dit)
 
 
@@ -182,7 +183,8 @@ def test_pipeline_objects_and_reapply(models):
     assert first.method == "tome" and second.method == "todo"
     assert tomesd.get_patch(model).report.method == "todo"
     processors = [b.attn1.processor for b in model.transformer_blocks]
-    assert all(type(p).__name__ == "ReducingAttnProcessor" and type(p.inner).__name__ != "ReducingAttnProcessor" for p in processors[1:2])
+    assert all(type(p).__name__ == "ReducingAttnProcessor" and type(p.inner).__name__ != "ReducingAttnProcessor"
+               for p in processors[1:2])
     tomesd.remove_patch(pipe)
     assert all(type(b.attn1.processor).__name__ != "ReducingAttnProcessor" for b in model.transformer_blocks)
     assert tomesd.apply_patch(SimpleNamespace(unet=models["sd"]), 0.3).method == "tome"  # upstream call shape

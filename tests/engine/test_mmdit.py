@@ -206,7 +206,8 @@ def test_flux_merged_tokens_sit_at_the_centroid_of_their_members(models, where):
         proc = attn.processor
         plan = proc.hook.plan
         with torch.no_grad():
-            ours = proc(attn, saved["hidden_states"], saved.get("encoder_hidden_states"), None, saved["image_rotary_emb"])
+            ours = proc(attn, saved["hidden_states"], saved.get("encoder_hidden_states"), None,
+                        saved["image_rotary_emb"])
             center = centroids(plan, flux_image_ids(8, 8))
             assert (center != center.round()).any(), "some merged token must sit between grid positions"
             cos, sin = saved["image_rotary_emb"]
@@ -214,12 +215,14 @@ def test_flux_merged_tokens_sit_at_the_centroid_of_their_members(models, where):
             table = (torch.cat([cos[:TEXT_TOKENS], c_cos]), torch.cat([sin[:TEXT_TOKENS], c_sin]))
             stock = FluxAttnProcessor()
             if where == "transformer_blocks":
-                ref_img, ref_txt = stock(attn, plan.reduce(saved["hidden_states"]), saved["encoder_hidden_states"], None, table)
+                ref_img, ref_txt = stock(attn, plan.reduce(saved["hidden_states"]), saved["encoder_hidden_states"],
+                                         None, table)
                 assert torch.allclose(ours[0], plan.restore(ref_img), atol=1e-5)
                 assert torch.allclose(ours[1], ref_txt, atol=1e-5)
             else:
                 h = saved["hidden_states"]
-                ref = stock(attn, torch.cat([h[:, :TEXT_TOKENS], plan.reduce(h[:, TEXT_TOKENS:])], 1), None, None, table)
+                ref = stock(attn, torch.cat([h[:, :TEXT_TOKENS], plan.reduce(h[:, TEXT_TOKENS:])], 1), None, None,
+                            table)
                 expected = torch.cat([ref[:, :TEXT_TOKENS], plan.restore(ref[:, TEXT_TOKENS:])], 1)
                 assert torch.allclose(ours, expected, atol=1e-5)
 
@@ -290,7 +293,8 @@ def test_joint_attention_equals_the_stock_processor(models, case):
 def test_default_blocks_per_model():
     sd3 = tiny_sd3(num_layers=24)
     published = [1, 2, 3, 4, 5, 7, 8, 9, 10, 11]
-    assert tomesd.apply_patch(sd3, method="bigain_tm", ratio=0.7).blocks == [f"transformer_blocks.{i}" for i in published]
+    assert tomesd.apply_patch(sd3, method="bigain_tm",
+                              ratio=0.7).blocks == [f"transformer_blocks.{i}" for i in published]
     assert len(tomesd.apply_patch(sd3, method="sito", ratio=0.7).blocks) == 24
     report = tomesd.apply_patch(sd3, method="todo")
     assert report.levels[1].tokens == 64 and report.levels[1].kept == 16  # 16x16 latent, patch 2, df 2

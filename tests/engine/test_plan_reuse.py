@@ -105,7 +105,8 @@ def test_group_plans_are_shared_by_k_consecutive_blocks_and_equal_recomputed_pla
         assert torch.equal(plans[first].restore(plans[first].reduce(probe)), fresh.restore(fresh.reduce(probe)))
 
 
-@pytest.mark.parametrize("reuse,plans_per_call", [("group1", 4), ("group2", 2), ("group3", 2), ("group4", 1), ("level", 1)])
+@pytest.mark.parametrize("reuse,plans_per_call",
+                         [("group1", 4), ("group2", 2), ("group3", 2), ("group4", 1), ("level", 1)])
 def test_group_reuse_plans_once_per_group_of_consecutive_blocks(monkeypatch, reuse, plans_per_call):
     model, x = tiny_dit(num_layers=4), dit_inputs(batch=2)
     counter = CountingPlans(monkeypatch, "bigain_tm")

@@ -81,7 +81,8 @@ def test_exactly_one_destination_per_block_random():
 
 
 # --- 5, 6: unmerge exactness, conservation, fixed point -----------------------------------
-@pytest.mark.parametrize("reducer,opts", [(ToMe, ToMeOptions(ratio=0.6, use_rand=False)), (LGTM, LGTMOptions(ratio=0.6))])
+@pytest.mark.parametrize("reducer,opts",
+                         [(ToMe, ToMeOptions(ratio=0.6, use_rand=False)), (LGTM, LGTMOptions(ratio=0.6))])
 def test_unmerge_conservation_and_fixed_point(reducer, opts):
     x = rand(2, 6, 6, seed=5)
     plan = reducer.plan(ctx(x, 6, 6), opts)
@@ -94,7 +95,8 @@ def test_unmerge_conservation_and_fixed_point(reducer, opts):
     # sizes: count how many tokens map onto each merged slot
     ones = torch.ones(2, 36, 1)
     sizes = plan.reduce(ones) * 0 + 1
-    counts = torch.zeros(2, merged.shape[1], 1).scatter_add(1, torch.arange(merged.shape[1]).view(1, -1, 1).expand(2, -1, 1), sizes)
+    slots = torch.arange(merged.shape[1]).view(1, -1, 1).expand(2, -1, 1)
+    counts = torch.zeros(2, merged.shape[1], 1).scatter_add(1, slots, sizes)
     assert torch.allclose(counts, torch.ones_like(counts))
     # size-weighted sum is conserved: sum_i x_i == sum_slots size * merged_value
     slot_of = plan.restore(torch.arange(merged.shape[1], dtype=torch.float32).view(1, -1, 1).expand(2, -1, 1))
@@ -178,7 +180,8 @@ def test_laplacian_matches_hand_stencil_and_affine_is_zero():
     x = rand(1, h, w, c=3, seed=6)
     grid = x[0].T.reshape(3, h, w)
     padded = F.pad(grid, (1, 1, 1, 1))
-    hand = (4 * grid - padded[:, :-2, 1:-1] - padded[:, 2:, 1:-1] - padded[:, 1:-1, :-2] - padded[:, 1:-1, 2:]).abs().sum(0)
+    hand = (4 * grid - padded[:, :-2, 1:-1] - padded[:, 2:, 1:-1]
+            - padded[:, 1:-1, :-2] - padded[:, 1:-1, 2:]).abs().sum(0)
     assert torch.allclose(laplacian_scores(x, h, w, "l1")[0], hand.flatten(), atol=1e-5)
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     affine = torch.stack([2 * yy + 3 * xx + 1, -yy + 0.5 * xx], 0).reshape(2, -1).T.unsqueeze(0)
@@ -198,7 +201,8 @@ def test_laplacian_scores_do_not_depend_on_the_batch(norm):
 def test_lgtm_destination_is_block_argmin():
     scores = torch.tensor([[5.0, 1.0, 3.0, 3.0, 2.0, 9.0, 0.5, 3.0, 1.0, 1.0, 7.0, 7.0, 4.0, 4.0, 4.0, 4.0]])
     dst = block_argmin_destinations(scores, 4, 4, 2, 2)
-    # blocks: (0,1,4,5)->1 ; (2,3,6,7)->6 ; (8,9,12,13)->8 (tie 8/9: first) ; (10,11,14,15)->14 (ties: first of 14 in row-major is 14? no, 10,11=7 > 4)
+    # blocks: (0,1,4,5)->1 ; (2,3,6,7)->6 ; (8,9,12,13)->8 (tie 8/9: first) ; (10,11,14,15)->14 (ties: first of 14 in
+    # row-major is 14? no, 10,11=7 > 4)
     assert dst.tolist() == [[1, 6, 8, 14]]
 
 
@@ -249,7 +253,9 @@ def test_sito_lengths_and_copy_recovery():
     assert out.shape == x.shape
     unit = F.normalize(x, dim=-1)
     for b in range(2):
-        retained = [i for i in range(36) if any(torch.equal(out[b, i], reduced[b, j]) and torch.equal(x[b, i], reduced[b, j]) for j in range(18))]
+        retained = [i for i in range(36)
+                    if any(torch.equal(out[b, i], reduced[b, j]) and torch.equal(x[b, i], reduced[b, j])
+                           for j in range(18))]
         assert len(retained) == 18
         for i in set(range(36)) - set(retained):
             sims = unit[b, i] @ unit[b, retained].T
@@ -293,7 +299,8 @@ def test_sources_then_destinations_is_the_complement_then_the_destinations():
         expected = torch.cat([complement_indices(dst, n), dst], 1)
         assert torch.equal(sources_then_destinations(dst, n), expected)
     shared = dst[:1].expand(2, -1)  # ToMe: destinations shared by the batch (an expanded view)
-    assert torch.equal(sources_then_destinations(shared, 4096), torch.cat([complement_indices(shared, 4096), shared], 1))
+    assert torch.equal(sources_then_destinations(shared, 4096),
+                       torch.cat([complement_indices(shared, 4096), shared], 1))
 
 
 def test_derived_randint_is_derive_of_each_streams_draws():
@@ -304,7 +311,8 @@ def test_derived_randint_is_derive_of_each_streams_draws():
         return x * 10 + 1
 
     for stream in range(4):
-        shared = CounterRandom(9, counter, stream, None, 4, tables).derived_randint(4, 7, torch.device("cpu"), "t", derive)
+        shared = CounterRandom(9, counter, stream, None, 4, tables).derived_randint(4, 7, torch.device("cpu"), "t",
+                                                                                    derive)
         own = CounterRandom(9, counter, stream, None, 4, {}).randint(4, (7,), torch.device("cpu"))
         alone = CounterRandom(9, counter, stream).derived_randint(4, 7, torch.device("cpu"), "t", derive)
         assert torch.equal(shared, derive(own)) and torch.equal(alone, derive(own))

@@ -18,7 +18,8 @@ def write_classification(run_dir: Path, correct: np.ndarray, labels: np.ndarray,
         pred = int(label) if ok else int((label + 1) % 10)
         save_record(record_path(run_dir, i), ImageRecord(
             index=i, labels=[int(label)], pred=pred, errors=np.ones((10, 2, 1), np.float32),
-            timesteps=np.array([100, 500]), classidx=np.arange(10), calls=20, model_time_s=0.1, fingerprint=fingerprint))
+            timesteps=np.array([100, 500]), classidx=np.arange(10), calls=20, model_time_s=0.1,
+            fingerprint=fingerprint))
     (run_dir / "result.json").write_text(json.dumps({"fingerprint": fingerprint, "expected": len(correct)}))
 
 
@@ -46,7 +47,8 @@ def bench(tmp_path_factory):
         real = np.pad(d["images"][:40], ((0, 0), (2, 2), (2, 2)))
         real_labels = d["labels"][:40]
     shifted = np.clip(real.astype(int) // 2 + 60, 0, 255).astype(np.uint8)
-    for tag, correct, imgs in (("none", base, real), ("tome_ratio0.7", base, real), ("bigain_tm_ratio0.7", worse, shifted)):
+    for tag, correct, imgs in (("none", base, real), ("tome_ratio0.7", base, real),
+                               ("bigain_tm_ratio0.7", worse, shifted)):
         write_classification(out / "classify" / "dit" / tag, correct, labels)
         write_generation(out / "generate" / "dit" / tag, imgs, real_labels)
     rows = [{"model": "dit", "method": m, "options": o, "setting": s, "tag": t, "accuracy": c.mean(), "speedup": 1.0}
@@ -125,7 +127,8 @@ def test_generation_features_are_cached_and_invalidated_by_a_changed_image(bench
 
 
 def test_partner_tags():
-    tags = ["none", "tome_ratio0.7", "todo_df2", "bigain_tm_ratio0.7", "bigain_td_alpha0.5_df2", "bigain_td_alpha0.5_df4"]
+    tags = ["none", "tome_ratio0.7", "todo_df2", "bigain_tm_ratio0.7", "bigain_td_alpha0.5_df2",
+            "bigain_td_alpha0.5_df4"]
     assert rs.partner_tag("bigain_tm_ratio0.7", tags) == "tome_ratio0.7"
     assert rs.partner_tag("bigain_td_alpha0.5_df2", tags) == "todo_df2"
     assert rs.partner_tag("bigain_td_alpha0.5_df4", tags) is None  # no ToDo df=4 run
@@ -168,7 +171,8 @@ def test_eval_report_shows_intervals_paired_tests_and_per_class_heatmap(tmp_path
     assert f"| BiGain_TM (r=0.7) | 50.0 [{100 * w.low:.1f}, {100 * w.high:.1f}] (-25.0 [" in table
     assert "| ToMe (r=0.7) | 75.0 [" in table and "(+0.0 [+0.0, +0.0] p=1)" in table
     paired = (out / "paired.md").read_text()
-    assert "BiGain_TM (r=0.7) − ToMe (r=0.7) | accuracy (points) | -25.00 [" in paired and f"| {2 / 2 ** 10:.2g} |" in paired
+    assert "BiGain_TM (r=0.7) − ToMe (r=0.7) | accuracy (points) | -25.00 [" in paired
+    assert f"| {2 / 2 ** 10:.2g} |" in paired
     assert "Paired comparisons" in (out / "report.md").read_text()
     assert (out / "per_class_accuracy_m_d.png").stat().st_size > 1000
     plain = tmp_path / "plain"

@@ -36,7 +36,8 @@ def test_per_block_sum_equals_direct_count(name):
 
 def test_full_size_patterns_from_the_meta_model():
     flux = get_spec("flux-dev")
-    assert patched_blocks(flux, DEFAULT_SETTINGS[1]) == [f"transformer_blocks.{i}" for i in (1, 2, 3, 4, 5, 7, 8, 9, 10, 11)]
+    published = (1, 2, 3, 4, 5, 7, 8, 9, 10, 11)
+    assert patched_blocks(flux, DEFAULT_SETTINGS[1]) == [f"transformer_blocks.{i}" for i in published]
     assert len(patched_blocks(flux, DEFAULT_SETTINGS[5])) == 57  # SiTo: every block
     assert len(patched_blocks(get_spec("sd3.5-medium"), DEFAULT_SETTINGS[6])) == 24
 

@@ -98,7 +98,8 @@ def test_check_mode_runs_before_generation(offline, tmp_path, capsys):
         metrics_main(["--check", "--gen", str(later), "--ref", "no-such-set", "--metrics", "fid", *offline["args"]])
     assert ex.value.code == 2
     with pytest.raises(SystemExit) as ex:
-        metrics_main(["--check", "--strict", "--gen", str(later), "--ref", str(offline["ref"]), "--metrics", "fid", "clip",
+        metrics_main(["--check", "--strict", "--gen", str(later), "--ref", str(offline["ref"]), "--metrics", "fid",
+                      "clip",
                 *offline["args"]])
     assert ex.value.code == 2
 

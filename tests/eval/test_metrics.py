@@ -225,7 +225,8 @@ def test_clip_score_code_path_with_tiny_local_clip(env: dict, tmp_path: Path) ->
     clip = _tiny_clip(tmp_path)
     gen = _write(_base_images(4, 40), tmp_path / "gen", prompts=["a photo of a cat.", "a dog", "car", "a boat"])
     out = tmp_path / "m.json"
-    metrics_main(["--gen", str(gen), "--metrics", "clip", "--clip_model", str(clip), "--out", str(out), "--device", "cpu"])
+    metrics_main(["--gen", str(gen), "--metrics", "clip", "--clip_model", str(clip), "--out", str(out), "--device",
+                  "cpu"])
     res = json.loads(out.read_text())
     assert 0.0 <= res[M.KEY_CLIP_SCORE] <= 100.0
     assert "CLIPScore" in res[M.KEY_REPORT]["clip_model"]

@@ -22,7 +22,8 @@ def test_wilson_interval_matches_the_closed_form():
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     ci = stats.wilson_interval(k, n)
-    assert ci.value == 0.8 and ci.low == pytest.approx(centre - half, abs=1e-9) and ci.high == pytest.approx(centre + half, abs=1e-9)
+    assert ci.value == 0.8
+    assert ci.low == pytest.approx(centre - half, abs=1e-9) and ci.high == pytest.approx(centre + half, abs=1e-9)
 
 
 def test_bootstrap_interval_of_a_mean_covers_the_true_rate_about_95_percent():

@@ -15,10 +15,12 @@ def test_wheel_contains_every_shipped_asset_and_prompt(tmp_path):
                     "-w", str(tmp_path), str(REPO)], check=True, cwd=tmp_path)
     wheel, = tmp_path.glob("bigain-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = [p for folder in ("bigain/assets", "bigain/data/prompts") for p in (REPO / folder).rglob("*") if p.is_file()]
+    folders = ("bigain/assets", "bigain/data/prompts")
+    shipped = [p for folder in folders for p in (REPO / folder).rglob("*") if p.is_file()]
     assert len(shipped) > 20
     missing = [str(p.relative_to(REPO)) for p in shipped if str(p.relative_to(REPO)) not in names]
     assert not missing, missing
-    for package in ("tomesd/__init__.py", "tomesd/reducers/bigain_tm.py", "bigain/benchmark.py", "eval/speed/__main__.py",
+    for package in ("tomesd/__init__.py", "tomesd/reducers/bigain_tm.py", "bigain/benchmark.py",
+                    "eval/speed/__main__.py",
                     "eval/metrics/__main__.py", "eval/report/__main__.py"):
         assert package in names

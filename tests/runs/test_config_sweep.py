@@ -83,7 +83,8 @@ def write_sweep(tmp_path, model_dir, methods):
 
 
 def test_sweep_runs_resumes_and_reports(tmp_path, tiny_dit_dir, capsys):
-    path = write_sweep(tmp_path, tiny_dit_dir, ["configs/methods/baseline.yaml", {"method": "tome", "ratio": [0.3, 0.6]}])
+    path = write_sweep(tmp_path, tiny_dit_dir,
+                       ["configs/methods/baseline.yaml", {"method": "tome", "ratio": [0.3, 0.6]}])
     calls = []
 
     def runner(task, run):

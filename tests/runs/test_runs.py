@@ -31,10 +31,12 @@ CLASSIFY_PINS = [
      "3c37cfe15b90ef65"),
     (["--model_path", "{M}/unet-fmnist", "--method", "bigain_tm", "--ratio", "0.7", "--max_downsample", "1",
       "--max_images", "50", "--n_samples", "5", "20", "--to_keep", "5", "1", "--batch_size", "125"],
-     "fmnist_subset/unet-fmnist/bigain_tm_max_downsample1_ratio0.7/ns5-20_tk5-1_l2_tr1_s0_28px-bicubic_fp32_bs125", "e7af0fcf0cfad162"),
+     "fmnist_subset/unet-fmnist/bigain_tm_max_downsample1_ratio0.7/ns5-20_tk5-1_l2_tr1_s0_28px-bicubic_fp32_bs125",
+     "e7af0fcf0cfad162"),
     (["--model_path", "{M}/dit-fmnist", "--method", "bigain_td", "--alpha", "0.5", "--df", "2", "--reduction_seed", "3",
       "--seed", "2", "--n_trials", "2", "--loss", "l1"],
-     "fmnist_subset/dit-fmnist/bigain_td_alpha0.5_df2_rseed3/ns5-20_tk5-1_l1_tr2_s2_28px-bicubic_fp32_bs32", "187ff30a7898e595"),
+     "fmnist_subset/dit-fmnist/bigain_td_alpha0.5_df2_rseed3/ns5-20_tk5-1_l1_tr2_s2_28px-bicubic_fp32_bs32",
+     "187ff30a7898e595"),
 ]
 GENERATE_PINS = [
     (["--model_path", "{M}/dit-fmnist", "--classes", "0", "1", "--steps", "1", "--batch_size", "2"],
@@ -80,7 +82,8 @@ GENERATE_ARGVS = [["--classes", "1", "2"], ["--dataset", "fmnist", "--method", "
                                              "--max_images", "3", "--cpu_threads", "1"]]
 
 
-@pytest.mark.parametrize("task,argv", [("classify", a) for a in CLASSIFY_ARGVS] + [("generate", a) for a in GENERATE_ARGVS])
+@pytest.mark.parametrize("task,argv",
+                         [("classify", a) for a in CLASSIFY_ARGVS] + [("generate", a) for a in GENERATE_ARGVS])
 def test_run_from_args_holds_every_flag(task, argv, monkeypatch):
     """A run built from a parsed command line gives back exactly that namespace (config.json records it)."""
     monkeypatch.delenv("MODEL_PATH", raising=False)
@@ -131,7 +134,8 @@ def test_generate_run_in_python_matches_the_cli(tmp_path, tiny_dit):
                                      no_flops=True, no_progress=True, output_dir=str(tmp_path / "api")))
     assert api["fingerprint"] == cli["fingerprint"]
     for name in ("000000.png", "000001.png", "000000.json"):
-        assert (Path(api["run_dir"]) / "images" / name).read_bytes() == (Path(cli["run_dir"]) / "images" / name).read_bytes()
+        api_file, cli_file = Path(api["run_dir"]) / "images" / name, Path(cli["run_dir"]) / "images" / name
+        assert api_file.read_bytes() == cli_file.read_bytes()
 
 
 # ----------------------------------------------------------------------------- benchmark and sweep build runs
@@ -152,11 +156,13 @@ def test_benchmark_builds_the_run_its_former_command_line_did(tmp_path, monkeypa
     former_cls = ["--dataset", "fmnist", "--split", "subset", "--model_path", "/m/dit", "--dtype", "fp32", "--device",
                   "cpu", "--batch_size", "125", "--n_samples", "5", "20", "--to_keep", "5", "1", "--seed", "0",
                   "--run_dir", str(out), "--summary_csv", str(tmp_path / "classify" / "summary.csv"),
-                  "--allow_stages_without_new_timesteps", "--max_images", "7", "--method", "bigain_td", "--alpha", "0.5",
+                  "--allow_stages_without_new_timesteps", "--max_images", "7", "--method", "bigain_td", "--alpha",
+                  "0.5",
                   "--df", "2"]
     assert seen["cls"] == ClassifyRun.from_args(C.build_parser().parse_args(former_cls))
     gen_dir = tmp_path / "generate" / "dit" / "tag" / "n50"
-    former_gen = ["--model_path", "/m/dit", "--classes", *map(str, range(10)), "--images_per_class", "5", "--steps", "10",
+    former_gen = ["--model_path", "/m/dit", "--classes", *map(str, range(10)), "--images_per_class", "5", "--steps",
+                  "10",
                   "--dtype", "fp32", "--device", "cpu", "--batch_size", "50", "--seed", "0", "--run_dir", str(gen_dir),
                   "--summary_csv", str(tmp_path / "generate" / "summary.csv"), "--no_progress", "--guidance", "2.0",
                   "--method", "tome", "--ratio", "0.7"]
@@ -166,7 +172,8 @@ def test_benchmark_builds_the_run_its_former_command_line_did(tmp_path, monkeypa
 def test_sweep_cell_run_equals_its_recorded_command_line(tmp_path, monkeypatch):
     monkeypatch.delenv("MODEL_PATH", raising=False)
     options = {"model_path": "/m", "img_size": 16, "n_samples": [1, 2], "to_keep": [2, 1], "no_flops": True,
-               "max_images": None, "method": "tome", "ratio": 0.3, "blocks": [0, 1], "cpu_threads": 1, "dataset": "fmnist"}
+               "max_images": None, "method": "tome", "ratio": 0.3, "blocks": [0, 1], "cpu_threads": 1,
+               "dataset": "fmnist"}
     cell = sweep.PlannedRun("classify", "m", "fmnist", "tome_ratio0.3", options, tmp_path / "run")
     typed = sweep.typed_run(cell, tmp_path / "summary.csv")
     argv = sweep.run_argv(cell, tmp_path / "summary.csv")

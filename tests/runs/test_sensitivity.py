@@ -22,7 +22,8 @@ def test_perturbation_separates_common_mode_from_class_dependent_change():
 def test_flop_shares_on_a_tiny_dit(tmp_path):
     from bigain.models import load_model
 
-    model = load_model(model_path=str(build_tiny_pixel_dit(tmp_path / "dit", image_size=32)), dtype="fp32", device="cpu")
+    model = load_model(model_path=str(build_tiny_pixel_dit(tmp_path / "dit", image_size=32)), dtype="fp32",
+                       device="cpu")
     x = torch.randn(4, model.in_channels, model.sample_size, model.sample_size)
     t = torch.full((4,), 500)
     cond = model.select(model.condition(class_ids=[0, 1, 2, 3]), torch.arange(4))

@@ -95,7 +95,8 @@ class LGTM:
         if opts.ratio <= 0 or (ctx.height // opts.sy) * (ctx.width // opts.sx) == 0:
             return None
         with torch.no_grad():
-            scores = run_phase(ctx.trace, "score", laplacian_scores, ctx.metric, ctx.height, ctx.width, opts.laplacian_norm)
+            scores = run_phase(ctx.trace, "score", laplacian_scores, ctx.metric, ctx.height, ctx.width,
+                               opts.laplacian_norm)
             choose = strip_layout_destinations if opts.strip_layout else block_argmin_destinations
             dst_idx = choose(scores, ctx.height, ctx.width, opts.sx, opts.sy)
         return run_phase(ctx.trace, "match", bipartite_merge_plan, ctx.metric, dst_idx, opts.ratio)

@@ -58,7 +58,8 @@ class ToMe:
             if ctx.random is None:
                 dst = destinations(torch.randint(slots, (num_dst,), device=device))
             else:  # made once per call for every block on this grid; each block selects its row
-                dst = ctx.random.derived_randint(slots, num_dst, device, ("tome", ctx.height, ctx.width, opts.sx, opts.sy),
+                dst = ctx.random.derived_randint(slots, num_dst, device,
+                                                 ("tome", ctx.height, ctx.width, opts.sx, opts.sy),
                                                  destinations)
         else:  # the top-left position of every block, cached
             dst = static_tensor(("top_left", ctx.height, ctx.width, opts.sx, opts.sy, str(device)),
