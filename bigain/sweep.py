@@ -31,9 +31,8 @@ from bigain.cli import check_output_dir, run_cli
 from bigain.cli import option_actions, option_dest, read_yaml_mapping, validate_config
 from bigain.models import model_identity
 from bigain.storage import atomic_write_text, file_digest
-from bigain.reduction import reduction_kwargs
+from bigain.reduction import run_reduction_tag
 from bigain.runs import ClassifyRun, GenerateRun, run_classification, run_generation
-from bigain.reduction import setting_tag
 
 
 @dataclass(frozen=True)
@@ -117,9 +116,8 @@ def expand_grid(options: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def method_tag(options: dict[str, Any]) -> str:
-    """Folder-safe name of a method setting, e.g. `bigain_tm_ratio0.7` (baseline: `none`)."""
-    method = options.get("method", "none")
-    return setting_tag(method, reduction_kwargs(method, options))
+    """Folder-safe name of a method setting, e.g. `bigain_tm_ratio0.7` (baseline: `none`): a run's reduction tag."""
+    return run_reduction_tag(options.get("method", "none"), options)
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:

@@ -5,7 +5,6 @@ a ``--prompts_file``, or ``--classes`` x ``--images_per_class``; only labels are
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -66,7 +65,7 @@ def _read_prompts_file(path: Path) -> list[tuple[str, Optional[int]]]:
     return out
 
 
-def _class_table(args: argparse.Namespace) -> Any:
+def _class_table(args: Any) -> Any:
     """The prompt CSV used for class prompts (``--prompts_csv`` or the dataset's), or None."""
 
     if args.prompts_csv:
@@ -76,8 +75,9 @@ def _class_table(args: argparse.Namespace) -> Any:
     return None
 
 
-def build_items(args: argparse.Namespace) -> list[Item]:
-    """Every item of the run, in index order (labels only; no image is decoded)."""
+def build_items(args: Any) -> list[Item]:
+    """Every item of a generation run (a `bigain.runs.GenerateRun`, or the generate command's parsed flags), in
+    index order (labels only; no image is decoded)."""
     table = _class_table(args)
     by_id = {i: (p, n) for p, n, i in zip(table.prompts, table.classnames, table.classidx)} if table else {}
 

@@ -6,7 +6,7 @@ method does not take is an error (never silently ignored, unlike the published s
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import tomesd
 from bigain.cli import finite_float, nonneg_int, positive_int
@@ -90,36 +90,32 @@ def reduction_kwargs(method: str, values: dict[str, Any]) -> dict[str, Any]:
     return chosen
 
 
-def validate_reduction(args: argparse.Namespace) -> dict[str, Any]:
-    """Check the reducer flags before any model work (unknown/foreign options, bad values)."""
-
-    method = tomesd.canonical_name(args.method)
-    options = reduction_kwargs(method, vars(args))
+def validate_reduction(method: str, reduction: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a run's reducer options before any model work (unknown/foreign options, bad values); returns them."""
+    method = tomesd.canonical_name(method)
+    options = reduction_kwargs(method, dict(reduction))
     build_options(tomesd.get_reducer(method).Options, method, options)
     return options
 
 
-def apply_reduction(model: Any, args: argparse.Namespace, seed: Optional[int] = None,
+def apply_reduction(model: Any, method: str, reduction: Mapping[str, Any], seed: Optional[int] = None,
                     latent_size: Optional[int] = None) -> Optional[tomesd.PatchReport]:
-    """Patch `model` (denoiser or pipeline) as the parsed flags say; None for the baseline.
-
-    `latent_size` is the run's latent side, so the report counts tokens at the size that runs.
+    """Patch `model` (denoiser or pipeline) with `method` and its options, seeding the reducer with `seed`;
+    None for the baseline. `latent_size` is the run's latent side, so the report counts tokens at the size that runs.
     """
-    method = tomesd.canonical_name(args.method)
-    options = reduction_kwargs(method, vars(args))
+    method = tomesd.canonical_name(method)
+    options = reduction_kwargs(method, dict(reduction))
     if method == "none":
         tomesd.remove_patch(model)
         return None
-    reduction_seed = getattr(args, "reduction_seed", None)
-    return tomesd.apply_patch(model, method=method, seed=seed if reduction_seed is None else reduction_seed,
-                              latent_size=latent_size, **options)
+    return tomesd.apply_patch(model, method=method, seed=seed, latent_size=latent_size, **options)
 
 
-def run_reduction_tag(args: argparse.Namespace) -> str:
-    """Folder name of a CLI run's reducer settings (method, explicit options, reducer seed)."""
-    method = tomesd.canonical_name(args.method)
-    tag = setting_tag(method, reduction_kwargs(method, vars(args)))
-    if method != "none" and getattr(args, "reduction_seed", None) is not None:
-        tag += f"_rseed{args.reduction_seed}"
+def run_reduction_tag(method: str, reduction: Mapping[str, Any], reduction_seed: Optional[int] = None) -> str:
+    """Folder name of a run's reducer settings (method, explicit options, reducer seed)."""
+    method = tomesd.canonical_name(method)
+    tag = setting_tag(method, reduction_kwargs(method, dict(reduction)))
+    if method != "none" and reduction_seed is not None:
+        tag += f"_rseed{reduction_seed}"
     return tag
 

@@ -88,7 +88,7 @@ class ClassifyRun(RunFields):
             raise ValueError(f"--max_images must be positive; got {self.max_images}")
         if self.img_size is not None and self.img_size < 8:
             raise ValueError(f"--img_size must be >= 8; got {self.img_size}")
-        validate_reduction(self.namespace())  # unknown, foreign or out-of-range reducer options, before model work
+        validate_reduction(self.method, self.reduction)  # unknown, foreign or out-of-range options, before model work
         return table, schedule, split
 
     def run_folder(self, split: str, img_size: Any, dtype_name: str) -> Path:
@@ -162,8 +162,8 @@ def run_classification(run: ClassifyRun) -> dict:
         return _finish(run, run_dir, indices, fingerprint, result_config, wall_start, shard, n_shards,
                        flops=None)
 
-    args = run.namespace()
-    report = apply_reduction(model.denoiser, args, seed=run.seed, latent_size=latent_side)
+    reduction_seed = run.seed if run.reduction_seed is None else run.reduction_seed
+    report = apply_reduction(model.denoiser, run.method, run.reduction, seed=reduction_seed, latent_size=latent_side)
     LOG.info("model %s (%s) on %s, %s; %s", model.name, model.source, device, dtype_name,
              str(report) if report is not None else "no token reduction")
     _warn_if_foreign_classes(model, table)
@@ -171,6 +171,7 @@ def run_classification(run: ClassifyRun) -> dict:
     latent_shape = (model.in_channels, latent_side, latent_side)
     flops = None if run.no_flops else count_flops_per_call(model, latent_shape, cond, schedule, run.batch_size)
     if shard == 0:
+        args = run.namespace()  # the command line's view of the run, recorded with it
         # re-usable as --config (without the `config` key itself, which a config may not set)
         save_effective_config(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "config"}), run_dir)
         atomic_write_json(run_dir / "config.json", {

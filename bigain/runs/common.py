@@ -100,7 +100,7 @@ class RunFields:
     @property
     def reduction_tag(self) -> str:
         """Folder name of the reducer settings (method, explicit options, reducer seed)."""
-        return run_reduction_tag(self.namespace())
+        return run_reduction_tag(self.method, self.reduction, self.reduction_seed)
 
     @property
     def summary_path(self) -> Path:

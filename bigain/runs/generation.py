@@ -89,7 +89,7 @@ class GenerateRun(RunFields):
         check_output_dir(self.output_dir, "--output_dir")
         check_output_dir(self.run_dir, "--run_dir")
         check_output_file(self.summary_csv, "--summary_csv")
-        validate_reduction(self.namespace())  # unknown, foreign or out-of-range reducer options, before model work
+        validate_reduction(self.method, self.reduction)  # unknown, foreign or out-of-range options, before model work
 
     @property
     def source_label(self) -> str:
@@ -113,7 +113,7 @@ class GenerateRun(RunFields):
 
     def items(self) -> list[Item]:
         """Every item of the run, in index order (ValueError when there is none)."""
-        items = build_items(self.namespace())
+        items = build_items(self)
         if not items:
             raise ValueError("nothing to generate: the item list is empty")
         return items
@@ -185,8 +185,7 @@ def run_generation(run: GenerateRun) -> dict:
     schedule = make_schedule(sampler, model.scheduler.config, run.steps)
     attention = attention_backend(model.denoiser)
     reduction_seed = run.effective_reduction_seed
-    args = run.namespace()
-    report = apply_reduction(model.denoiser, args, seed=reduction_seed)
+    report = apply_reduction(model.denoiser, run.method, run.reduction, seed=reduction_seed)
 
     run_dir = run.run_folder(sampler, guidance, dtype_name, model.image_size)
     images_dir = run_dir / "images"
@@ -198,7 +197,7 @@ def run_generation(run: GenerateRun) -> dict:
     atomic_write_json(run_dir / "config.json", {**settings, "fingerprint": fingerprint, "attention": attention,
                                                 "model_source": model.source,
                                                 "patch": report.to_dict() if report else None})
-    save_effective_config(args, run_dir)
+    save_effective_config(run.namespace(), run_dir)  # the command line's view of the run, re-usable as --config
 
     batches = [items[i : i + run.batch_size] for i in range(0, len(items), run.batch_size)]
     mine = [b for b in range(len(batches)) if b % n_shards == shard]
