@@ -39,7 +39,8 @@ def test_every_tool_package_exports_what_its_all_names(name):
 
 
 # the commands, by the layering rule: modules directly in bigain/ and bigain.runs (tests/project/test_layering.py)
-COMMANDS = ["bigain.runs"] + [f"bigain.{p.stem}" for p in sorted((REPO / "bigain").glob("*.py")) if p.stem != "__init__"]
+COMMANDS = ["bigain.runs"] + [f"bigain.{p.stem}" for p in sorted((REPO / "bigain").glob("*.py"))
+                              if p.stem != "__init__"]
 
 
 @pytest.mark.parametrize("name", TOOLS)
