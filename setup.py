@@ -29,7 +29,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tomesd", "tomesd.*", "bigain", "bigain.*", "eval", "eval.*"]),
     include_package_data=True,
-    package_data={"bigain": ["prompts/*.csv", "prompts/*.txt", "assets/**/*"], "eval": ["*.json"]},
+    package_data={"bigain": ["data/prompts/*.csv", "data/prompts/*.txt", "assets/**/*"], "eval": ["*.json"]},
     install_requires=read_requirements("requirements.txt"),
     extras_require={"test": read_requirements("requirements-test.txt")},
 )

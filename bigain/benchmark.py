@@ -14,7 +14,7 @@ the classifier's mixed-timestep batch, interleaving methods in one process: medi
 with its 95% interval, the removed-layers bound and a noise check (`eval.speed.reliability`,
 docs/speed_method.md; meta.json records the machine's load and any row the check marks).
 Prints one table with 95% intervals and a table of paired differences (vs baseline, BiGain vs its
-counterpart; `bigain.benchmark_outputs`), writes CSV/markdown, trade-off plots with error bars, a
+counterpart; `eval.report.benchmark_outputs`), writes CSV/markdown, trade-off plots with error bars, a
 sample grid and a per-class accuracy heatmap per model. Every stage resumes: finished images and
 samples are reused on a rerun.
 """
@@ -32,20 +32,37 @@ import torch
 from tqdm.auto import tqdm
 
 import tomesd
-from bigain.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
-from bigain.argtypes import AUTO, batch_size, fraction, nonneg_float, nonneg_int, positive_int
-from bigain.cli import add_max_images_arg, add_output_args, add_threads_arg, check_output_dir, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
+from bigain.cli import (
+    AUTO,
+    add_config_arg,
+    add_max_images_arg,
+    add_output_args,
+    add_threads_arg,
+    batch_size,
+    check_output_dir,
+    fraction,
+    nonneg_float,
+    nonneg_int,
+    parse_args_with_config,
+    positive_int,
+    run_cli,
+)
 from bigain.models import check_device, load_model
-from bigain.records import atomic_write_json, atomic_write_text
-from bigain.runs import ClassifyRun, GenerateRun
-from bigain.runs import run_classification as classify_run
-from bigain.runs import run_generation as generate_run
-from bigain.settings import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
+from bigain.reduction import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
+from bigain.runs import ClassifyRun, GenerateRun, run_classification, run_generation
+from bigain.storage import atomic_write_json, atomic_write_text
 from eval.flops import count_flops
 from eval.metrics import compute_metrics
-from eval.speed.reliability import MAX_DRIFT, STOP_REASONS, load_note, machine_load, machine_snapshot, run_rounds, \
-    speedup_columns
+from eval.report.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
+from eval.speed.reliability import (
+    MAX_DRIFT,
+    STOP_REASONS,
+    load_note,
+    machine_load,
+    machine_snapshot,
+    run_rounds,
+    speedup_columns,
+)
 from eval.speed.timing import reduced_time_shares, timed_call
 
 TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
@@ -68,10 +85,10 @@ def place_settings(model_name: str, settings: Sequence[tuple[str, dict]], unet_m
     return [(m, o if m == "none" else {**o, "max_downsample": unet_max_downsample}) for m, o in settings]
 
 
-def run_classification(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
+def classify_setting(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
     """Adaptive diffusion classification of the first images of the shipped subset (resumable: records carry the
     run's fingerprint, so changed settings or weights are recomputed)."""
-    return classify_run(ClassifyRun(
+    return run_classification(ClassifyRun(
         dataset="fmnist", split=args.split, model_path=str(model_path), dtype="fp32", device=args.device,
         batch_size=args.cls_batch_size, n_samples=tuple(args.n_samples), to_keep=tuple(args.to_keep), seed=args.seed,
         allow_stages_without_new_timesteps=args.allow_stages_without_new_timesteps, max_images=args.n_images,
@@ -92,11 +109,11 @@ def metrics_key(generation_fingerprint: str, n_images: int) -> dict[str, Any]:
     return {"generation_fingerprint": generation_fingerprint, "n_images": n_images, **METRIC_SETTINGS}
 
 
-def run_generation(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
+def generate_setting(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
     """A fixed, class-balanced sample set (`--images_per_class` per class), then its metrics, cached under the
     generation run's fingerprint and the metric settings (any change recomputes them)."""
     run_dir = generation_run_dir(out, args)
-    row = generate_run(GenerateRun(
+    row = run_generation(GenerateRun(
         model_path=str(model_path), classes=tuple(range(10)), images_per_class=args.images_per_class, steps=args.steps,
         dtype="fp32", device=args.device, batch_size=args.gen_batch_size, seed=args.seed, guidance=args.guidance,
         run_dir=str(run_dir), summary_csv=str(out.parent.parent / "summary.csv"), no_progress=True,
@@ -176,7 +193,8 @@ def flops_per_call(model: Any, method: str, options: dict, batch: int, seed: int
         tomesd.remove_patch(model.denoiser)
 
 
-def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, dict]], args: argparse.Namespace) -> list[dict]:
+def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, dict]],
+                    args: argparse.Namespace) -> list[dict]:
     """All settings on one model: classification, generation + metrics, timing, FLOPs."""
     out = Path(args.out)
     rows = []
@@ -184,8 +202,9 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
     for method, options in tqdm(settings, desc=f"benchmark {name}", unit="setting", file=sys.stdout):
         tag = setting_tag(method, options)
         print(f"\n=== {name}: {setting_label(method, options)}", flush=True)
-        cls = run_classification(model_path, method, options, out / "classify" / name / tag, args)
-        gen = run_generation(model_path, method, options, out / "generate" / name / tag, args) if args.images_per_class else {}
+        cls = classify_setting(model_path, method, options, out / "classify" / name / tag, args)
+        gen_dir = out / "generate" / name / tag
+        gen = generate_setting(model_path, method, options, gen_dir, args) if args.images_per_class else {}
         if args.cls_batch_size == AUTO:  # every setting then runs with the size the baseline found
             args.cls_batch_size = int(cls["batch_size"])
         if gen and args.gen_batch_size == AUTO:  # same batches, so same seeds, for every setting
@@ -221,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", nargs="+", default=["paper"], choices=list(SETTING_GROUPS),
                    help="setting groups: paper (the six paper settings, default), compare (ratios 0.5/0.7, df 2/4 for "
                         "every method), compression (ToMe ratio 0.1-0.75, ToDo df 2/3/4), headline (baseline + the "
-                        "two paired comparisons at the paper's settings), reuse (ToMe/BiGain_TM 0.7 with per-block plans, "
-                        "plan_reuse=level and plan_every=5; each reuse setting paired with per-block plans), sweep")
+                        "two paired comparisons at the paper's settings), reuse (ToMe/BiGain_TM 0.7 with per-block "
+                        "plans, plan_reuse=level and plan_every=5; each reuse setting paired with per-block plans), "
+                        "sweep")
     p.add_argument("--compare", action="store_true", help="shorthand for --settings compare compression")
     p.add_argument("--unet_max_downsample", type=int, default=None, choices=[1, 2],
                    help="U-Net placement: reduce transformer blocks at levels <= this (default: the method's, 1)")
@@ -236,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cls_batch_size", type=batch_size, default=125,
                    help="classifier (class, timestep) batch, or auto: the largest that fits for the baseline, then "
                         "used by every setting")
-    p.add_argument("--images_per_class", type=nonneg_int, default=5, help="generated images per class (0: skip generation)")
+    p.add_argument("--images_per_class", type=nonneg_int, default=5,
+                   help="generated images per class (0: skip generation)")
     p.add_argument("--steps", type=positive_int, default=10, help="sampling steps (default: 10)")
     p.add_argument("--guidance", type=nonneg_float, default=None, help="CFG scale (default: the model kind's)")
     p.add_argument("--gen_batch_size", type=batch_size, default=50,
@@ -278,7 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         paths[name] = Path(path)
     missing = [str(paths[m]) for m in args.models if not paths[m].exists()]
     if missing:
-        raise FileNotFoundError(f"testbed model folder(s) missing: {missing} (train them with python -m bigain.testbed.train)")
+        raise FileNotFoundError(f"testbed model folder(s) missing: {missing} "
+                                "(train them with python -m bigain.testbed.train)")
     check_output_dir(args.out, "--out")
     for flag, device in (("--device", args.device), ("--metrics_device", args.metrics_device)):
         if device != "auto":  # before any model loads
@@ -286,14 +308,15 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     settings = select_settings(args.settings, args.sweep, args.methods)
     start, before = time.perf_counter(), machine_snapshot()
     rows = [row for name in args.models
-            for row in benchmark_model(name, paths[name], place_settings(name, settings, args.unet_max_downsample), args)]
+            for row in benchmark_model(name, paths[name], place_settings(name, settings, args.unet_max_downsample),
+                                       args)]
     wall, load = time.perf_counter() - start, machine_load(before, machine_snapshot())
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images classified "
-              f"per setting (adaptive {args.n_samples}/{args.to_keep}), {10 * args.images_per_class} samples per setting "
-              f"({args.steps} steps); timing: {timing_note(rows, args)}, batch {args.timing_batch}, "
-              f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-              f"wall {wall / 60:.1f} min; {load_note(load)}.")
+    header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images "
+              f"classified per setting (adaptive {args.n_samples}/{args.to_keep}), {10 * args.images_per_class} "
+              f"samples per setting ({args.steps} steps); timing: {timing_note(rows, args)}, "
+              f"batch {args.timing_batch}, device {device}, torch {torch.__version__}, {torch.get_num_threads()} "
+              f"threads; wall {wall / 60:.1f} min; {load_note(load)}.")
     out = Path(args.out)
     per_class = add_statistics(rows, out, args.n_boot) if args.n_boot else None
     written = write_outputs(rows, out, header, per_class)

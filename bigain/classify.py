@@ -16,18 +16,28 @@ image), config.json, log*.txt; one row per invocation in <output_dir>/summary.cs
 batch that fits (docs/failures.md).
 In Python: ``run_classification(ClassifyRun(...))`` (bigain.runs) does what this command does; in memory
 (e.g. the testbed benchmark): ``ctx = make_context(model, load_prompts("fmnist"), StageSchedule())`` then
-``classify_many(ctx, images, labels)`` -> records (bigain.classifier; the core is ``classify_image``).
+``classify_many(ctx, images, labels)`` -> records (bigain.diffusion; the core is ``classify_image``).
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any, Sequence
 
-from bigain.classifier import LOSSES, StageSchedule
-from bigain.argtypes import batch_size, nonneg_int, positive_int
-from bigain.cli import add_data_args, add_max_images_arg, add_model_args, add_output_args, add_shard_args, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
-from bigain.datasets import DATASETS, INTERPOLATIONS
+from bigain.cli import (
+    add_config_arg,
+    add_data_args,
+    add_max_images_arg,
+    add_model_args,
+    add_output_args,
+    add_shard_args,
+    batch_size,
+    nonneg_int,
+    parse_args_with_config,
+    positive_int,
+    run_cli,
+)
+from bigain.data import DATASETS, INTERPOLATIONS
+from bigain.diffusion import LOSSES, StageSchedule
 from bigain.reduction import add_reduction_args
 from bigain.runs import ClassifyRun, run_classification
 

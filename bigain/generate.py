@@ -19,13 +19,24 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from bigain.argtypes import batch_size, finite_float, nonneg_int, positive_int
-from bigain.cli import add_data_args, add_max_images_arg, add_model_args, add_output_args, add_shard_args, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
+from bigain.cli import (
+    add_config_arg,
+    add_data_args,
+    add_max_images_arg,
+    add_model_args,
+    add_output_args,
+    add_shard_args,
+    batch_size,
+    finite_float,
+    nonneg_int,
+    parse_args_with_config,
+    positive_int,
+    run_cli,
+)
+from bigain.diffusion import SAMPLERS
 from bigain.reduction import add_reduction_args
 from bigain.runs import GenerateRun, run_generation
 from bigain.runs.sampling import DEFAULT_STEPS, DEFAULTS_BY_KIND
-from bigain.samplers import SAMPLERS
 
 __all__ = ["build_parser", "validate_args", "main", "DEFAULT_STEPS", "DEFAULTS_BY_KIND"]
 

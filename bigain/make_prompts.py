@@ -1,6 +1,6 @@
 """Write the prompt CSVs (``prompt,classname,classidx``) the classifier conditions on.
 
-    python -m bigain.make_prompts                      # every built-in dataset -> bigain/prompts/
+    python -m bigain.make_prompts                      # every built-in dataset -> bigain/data/prompts/
     python -m bigain.make_prompts --datasets pets food # a few
     python -m bigain.make_prompts --from_dataset_root  # class names read from the datasets' own metadata
     python -m bigain.make_prompts --folder /data/mine --template "a photo of a {}."   # -> /data/mine/prompts.csv
@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Sequence
 
 from bigain.cli import check_output_dir, run_cli
-from bigain.datasets import IMAGENET100_IDS, build_dataset
-from bigain.records import atomic_write_text
+from bigain.data import IMAGENET100_IDS, PROMPTS_DIR, build_dataset
+from bigain.storage import atomic_write_text
 from bigain.testbed.textures import CLASS_NAMES as TEXTURE_NAMES
 
 __all__ = ["TEMPLATES", "CLASSNAMES", "IMAGENET100_IDS", "class_table", "write_csv", "main"]
-
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
 TEMPLATES: dict[str, str] = {
     "imagenet": "a photo of a {}.",
@@ -136,7 +134,8 @@ def imagenet_names(source: str = "openai") -> list[str]:
         try:
             from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
         except ImportError as err:
-            raise ImportError("imagenet_names('openai') needs open_clip_torch; use --imagenet_names torchvision") from err
+            raise ImportError("imagenet_names('openai') needs open_clip_torch; "
+                              "use --imagenet_names torchvision") from err
         return list(IMAGENET_CLASSNAMES)
     if source == "torchvision":
         from torchvision.models._meta import _IMAGENET_CATEGORIES
@@ -162,7 +161,8 @@ def class_table(dataset: str, imagenet_source: str = "openai") -> list[tuple[str
     return [(template.format(name), name, idx) for idx, name in pairs]
 
 
-def table_from_names(names: Sequence[str], template: str, ids: Sequence[int] | None = None) -> list[tuple[str, str, int]]:
+def table_from_names(names: Sequence[str], template: str,
+                     ids: Sequence[int] | None = None) -> list[tuple[str, str, int]]:
     """Rows for arbitrary class names (e.g. a dataset's own `.classes`)."""
     ids = list(range(len(names))) if ids is None else list(ids)
     return [(template.format(n), n, i) for n, i in zip(names, ids)]

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 import tomesd
 from bigain.benchmark import MODELS
 from bigain.cli import add_max_images_arg, add_output_args
-from bigain.records import atomic_write_text
-from bigain.settings import PAPER_SETTINGS, setting_label
 from bigain.models import load_model
+from bigain.reduction import PAPER_SETTINGS, setting_label
+from bigain.storage import atomic_write_text
 from bigain.testbed.data import load_test_subset
 from eval.flops import count_flops
 
@@ -103,7 +103,8 @@ def analyse(name: str, path: Path, settings: Sequence[tuple[str, dict]], n_image
     base = class_errors(model, images, TIMESTEPS, seed)
     rows = []
     for method, options in tqdm(settings, desc=f"sensitivity {name}", file=sys.stdout):
-        row = {"model": name, "setting": setting_label(method, options), **flop_shares(model, method, options, x, t, cond)}
+        row = {"model": name, "setting": setting_label(method, options),
+               **flop_shares(model, method, options, x, t, cond)}
         if method != "none":
             tomesd.apply_patch(model.denoiser, method=method, seed=seed, **options)
             try:
@@ -116,14 +117,16 @@ def analyse(name: str, path: Path, settings: Sequence[tuple[str, dict]], n_image
 
 def default_settings(model: str) -> list[tuple[str, dict]]:
     """The paper settings, plus ToMe/ToDo at max_downsample=2 on the U-Net (both transformer levels)."""
-    extra = [("tome", {"ratio": 0.7, "max_downsample": 2}), ("todo", {"df": 2, "max_downsample": 2})] if model == "unet" else []
+    extra = [("tome", {"ratio": 0.7, "max_downsample": 2}),
+             ("todo", {"df": 2, "max_downsample": 2})] if model == "unet" else []
     return list(PAPER_SETTINGS[:5]) + extra
 
 
 def format_rows(rows: list[dict]) -> str:
     """Markdown table of the analysis."""
     lines = ["| model | setting | FLOPs in patched blocks | in their self-attention | removed | rel. change of E | "
-             "class-dependent shift / class gap | argmin changed | acc base -> reduced |", "|---|---|---|---|---|---|---|---|---|"]
+             "class-dependent shift / class gap | argmin changed | acc base -> reduced |",
+             "|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "" if v is None or v != v else f"{100 * v:.0f}%"  # noqa: E731
     for r in rows:
         acc = f"{100 * r['acc_base']:.0f} -> {100 * r['acc']:.0f}" if "acc" in r else ""

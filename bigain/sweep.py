@@ -26,14 +26,20 @@ from typing import Any, Callable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from bigain import classify, generate
-from bigain.argtypes import nonneg_int, positive_int
-from bigain.cli import check_output_dir, run_cli
-from bigain.config import option_actions, option_dest, read_yaml_mapping, validate_config
-from bigain.identity import model_identity
-from bigain.records import atomic_write_text, file_digest
-from bigain.reduction import reduction_kwargs
+from bigain.cli import (
+    check_output_dir,
+    nonneg_int,
+    option_actions,
+    option_dest,
+    positive_int,
+    read_yaml_mapping,
+    run_cli,
+    validate_config,
+)
+from bigain.models import model_identity
+from bigain.reduction import run_reduction_tag
 from bigain.runs import ClassifyRun, GenerateRun, run_classification, run_generation
-from bigain.settings import setting_tag
+from bigain.storage import atomic_write_text, file_digest
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ PATH_OPTIONS = ("model_path", "prompts_csv", "prompts_file", "config")
 
 
 def input_identities(options: dict[str, Any]) -> dict[str, Any]:
-    """Content identity of the local inputs a run's options name: a model folder's weights (bigain.identity), a
+    """Content identity of the local inputs a run's options name: a model folder's weights (bigain.models.identity), a
     file's sha256; so a sweep cell whose model or prompts changed since it finished is run again."""
     out: dict[str, Any] = {}
     for key in PATH_OPTIONS:
@@ -117,9 +123,8 @@ def expand_grid(options: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def method_tag(options: dict[str, Any]) -> str:
-    """Folder-safe name of a method setting, e.g. `bigain_tm_ratio0.7` (baseline: `none`)."""
-    method = options.get("method", "none")
-    return setting_tag(method, reduction_kwargs(method, options))
+    """Folder-safe name of a method setting, e.g. `bigain_tm_ratio0.7` (baseline: `none`): a run's reduction tag."""
+    return run_reduction_tag(options.get("method", "none"), options)
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
@@ -158,7 +163,8 @@ def plan_sweep(path: str | Path, output_dir: Optional[str] = None) -> list[Plann
             options = {**experiment, **model_opts, **method_opts, "dataset": dataset, **extra}
             validate_config(options, parser, f"{path} [{task}/{model_name}/{dataset}]")
             tag, data_name = method_tag(options), "classes" if dataset is None else str(dataset)
-            runs.append(PlannedRun(task, model_name, data_name, tag, options, base / task / model_name / data_name / tag))
+            runs.append(PlannedRun(task, model_name, data_name, tag, options,
+                                   base / task / model_name / data_name / tag))
     return runs
 
 

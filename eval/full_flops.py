@@ -20,7 +20,6 @@ from typing import Any, Optional, Sequence
 import torch
 
 import tomesd
-
 from eval.flops import count_flops
 from eval.speed.cases import Setting, paper_settings
 from eval.speed.model_zoo import ModelSpec, build_model, get_spec, make_inputs, model_class
@@ -89,7 +88,8 @@ def full_depth_flops(spec: ModelSpec, settings: Sequence[Setting], resolution: O
 
 # ToMe at the upstream default 0.5, the paper's other four reducing settings, two with every block patched.
 DEFAULT_SETTINGS = (Setting("none"), Setting("tome", (("ratio", 0.5),)), *paper_settings()[1:],
-                    Setting("tome", (("ratio", 0.5), ("blocks", "all"))), Setting("todo", (("df", 2), ("blocks", "all"))))
+                    Setting("tome", (("ratio", 0.5), ("blocks", "all"))),
+                    Setting("todo", (("df", 2), ("blocks", "all"))))
 
 
 def table(rows: list[dict[str, Any]]) -> str:

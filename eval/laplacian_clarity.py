@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bigain.records import atomic_write_csv, atomic_write_text
+from bigain.storage import atomic_write_csv, atomic_write_text
 from bigain.testbed.sources import TESTBED_DATA, testbed_data
 from eval.report.plots import save_figure
 from eval.stats import bootstrap_interval
-from tomesd.reducers.lgtm import laplacian_scores
+from tomesd.reducers.bigain_tm import laplacian_scores
 
 GRIDS = {"dit": 2, "unet": 1}  # token grid -> pixel patch size per token
 FLAT_TOLERANCE = 1e-6
@@ -101,7 +101,8 @@ def to_markdown(table: pd.DataFrame, clear_gap: float) -> str:
 
     body = "".join(f"| {r.dataset} | {r.grid} | {r.images} | {cell(r, 'flat')} | {cell(r, 'clear')} | "
                    f"{cell(r, 'same_index')} | {cell(r, 'same_value')} |\n" for _, r in table.iterrows())
-    note = (f"\nClear: lowest-to-second-lowest gap > {clear_gap} x the image's mean token score. Intervals: 95% bootstrap over images. Scores on image patches (`python -m "
+    note = (f"\nClear: lowest-to-second-lowest gap > {clear_gap} x the image's mean token score. Intervals: 95% "
+            "bootstrap over images. Scores on image patches (`python -m "
             "eval.laplacian_clarity`), not on a model's hidden tokens. Flat: four identical tokens.\n")
     return head + body + note
 

@@ -10,4 +10,6 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
 fi
 # Upstream tomesd 0.1.3, unpacked as `tomesd_upstream` for the parity test (skips if unavailable).
 python -m eval.speed.upstream >/dev/null 2>&1 || echo "note: upstream tomesd unavailable; parity test will skip"
+# Lint (pyproject.toml [tool.ruff]) before the tests.
+python -m ruff check .
 python -m pytest -q tests "$@"

@@ -1,11 +1,9 @@
-"""Shared pytest setup: tests import helpers from this folder; `slow` marks long tests (CI runs them)."""
+"""Shared pytest setup: the thread count, the `slow` marker (CI runs slow tests too) and the `one_thread` fixture."""
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -4,9 +4,9 @@
     report = tomesd.apply_patch(pipe, method="bigain_tm", ratio=0.7)
     tomesd.remove_patch(pipe)
 """
-from .options import option_defaults
-from .patch import PatchReport, apply_patch, get_patch, patched, remove_patch, reseed, trace_reducers
-from .registry import canonical_name, get_reducer, list_methods, method_label, register_reducer
+from tomesd.options import option_defaults
+from tomesd.patch import PatchReport, apply_patch, get_patch, patched, remove_patch, reseed, trace_reducers
+from tomesd.registry import canonical_name, get_reducer, list_methods, method_label, register_reducer
 
 __version__ = "0.2.0"
 

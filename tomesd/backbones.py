@@ -149,7 +149,8 @@ def select_sites(backbone: Backbone, max_downsample: int, blocks: Any, default_b
         if not chosen:
             raise ValueError(
                 f"no attention block at downsample level <= {max_downsample} in {type(backbone.model).__name__}; "
-                f"levels with attention: {backbone.levels} (e.g. SDXL starts at 2) - pass max_downsample={backbone.levels[0]} or more"
+                f"levels with attention: {backbone.levels} (e.g. SDXL starts at 2) - "
+                f"pass max_downsample={backbone.levels[0]} or more"
             )
         return chosen
     depth = len(backbone.sites)

@@ -16,10 +16,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .attention_backends import BackendSlots, dispatched_attention, reproduces_sdpa
-from .options import plan_reuse_span
-from .reducers.base import KVPlan, Plan, ReductionContext, Reducer, TokenPlan, Tracer, run_phase, traced_plan
-from .rng import CounterRandom
+from tomesd.attention_backends import BackendSlots, dispatched_attention, reproduces_sdpa
+from tomesd.options import plan_reuse_span
+from tomesd.reducers.base import KVPlan, Plan, Reducer, ReductionContext, TokenPlan, Tracer, run_phase, traced_plan
+from tomesd.rng import CounterRandom
 
 
 def fresh_seed() -> int:

@@ -25,11 +25,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .attention_backends import BackendSlots
-from .backbones import Backbone, BlockSite, mmdit_kind
-from .hooks import BlockHook, FeedForwardChunking, install_mlp_hooks, make_capture_hook, per_sample_timesteps
-from .joint_attention import STOCK_PROCESSORS, JointRope, check_stock_processor, joint_attention
-from .reducers.base import KVPlan, Reducer, TokenPlan
+from tomesd.attention_backends import BackendSlots
+from tomesd.backbones import Backbone, BlockSite, mmdit_kind
+from tomesd.hooks import BlockHook, FeedForwardChunking, install_mlp_hooks, make_capture_hook, per_sample_timesteps
+from tomesd.joint_attention import STOCK_PROCESSORS, JointRope, check_stock_processor, joint_attention
+from tomesd.reducers.base import KVPlan, Reducer, TokenPlan
 
 TensorFn = Callable[[Tensor], Tensor]
 

@@ -9,15 +9,21 @@ from typing import Any, Callable, Iterator, Optional
 
 from torch import nn
 
-from . import reducers  # noqa: F401  (registers the built-in methods)
-from .attention_backends import check_model_parallelism
-from .backbones import Backbone, BlockSite, find_backbone, resolve_denoiser, select_sites
-from .hooks import BlockHook, FeedForwardChunking, ReducingAttnProcessor, RuntimeState, install_mlp_hooks, \
-    make_capture_hook
-from .mmdit import install_mmdit
-from .options import as_dict, build_options
-from .reducers.base import Reducer, Tracer
-from .registry import canonical_name, get_reducer
+from tomesd import reducers  # noqa: F401  (registers the built-in methods)
+from tomesd.attention_backends import check_model_parallelism
+from tomesd.backbones import Backbone, BlockSite, find_backbone, resolve_denoiser, select_sites
+from tomesd.hooks import (
+    BlockHook,
+    FeedForwardChunking,
+    ReducingAttnProcessor,
+    RuntimeState,
+    install_mlp_hooks,
+    make_capture_hook,
+)
+from tomesd.mmdit import install_mmdit
+from tomesd.options import as_dict, build_options
+from tomesd.reducers.base import Reducer, Tracer
+from tomesd.registry import canonical_name, get_reducer
 
 PATCH_ATTR = "_bigain_patch"
 
@@ -161,7 +167,8 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
         raise ValueError(f"seed={seed!r} must be None or an integer")
     if ratio is not None:
         if "ratio" not in [f for f in reducer.Options.__dataclass_fields__]:
-            raise ValueError(f"method {name!r} takes no ratio; its options are {list(reducer.Options.__dataclass_fields__)}")
+            raise ValueError(f"method {name!r} takes no ratio; "
+                             f"its options are {list(reducer.Options.__dataclass_fields__)}")
         options["ratio"] = ratio
     opts = build_options(reducer.Options, name, options)
     if getattr(opts, "plan_every", 1) > 1 and reducer.plan_kind != "token":

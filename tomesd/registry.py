@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, TypeVar
 
-from .reducers.base import Reducer, check_reducer
+from tomesd.reducers.base import Reducer, check_reducer
 
 _REDUCERS: dict[str, Reducer] = {}
 _ALIASES: dict[str, str] = {}

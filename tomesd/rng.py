@@ -16,7 +16,7 @@ from typing import Callable, Hashable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .reducers.grid import static_tensor
+from tomesd.reducers.grid import static_tensor
 
 MASK32 = 0xFFFFFFFF
 MUL1, MUL2 = 0x7FEB352D, 0x1B873593  # odd, < 2**31
@@ -127,13 +127,6 @@ class CounterRandom:
         u = self.uniform((2, n), device)
         radius = torch.sqrt(-2.0 * torch.log1p(-u[0]))
         return (radius * torch.cos((2.0 * math.pi) * u[1])).view(*shape)
-
-
-def draw_randint(random: Optional[CounterRandom], high: int, shape: Sequence[int], device: torch.device) -> Tensor:
-    """`random.randint`, or torch's global RNG when no stream is given (a reducer called directly)."""
-    if random is None:
-        return torch.randint(high, tuple(shape), device=device)
-    return random.randint(high, shape, device)
 
 
 def draw_normal(random: Optional[CounterRandom], shape: Sequence[int], device: torch.device) -> Tensor:

@@ -21,18 +21,25 @@ import torch
 from tqdm.auto import tqdm
 
 import tomesd
-from bigain.argtypes import AUTO
-from bigain.batching import find_batch_size, recorded_batch_size
-from bigain.cli import check_output_dir, check_output_file, enable_tf32, launch_shard
-from bigain.classifier import RunContext, StageSchedule, classify_dataset_image, forward_process
-from bigain.config import save_effective_config
-from bigain.datasets import build_dataset, check_dataset_args, load_prompts, make_transform, subset_indices
-from bigain.identity import model_identity
-from bigain.models import check_image_size, load_model, resolve_run_device
-from bigain.records import append_csv_row, atomic_write_json, check_record_paths, clean_stale_tmp, config_fingerprint, \
-    load_record, merge_records, record_path, save_record, try_lock
+from bigain.cli import AUTO, check_output_dir, check_output_file, enable_tf32, launch_shard, save_effective_config
+from bigain.data import build_dataset, check_dataset_args, load_prompts, make_transform, subset_indices
+from bigain.diffusion import RunContext, StageSchedule, classify_dataset_image, forward_process
+from bigain.models import check_image_size, load_model, model_identity, resolve_run_device
 from bigain.reduction import apply_reduction, validate_reduction
+from bigain.runs.batching import find_batch_size, recorded_batch_size
 from bigain.runs.common import RunFields, barrier, git_commit, refuse_auto_with_shards, setup_logging
+from bigain.storage import (
+    append_csv_row,
+    atomic_write_json,
+    check_record_paths,
+    clean_stale_tmp,
+    config_fingerprint,
+    load_record,
+    merge_records,
+    record_path,
+    save_record,
+    try_lock,
+)
 from eval.flops import count_flops
 
 __all__ = ["ClassifyRun", "run_classification", "count_flops_per_call"]
@@ -76,7 +83,8 @@ class ClassifyRun(RunFields):
         if empty and not self.allow_stages_without_new_timesteps:
             raise ValueError(f"--n_samples {list(self.n_samples)}: stage(s) {empty} add no new timestep (each stage "
                              "must score more timesteps than the last, e.g. 5 20); pass "
-                             "--allow_stages_without_new_timesteps to eliminate classes on the earlier stages' errors alone")
+                             "--allow_stages_without_new_timesteps to eliminate classes on the earlier stages' "
+                             "errors alone")
         check_output_dir(self.output_dir, "--output_dir")
         check_output_dir(self.run_dir, "--run_dir")
         check_output_file(self.summary_csv, "--summary_csv")
@@ -88,7 +96,7 @@ class ClassifyRun(RunFields):
             raise ValueError(f"--max_images must be positive; got {self.max_images}")
         if self.img_size is not None and self.img_size < 8:
             raise ValueError(f"--img_size must be >= 8; got {self.img_size}")
-        validate_reduction(self.namespace())  # unknown, foreign or out-of-range reducer options, before model work
+        validate_reduction(self.method, self.reduction)  # unknown, foreign or out-of-range options, before model work
         return table, schedule, split
 
     def run_folder(self, split: str, img_size: Any, dtype_name: str) -> Path:
@@ -166,8 +174,8 @@ def run_classification(run: ClassifyRun) -> dict:
                        flops=None)
 
     check_record_paths(record_path(run_dir, i) for i in mine)  # a folder in a record's place: refused up front
-    args = run.namespace()
-    report = apply_reduction(model.denoiser, args, seed=run.seed, latent_size=latent_side)
+    reduction_seed = run.seed if run.reduction_seed is None else run.reduction_seed
+    report = apply_reduction(model.denoiser, run.method, run.reduction, seed=reduction_seed, latent_size=latent_side)
     LOG.info("model %s (%s) on %s, %s; %s", model.name, model.source, device, dtype_name,
              str(report) if report is not None else "no token reduction")
     _warn_if_foreign_classes(model, table)
@@ -175,6 +183,7 @@ def run_classification(run: ClassifyRun) -> dict:
     latent_shape = (model.in_channels, latent_side, latent_side)
     flops = None if run.no_flops else count_flops_per_call(model, latent_shape, cond, schedule, run.batch_size)
     if shard == 0:
+        args = run.namespace()  # the command line's view of the run, recorded with it
         # re-usable as --config (without the `config` key itself, which a config may not set)
         save_effective_config(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "config"}), run_dir)
         atomic_write_json(run_dir / "config.json", {
@@ -215,12 +224,13 @@ def largest_call(schedule: StageSchedule, num_classes: int) -> int:
 def _auto_batch_size(run: ClassifyRun, model: Any, table: Any, schedule: StageSchedule, latent_side: int,
                      n_shards: int = 1) -> int:
     """`--batch_size auto`: the largest batch of the run's denoiser calls (reducer applied, classes and grid
-    timesteps cycling) that fits, from the largest stage down by halving (bigain.batching)."""
+    timesteps cycling) that fits, from the largest stage down by halving (bigain.runs.batching)."""
     refuse_auto_with_shards(n_shards)
     if model is None:
         raise ValueError("--merge_only with --batch_size auto needs --run_dir of a run whose config.json records "
                          "its batch size, or the --batch_size the run used")
-    apply_reduction(model.denoiser, run.namespace(), seed=run.seed, latent_size=latent_side)
+    reduction_seed = run.seed if run.reduction_seed is None else run.reduction_seed
+    apply_reduction(model.denoiser, run.method, run.reduction, seed=reduction_seed, latent_size=latent_side)
     cond = model.condition(prompts=list(table.prompts), class_ids=list(table.classidx))
     shape, grid, rows = (model.in_channels, latent_side, latent_side), schedule.grid(), len(table)
     velocity = forward_process(model, shape)[2]
@@ -239,7 +249,7 @@ def _auto_batch_size(run: ClassifyRun, model: Any, table: Any, schedule: StageSc
 
 
 def _model_identity(model: Any, run: ClassifyRun, run_dir: Path) -> dict:
-    """Identity of the weights (bigain.identity); a merge without the model loaded takes it from --model_path or
+    """Identity of the weights (bigain.models.identity); a merge without the model loaded takes it from --model_path or
     the run's config.json."""
     if model is not None:
         return model_identity(model.source)
@@ -254,7 +264,8 @@ def _model_identity(model: Any, run: ClassifyRun, run_dir: Path) -> dict:
 
 def count_flops_per_call(model: Any, latent_shape: Sequence[int], cond: dict[str, torch.Tensor],
                          schedule: StageSchedule, batch_size: int) -> float:
-    """FLOPs of one denoiser call (torch.utils.flop_counter, CPU SDPA included), averaged over a batch of grid timesteps."""
+    """FLOPs of one denoiser call (torch.utils.flop_counter, CPU SDPA included), averaged over a batch of grid
+    timesteps."""
     grid = schedule.grid()
     n = max(1, min(batch_size, len(grid)))
     t = torch.tensor([grid[int(i * len(grid) / n)] for i in range(n)], device=model.device)

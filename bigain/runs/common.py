@@ -22,7 +22,8 @@ __all__ = ["RunFields", "barrier", "git_commit", "refuse_auto_with_shards", "set
 @dataclass(frozen=True)
 class RunFields:
     """The settings every run kind shares (data source, model, reducer, outputs and sharding; same names as the CLI
-    flags). List values become tuples, reducer options (`reduction`, the values of bigain.reduction.REDUCTION_FLAGS
+    flags). List values become tuples, reducer options (`reduction`, the values of
+    bigain.reduction.options.REDUCTION_FLAGS
     that are set) one mapping; `namespace()` is the CLI's view of the run. Each run kind sets its own `output_dir`
     default."""
 
@@ -42,7 +43,7 @@ class RunFields:
     cpu_threads: Optional[int] = None
     # seed of the run (noise, timesteps)
     seed: int = 0
-    # token reduction: the method, the reducer's seed and its options (bigain.reduction.REDUCTION_FLAGS)
+    # token reduction: the method, the reducer's seed and its options (bigain.reduction.options.REDUCTION_FLAGS)
     method: str = "none"
     reduction_seed: Optional[int] = None
     reduction: Mapping[str, Any] = field(default_factory=dict, hash=False)
@@ -99,7 +100,7 @@ class RunFields:
     @property
     def reduction_tag(self) -> str:
         """Folder name of the reducer settings (method, explicit options, reducer seed)."""
-        return run_reduction_tag(self.namespace())
+        return run_reduction_tag(self.method, self.reduction, self.reduction_seed)
 
     @property
     def summary_path(self) -> Path:

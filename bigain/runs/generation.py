@@ -20,22 +20,33 @@ import torch
 from tqdm import tqdm
 
 import tomesd
-from bigain.argtypes import AUTO
-from bigain.batching import find_batch_size, recorded_batch_size
-from bigain.cli import check_output_dir, check_output_file, enable_tf32, launch_shard
-from bigain.config import save_effective_config
-from bigain.datasets import check_dataset_args
-from bigain.generation_items import Item, build_items
-from bigain.identity import model_identity
-from bigain.models import check_steps, load_model, resolve_run_device
-from bigain.preemption import deferred
-from bigain.records import append_csv_row, atomic_write_bytes, atomic_write_json, check_record_paths, clean_stale_tmp, \
-    config_fingerprint, try_lock
+from bigain.cli import AUTO, check_output_dir, check_output_file, enable_tf32, launch_shard, save_effective_config
+from bigain.data import Item, build_items, check_dataset_args
+from bigain.diffusion import CallStats, guided_eps_fn, make_schedule
+from bigain.models import check_steps, load_model, model_identity, resolve_run_device
 from bigain.reduction import apply_reduction, validate_reduction
+from bigain.runs.batching import find_batch_size, recorded_batch_size
 from bigain.runs.common import RunFields, refuse_auto_with_shards
-from bigain.runs.sampling import DEFAULT_STEPS, DEFAULTS_BY_KIND, check_items_fit, conditions, count_flops, \
-    png_bytes, sample_batch, to_uint8
-from bigain.samplers import CallStats, guided_eps_fn, make_schedule
+from bigain.runs.sampling import (
+    DEFAULT_STEPS,
+    DEFAULTS_BY_KIND,
+    check_items_fit,
+    conditions,
+    count_flops,
+    png_bytes,
+    sample_batch,
+    to_uint8,
+)
+from bigain.storage import (
+    append_csv_row,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_record_paths,
+    clean_stale_tmp,
+    config_fingerprint,
+    deferred,
+    try_lock,
+)
 
 __all__ = ["GenerateRun", "run_generation"]
 
@@ -93,7 +104,7 @@ class GenerateRun(RunFields):
         check_output_dir(self.output_dir, "--output_dir")
         check_output_dir(self.run_dir, "--run_dir")
         check_output_file(self.summary_csv, "--summary_csv")
-        validate_reduction(self.namespace())  # unknown, foreign or out-of-range reducer options, before model work
+        validate_reduction(self.method, self.reduction)  # unknown, foreign or out-of-range options, before model work
 
     @property
     def source_label(self) -> str:
@@ -102,7 +113,8 @@ class GenerateRun(RunFields):
             return f"prompts-{Path(self.prompts_file).stem}"
         if self.classes is not None:
             ids = "-".join(map(str, self.classes))
-            return f"classes{ids if len(ids) <= 40 else config_fingerprint({'c': list(self.classes)})[:8]}x{self.images_per_class}"
+            named = ids if len(ids) <= 40 else config_fingerprint({"c": list(self.classes)})[:8]
+            return f"classes{named}x{self.images_per_class}"
         return f"{self.dataset}{'_' + self.split if self.split else ''}"
 
     def run_folder(self, sampler: str, guidance: float, dtype_name: str, size: int) -> Path:
@@ -116,7 +128,7 @@ class GenerateRun(RunFields):
 
     def items(self) -> list[Item]:
         """Every item of the run, in index order (ValueError when there is none)."""
-        items = build_items(self.namespace())
+        items = build_items(self)
         if not items:
             raise ValueError("nothing to generate: the item list is empty")
         return items
@@ -161,7 +173,7 @@ def attention_backend(denoiser: torch.nn.Module) -> str:
 
 def _auto_batch_size(model: Any, items: list[Item], schedule: Any, guidance: float, n_shards: int = 1) -> int:
     """`--batch_size auto`: the largest batch of images whose denoiser call (guidance rows included, reducer applied)
-    and VAE decode fit, from min(items, AUTO_START) down by halving (bigain.batching). Batch b is seeded with
+    and VAE decode fit, from min(items, AUTO_START) down by halving (bigain.runs.batching). Batch b is seeded with
     seed + b, so the size found is part of the run's settings like a fixed one."""
     refuse_auto_with_shards(n_shards)
 
@@ -206,12 +218,10 @@ def run_generation(run: GenerateRun) -> dict:
     schedule = make_schedule(sampler, model.scheduler.config, run.steps)
     attention = attention_backend(model.denoiser)
     reduction_seed = run.effective_reduction_seed
-    args = run.namespace()
-    report = apply_reduction(model.denoiser, args, seed=reduction_seed)
+    report = apply_reduction(model.denoiser, run.method, run.reduction, seed=reduction_seed)
     if run.batch_size == AUTO:  # from here on the run is the fixed-size run of the size found
         run = run.replace(batch_size=recorded_batch_size(run.run_dir)
                           or _auto_batch_size(model, items, schedule, guidance, n_shards))
-        args = run.namespace()
 
     run_dir = run.run_folder(sampler, guidance, dtype_name, model.image_size)
     images_dir = run_dir / "images"
@@ -223,7 +233,7 @@ def run_generation(run: GenerateRun) -> dict:
     atomic_write_json(run_dir / "config.json", {**settings, "fingerprint": fingerprint, "attention": attention,
                                                 "model_source": model.source,
                                                 "patch": report.to_dict() if report else None})
-    save_effective_config(args, run_dir)
+    save_effective_config(run.namespace(), run_dir)  # the command line's view of the run, re-usable as --config
 
     batches = [items[i : i + run.batch_size] for i in range(0, len(items), run.batch_size)]
     mine = [b for b in range(len(batches)) if b % n_shards == shard]
@@ -271,7 +281,8 @@ def run_generation(run: GenerateRun) -> dict:
         "dtype": dtype_name, "device": str(device), "attention": attention, "image_size": model.image_size,
         "shard": f"{shard}/{n_shards}", "items": len(items), "images_written": written,
         "images_skipped": sum(len(batches[b]) for b in mine) - sum(len(batches[b]) for b in todo),
-        "calls": stats.calls, "calls_per_image": calls_per_image, "rows_per_call_per_image": 2 if guidance != 1.0 else 1,
+        "calls": stats.calls, "calls_per_image": calls_per_image,
+        "rows_per_call_per_image": 2 if guidance != 1.0 else 1,
         "model_time_s": round(stats.seconds, 4), "wall_time_s": round(wall, 3),
         "images_sampled": sampled, "images_held_elsewhere": held, "fingerprint": fingerprint,
         "model_time_per_image_s": round(stats.seconds / sampled, 5) if sampled else "",

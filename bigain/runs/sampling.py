@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bigain.generation_items import Item
-from bigain.samplers import SAMPLERS, CallStats, Schedule, guided_eps_fn, initial_noise
+from bigain.data import Item
+from bigain.diffusion import SAMPLERS, CallStats, Schedule, guided_eps_fn, initial_noise
 from eval.flops import count_flops as count_flops_of
 
 __all__ = ["DEFAULT_STEPS", "DEFAULTS_BY_KIND", "check_items_fit", "conditions", "count_flops", "png_bytes",
@@ -45,7 +45,8 @@ def check_items_fit(model: Any, items: Sequence[Item]) -> None:
         missing = [it.index for it in items if it.label is None]
         if missing:
             raise ValueError(f"{model.name} is class-conditioned but items {missing[:5]} have no class id")
-        bad = sorted({it.label for it in items if model.num_classes is not None and not 0 <= it.label < model.num_classes})
+        bad = sorted({it.label for it in items
+                      if model.num_classes is not None and not 0 <= it.label < model.num_classes})
         if bad:
             raise ValueError(f"class ids {bad[:5]} outside [0, {model.num_classes}) for {model.name}")
 

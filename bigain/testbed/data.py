@@ -14,7 +14,8 @@ import os
 from typing import Optional, Tuple
 
 import numpy as np
-from bigain.records import file_digest
+
+from bigain.storage import file_digest
 
 CLASS_NAMES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import data, textures
+from bigain.testbed import data, textures
 
 Split = str  # "train", "test" or "subset" (the shipped 1,000-image test subset)
 

@@ -20,9 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from bigain.records import atomic_write_bytes
-
-from .data import ASSETS_DIR, to_model_range
+from bigain.storage import atomic_write_bytes
+from bigain.testbed.data import ASSETS_DIR, to_model_range
 
 
 @dataclass(frozen=True)

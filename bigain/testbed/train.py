@@ -1,7 +1,9 @@
 """Train the testbed's class-conditional diffusion models on Fashion-MNIST (pixel space, 32x32).
 
-    python -m bigain.testbed.train --model dit  --output_dir bigain/assets/testbed/dit-fmnist  --steps 2600 --batch_size 32 --threads 1
-    python -m bigain.testbed.train --model unet --output_dir bigain/assets/testbed/unet-fmnist --steps 1000 --batch_size 32 --threads 1
+    python -m bigain.testbed.train --model dit  --output_dir bigain/assets/testbed/dit-fmnist  --steps 2600 \
+        --batch_size 32 --threads 1
+    python -m bigain.testbed.train --model unet --output_dir bigain/assets/testbed/unet-fmnist --steps 1000 \
+        --batch_size 32 --threads 1
 
 DDPM training (linear betas 1e-4..0.02, T=1000, epsilon prediction), 10 % condition dropout
 to the null class (index 10) for classifier-free guidance, AdamW with warm-up + cosine decay,
@@ -32,10 +34,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bigain.records import atomic_save_safetensors, atomic_write_json
-
-from . import architectures as A
-from .sources import TESTBED_DATA, TestbedData, testbed_data
+from bigain.storage import atomic_save_safetensors, atomic_write_json
+from bigain.testbed import architectures as A
+from bigain.testbed.sources import TESTBED_DATA, TestbedData, testbed_data
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -257,7 +258,8 @@ def main(argv=None):
                     objective="DDPM epsilon-prediction MSE", optimizer="AdamW(betas=(0.9, 0.999))",
                     lr_schedule="linear warm-up then cosine to min_lr_ratio*lr",
                     cond_dropout_target=f"null class {A.NULL_CLASS}",
-                    timestep_sampling=f"(1-mid_frac)*U[0,1000) + mid_frac*N({a.mid_center}*T, ({a.mid_std}*T)^2) clipped")
+                    timestep_sampling=(f"(1-mid_frac)*U[0,1000) + mid_frac*N({a.mid_center}*T, ({a.mid_std}*T)^2) "
+                                       "clipped"))
 
     torch.manual_seed(a.seed)
     net = Trainable(a.model, model_cfg, embed_cfg).to(device)

@@ -9,15 +9,13 @@ import json
 import os
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bigain.records import atomic_save_safetensors, atomic_write_text
-
-from .reference_classifier import DEFAULT_CONFIG, DEFAULT_PATH, ReferenceCNN
-from .sources import TESTBED_DATA, testbed_data
+from bigain.storage import atomic_save_safetensors, atomic_write_text
+from bigain.testbed.reference_classifier import DEFAULT_CONFIG, DEFAULT_PATH, ReferenceCNN
+from bigain.testbed.sources import TESTBED_DATA, testbed_data
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -4,10 +4,10 @@ quantization, low precision, LoRA and custom processors? Every cell is measured 
 Command line: `python -m eval.compat` (see `eval/compat/__main__.py`). Modules: `subjects` (backbones, tiny
 pipelines), `cells` (statuses and the "ok" rule), `features` (one function per feature), `matrix` (run, write).
 """
-from .cells import STATUSES, Cell, ReductionCounter
-from .features import RunOptions, all_features
-from .matrix import Result, run_matrix, select_features, summary, write_matrix
-from .subjects import BACKBONES, Backbone, build_pipeline
+from eval.compat.cells import STATUSES, Cell, ReductionCounter
+from eval.compat.features import RunOptions, all_features
+from eval.compat.matrix import Result, run_matrix, select_features, summary, write_matrix
+from eval.compat.subjects import BACKBONES, Backbone, build_pipeline
 
 __all__ = ["BACKBONES", "Backbone", "Cell", "ReductionCounter", "Result", "RunOptions", "STATUSES", "all_features",
            "build_pipeline", "run_matrix", "select_features", "summary", "write_matrix"]

@@ -17,12 +17,10 @@ import torch
 from tqdm import tqdm
 
 import tomesd
-from bigain.argtypes import positive_int
-from bigain.cli import check_output_dir, run_cli
-
-from .features import RunOptions, all_features
-from .matrix import run_matrix, select_features, summary, write_matrix
-from .subjects import BACKBONES
+from bigain.cli import check_output_dir, positive_int, run_cli
+from eval.compat.features import RunOptions, all_features
+from eval.compat.matrix import run_matrix, select_features, summary, write_matrix
+from eval.compat.subjects import BACKBONES
 
 DEFAULT_METHODS = ["bigain_tm", "bigain_td"]
 

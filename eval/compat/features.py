@@ -15,10 +15,17 @@ from typing import Any, Callable, Iterator
 import torch
 
 import tomesd
-from bigain.records import atomic_save_safetensors
-
-from .cells import Cell, ReductionCounter, describe, first_tensor, from_patched_error, judge, patched_vs_plain
-from .subjects import BATCH, RESOLUTION, Backbone, build_pipeline
+from bigain.storage import atomic_save_safetensors
+from eval.compat.cells import (
+    Cell,
+    ReductionCounter,
+    describe,
+    first_tensor,
+    from_patched_error,
+    judge,
+    patched_vs_plain,
+)
+from eval.compat.subjects import BATCH, RESOLUTION, Backbone, build_pipeline
 
 SEED = 0
 CACHE_STEPS = 6  # denoising steps of the cache-hook and pipeline cases: enough for every cache to skip some
@@ -190,7 +197,7 @@ def attention_backend(name: str) -> FeatureFn:
         if any(n < expected or n == 0 for _, n, _, _ in results):
             return Cell("failing", f"attention calls that ran on {name}, patched vs unpatched ({counts}); the rest "
                                    "ran on the process-wide default backend or outside diffusers' dispatch")
-        for order, n, out, counter in results:
+        for _order, _n, out, counter in results:
             cell = judge(out, reference, counter)
             if cell.status != "ok":
                 return cell

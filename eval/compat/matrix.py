@@ -11,11 +11,10 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from bigain.records import atomic_write_csv, atomic_write_text
-
-from .cells import STATUSES, Cell, describe
-from .features import FeatureFn, RunOptions, active_backend, all_features
-from .subjects import BACKBONES, BATCH, RESOLUTION
+from bigain.storage import atomic_write_csv, atomic_write_text
+from eval.compat.cells import STATUSES, Cell, describe
+from eval.compat.features import FeatureFn, RunOptions, active_backend, all_features
+from eval.compat.subjects import BACKBONES, BATCH, RESOLUTION
 
 CSV_COLUMNS = ["backbone", "model", "method", "feature", "status", "reason", "seconds"]
 VERSIONED = ("torch", "diffusers", "transformers", "accelerate", "peft", "torchao", "cache-dit")

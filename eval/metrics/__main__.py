@@ -23,13 +23,18 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from bigain.argtypes import positive_int
-from bigain.cli import check_output_file, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
-from bigain.records import atomic_write_json
+from bigain.cli import add_config_arg, check_output_file, parse_args_with_config, positive_int, run_cli
+from bigain.storage import atomic_write_json
 from eval.metrics import extractors as ext
-from eval.metrics.compute import DEFAULTS, EXIT_SKIPPED, KEY_REPORT, KEY_SKIPPED, METRICS, check_metrics, \
-    compute_metrics
+from eval.metrics.compute import (
+    DEFAULTS,
+    EXIT_SKIPPED,
+    KEY_REPORT,
+    KEY_SKIPPED,
+    METRICS,
+    check_metrics,
+    compute_metrics,
+)
 from eval.metrics.references import REFERENCES
 
 
@@ -44,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"folder of real images, or one of {sorted(REFERENCES)} (optionally NAME:SPLIT)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(DEFAULTS["metrics"]))
     p.add_argument("--out", default=None, help="JSON output (default: <gen>/metrics.json)")
-    p.add_argument("--resize", type=positive_int, default=DEFAULTS["resize"], help="common size (default: generated size)")
+    p.add_argument("--resize", type=positive_int, default=DEFAULTS["resize"],
+                   help="common size (default: generated size)")
     p.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--device", default=DEFAULTS["device"])
     p.add_argument("--inception_weights", default=None,
@@ -90,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             res = compute_metrics(args.gen, args.ref, **opts)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     if not args.check:
         out = Path(args.out) if args.out else Path(args.gen) / "metrics.json"
         atomic_write_json(out, res)

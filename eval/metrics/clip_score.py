@@ -20,7 +20,8 @@ HOW_TO_PROVIDE = ("pass --clip_model PATH (a folder written by CLIPModel.save_pr
                   "on a machine with internet and copy the HF cache")
 LOCAL_FILES = {"config.json": ("config.json",), "weights": ("model.safetensors", "pytorch_model.bin",
                                                             "model.safetensors.index.json"),
-               "image processor": ("preprocessor_config.json", "processor_config.json"), "tokenizer": ("tokenizer.json", "vocab.json")}
+               "image processor": ("preprocessor_config.json", "processor_config.json"),
+               "tokenizer": ("tokenizer.json", "vocab.json")}
 
 
 def clip_unavailable_reason(name_or_path: str | None = None, offline: bool = False) -> str | None:

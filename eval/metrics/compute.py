@@ -37,7 +37,7 @@ from torch_fidelity.metric_kid import (
 )
 from torch_fidelity.utils import get_featuresdict_from_dataset
 
-from bigain.records import atomic_save_safetensors
+from bigain.storage import atomic_save_safetensors
 from eval.metrics import extractors as ext
 from eval.metrics.clip_score import compute_clip_score
 from eval.metrics.inception import (
@@ -165,9 +165,9 @@ def _fd_metrics(gen: dict, ref: dict, layer: str, want_kid: bool, opts: dict) ->
 def _labels(records: list[dict]) -> torch.Tensor:
     """Requested class of each generated image (record key ``label``)."""
     labels = [r.get("label") for r in records]
-    if any(l is None for l in labels):
+    if any(label is None for label in labels):
         raise ValueError("class consistency needs a 'label' in every metadata record")
-    return torch.tensor([int(l) for l in labels])
+    return torch.tensor([int(label) for label in labels])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,8 +228,8 @@ def compute_metrics(generated_dir: str | Path, reference: str | Path | None, **o
         report["feature_extractor"] = ("torch-fidelity FeatureExtractorInceptionV3 (inception-v3-compat, 2048-d pool, "
                                        "TF1 bilinear resize to 299)")
         report["inception_weights"] = weights.source
-        gen_fd = extract_features(gen_source, extractor, opts["batch_size"], opts["device"], opts["verbose"]) \
-            if (want_is or want_fd) else {}
+        gen_fd = (extract_features(gen_source, extractor, opts["batch_size"], opts["device"], opts["verbose"])
+                  if (want_is or want_fd) else {})
         if want_is:
             splits = min(opts["isc_splits"], max(1, len(gen_files) // 2))  # >= 2 images per split
             report["isc_splits"] = splits

@@ -36,8 +36,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
-from bigain.hub import hub_offline
-from bigain.records import atomic_save_safetensors, file_digest
+from bigain.models import hub_offline
+from bigain.storage import atomic_save_safetensors, file_digest
 
 __all__ = [
     "INCEPTION_EXTRACTOR",
@@ -178,7 +178,8 @@ def _try_download() -> Path | None:
     return path
 
 
-def resolve_inception_weights(inception_weights: str | Path | None = None, *, download: bool = True) -> InceptionWeights:
+def resolve_inception_weights(inception_weights: str | Path | None = None, *,
+                              download: bool = True) -> InceptionWeights:
     """Pick the Inception weights file: explicit path, hub cache, download, or converted TorchScript."""
     if inception_weights:
         path = Path(inception_weights)
@@ -234,7 +235,8 @@ class FeatureExtractorInceptionV3Local(FeatureExtractorInceptionV3):
             super().__init__(name, features_list, None, feature_extractor_internal_dtype, **kwargs)
 
 
-def build_inception(features: list[str], inception_weights: str | Path | None = None) -> FeatureExtractorInceptionV3Local:
+def build_inception(features: list[str],
+                    inception_weights: str | Path | None = None) -> FeatureExtractorInceptionV3Local:
     """Inception extractor on CPU for the given torch-fidelity feature names."""
     path = str(resolve_inception_weights(inception_weights).path)
     return FeatureExtractorInceptionV3Local(INCEPTION_EXTRACTOR, list(features), path)

@@ -1,5 +1,5 @@
 """Real images to score generated ones against: image folders, the shipped Fashion-MNIST subset and
-every ``bigain.datasets`` name, each with a stable identity for feature caching (``eval.metrics``).
+every ``bigain.data.datasets`` name, each with a stable identity for feature caching (``eval.metrics``).
 
     resolve_reference("fmnist-test"), resolve_reference("pets:trainval"), resolve_reference("real_dir/")
 """
@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from bigain.datasets import DATASETS, build_dataset
+from bigain.data import DATASETS, build_dataset
 from bigain.testbed.data import SUBSET_PATH
 
 __all__ = ["IMAGE_EXTS", "REFERENCES", "Reference", "ImageSource", "check_images", "list_images", "resize_center_crop",
@@ -117,7 +117,7 @@ def _fmnist_test(dataset_root: str | None) -> Reference:
 
 
 class _DatasetImage:
-    """Loader: index into a ``bigain.datasets`` EvalDataset -> PIL image (tensors in [-1, 1] converted)."""
+    """Loader: index into a ``bigain.data.datasets`` EvalDataset -> PIL image (tensors in [-1, 1] converted)."""
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
@@ -132,16 +132,16 @@ class _DatasetImage:
 
 
 def dataset_reference(name: str, dataset_root: str | None, split: str | None = None) -> Reference:
-    """Real images of a protocol dataset (``bigain.datasets``: its evaluation split under DATASET_ROOT)."""
+    """Real images of a protocol dataset (``bigain.data.datasets``: its evaluation split under DATASET_ROOT)."""
     ds = build_dataset(name, root=dataset_root, split=split, names_from_metadata=True)
     first = getattr(ds, "metadata_classnames", [])[:3]
     ident = f"dataset:{name}:{ds.split}:{dataset_root or os.environ.get('DATASET_ROOT', '')}:{len(ds)}:{first}"
     return Reference(list(range(len(ds))), _DatasetImage(ds), ident,
-                     f"dataset {name} ({ds.split} split, {len(ds)} images, bigain.datasets)")
+                     f"dataset {name} ({ds.split} split, {len(ds)} images, bigain.data.datasets)")
 
 
 def _register_datasets() -> None:
-    """Every ``bigain.datasets`` name (except user folders) as a reference set."""
+    """Every ``bigain.data.datasets`` name (except user folders) as a reference set."""
     for name in DATASETS:
         if name != "folder" and name not in REFERENCES:
             register_reference(name)(lambda root, _n=name: dataset_reference(_n, root))

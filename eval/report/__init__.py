@@ -4,14 +4,41 @@ Command line: `python -m eval.report` (see `eval/report/__main__.py`). Modules: 
 one table), `tags` (tasks, methods, reduction tags, metrics), `tables` (cells with baseline deltas and their
 rendering), `plots` (trade-off and per-class PNGs), `outcomes` (per-item outcomes and intervals, `eval.stats`).
 """
-from .outcomes import add_intervals, classification_outcomes, generation_outcomes, paired_markdown, partner_tag, \
-    setting_statistics
-from .plots import per_class_heatmap, per_class_plots, sample_grid, save_figure, tradeoff_plots
-from .rows import add_derived, collect_rows
-from .tables import build_table, format_cell, iter_tables, table_values, to_csv, to_latex, to_markdown, \
-    write_table, write_tables
-from .tags import DEFAULT_METRICS, METHOD_NAMES, METRICS, TASKS, Metric, ReportError, get_metric, is_baseline, \
-    parse_reduction, reduction_label, reduction_sort_key, short_model
+from eval.report.outcomes import (
+    add_intervals,
+    classification_outcomes,
+    generation_outcomes,
+    paired_markdown,
+    partner_tag,
+    setting_statistics,
+)
+from eval.report.plots import per_class_heatmap, per_class_plots, sample_grid, save_figure, tradeoff_plots
+from eval.report.rows import add_derived, collect_rows
+from eval.report.tables import (
+    build_table,
+    format_cell,
+    iter_tables,
+    table_values,
+    to_csv,
+    to_latex,
+    to_markdown,
+    write_table,
+    write_tables,
+)
+from eval.report.tags import (
+    DEFAULT_METRICS,
+    METHOD_NAMES,
+    METRICS,
+    TASKS,
+    Metric,
+    ReportError,
+    get_metric,
+    is_baseline,
+    parse_reduction,
+    reduction_label,
+    reduction_sort_key,
+    short_model,
+)
 
 __all__ = [
     "TASKS", "METRICS", "DEFAULT_METRICS", "METHOD_NAMES", "Metric", "ReportError", "get_metric", "is_baseline",

@@ -23,15 +23,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from bigain.cli import check_output_dir, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
-from bigain.records import atomic_write_text
-
-from .outcomes import add_intervals, paired_markdown
-from .plots import per_class_plots, tradeoff_plots
-from .rows import collect_rows
-from .tables import write_tables
-from .tags import METRICS, TASKS, ReportError
+from bigain.cli import add_config_arg, check_output_dir, parse_args_with_config, run_cli
+from bigain.storage import atomic_write_text
+from eval.report.outcomes import add_intervals, paired_markdown
+from eval.report.plots import per_class_plots, tradeoff_plots
+from eval.report.rows import collect_rows
+from eval.report.tables import write_tables
+from eval.report.tags import METRICS, TASKS, ReportError
 
 DEFAULTS: dict[str, Any] = {"columns": "dataset", "formats": ("md", "csv", "tex"), "baseline": "none"}
 
@@ -88,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
             written += per_class_plots(df, args.out)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     counts = df.groupby("task").size().to_dict()
     print(f"{len(df)} runs ({', '.join(f'{k}: {v}' for k, v in counts.items())}) -> {args.out}", file=sys.stderr)
     for path in written:

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from bigain.records import atomic_save_safetensors, load_record
+from bigain.storage import atomic_save_safetensors, load_record
 from eval import stats
 from eval.metrics import extractors as ext
 from eval.metrics.compute import extract_features, metric_options, reference_features

@@ -8,12 +8,20 @@ from typing import Any
 
 import pandas as pd
 
-from bigain.records import atomic_write_bytes
-
-from .outcomes import classification_outcomes, per_class_accuracy
-from .rows import add_derived
-from .tags import METHOD_NAMES, METHOD_ORDER, OPTION_SHORT, _option_text, is_baseline, parse_reduction, \
-    reduction_label, reduction_sort_key, short_model
+from bigain.storage import atomic_write_bytes
+from eval.report.outcomes import classification_outcomes, per_class_accuracy
+from eval.report.rows import add_derived
+from eval.report.tags import (
+    METHOD_NAMES,
+    METHOD_ORDER,
+    OPTION_SHORT,
+    _option_text,
+    is_baseline,
+    parse_reduction,
+    reduction_label,
+    reduction_sort_key,
+    short_model,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Trade-off plots
@@ -44,7 +52,7 @@ def _scatter_panel(ax: Any, points: pd.DataFrame, x: str, y: str, title: str, ba
             ax.plot(part[x], part[y], color=colors[rank % len(colors)], lw=0.8, alpha=0.6, zorder=1)
     seen: set[str] = set()
     for row in points.itertuples(index=False):
-        tag = getattr(row, "reduction")
+        tag = row.reduction
         method = parse_reduction(tag)[0]
         base = is_baseline(tag, baseline)
         rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)

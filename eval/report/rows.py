@@ -10,9 +10,8 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
-from bigain.records import read_csv_rows
-
-from .tags import COLUMN_ALIASES, GENERATION_METRICS, KEY, TASKS, ReportError, is_baseline, parse_reduction
+from bigain.storage import read_csv_rows
+from eval.report.tags import COLUMN_ALIASES, GENERATION_METRICS, KEY, TASKS, ReportError, is_baseline, parse_reduction
 
 NUMERIC = ("accuracy", "images", "expected_images", "calls_per_image", "model_time_s", "images_per_s",
            "images_written", "items", "model_time_per_image_s", "flops_per_call_per_image", "flops_per_image",
@@ -172,8 +171,8 @@ def _rows_from_path(path: Path) -> list[dict]:
         raise ReportError(f"{path}: no such file or folder")
     summaries = sorted(p for name in SUMMARY_FILES for p in path.rglob(name))
     # Run folders first: a summary row of the same run (same time) then wins, with the CSV's columns.
-    return [row for d in _run_dirs_under(path) for row in _run_folder_rows(d)] + \
-        [row for p in summaries for row in _csv_rows(p)]
+    return ([row for d in _run_dirs_under(path) for row in _run_folder_rows(d)]
+            + [row for p in summaries for row in _csv_rows(p)])
 
 
 def _infer_task(row: dict) -> str:

@@ -7,11 +7,20 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import pandas as pd
 
-from bigain.records import atomic_write_text
-
-from .rows import add_derived
-from .tags import DEFAULT_METRICS, METRICS, TASKS, Metric, ReportError, get_metric, is_baseline, \
-    reduction_label, reduction_sort_key, short_model
+from bigain.storage import atomic_write_text
+from eval.report.rows import add_derived
+from eval.report.tags import (
+    DEFAULT_METRICS,
+    METRICS,
+    TASKS,
+    Metric,
+    ReportError,
+    get_metric,
+    is_baseline,
+    reduction_label,
+    reduction_sort_key,
+    short_model,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Tables
@@ -52,7 +61,8 @@ def format_cell(value: float, base: float, metric: Metric, baseline_row: bool, i
         text += f" [{_fmt(interval[0], metric.digits)}, {_fmt(interval[1], metric.digits)}]"
     delta, low, high, p = paired
     if not baseline_row and metric.delta == "abs" and _finite(delta, low, high):
-        signed = [("" if _fmt(v, metric.digits).startswith("-") else "+") + _fmt(v, metric.digits) for v in (delta, low, high)]
+        signed = [("" if _fmt(v, metric.digits).startswith("-") else "+") + _fmt(v, metric.digits)
+                  for v in (delta, low, high)]
         text += f" ({signed[0]} [{signed[1]}, {signed[2]}]" + (f" p={p:.2g}" if _finite(p) else "") + ")"
     elif not baseline_row and base is not None and not pd.isna(base):
         if metric.delta == "abs":
@@ -84,7 +94,9 @@ def table_values(df: pd.DataFrame, metric: str, columns: str = "dataset", baseli
     def extra(suffix: str, scale: float = m.scale) -> pd.Series:
         """A statistics column of this metric (see eval.report.outcomes.add_intervals), scaled; NaN when absent."""
         name = f"{m.column}_{suffix}"
-        return pd.to_numeric(df[name], errors="coerce") * scale if name in df.columns else pd.Series(float("nan"), index=df.index)
+        if name not in df.columns:
+            return pd.Series(float("nan"), index=df.index)
+        return pd.to_numeric(df[name], errors="coerce") * scale
 
     long = pd.DataFrame({"group": df[group_dim].astype(str), "reduction": df["reduction"].astype(str),
                          "column": df[col_dim].astype(str), "value": values, "lo": extra("lo"), "hi": extra("hi"),

@@ -16,7 +16,7 @@ METHOD_NAMES: dict[str, str] = {
 }
 # Row order of every table.
 METHOD_ORDER = ("none", "baseline", "tome", "upstream", "bigain_tm", "lgtm", "todo", "bigain_td", "iekvd", "sito")
-# Option names a reduction tag may carry (bigain.reduction.REDUCTION_FLAGS, plus the reducer seed).
+# Option names a reduction tag may carry (bigain.reduction.options.REDUCTION_FLAGS, plus the reducer seed).
 OPTION_KEYS = (
     "ratio", "df", "df_level2", "alpha", "alpha_schedule", "alpha_start", "alpha_end", "mode", "stop_threshold",
     "max_downsample", "blocks", "sx", "sy", "use_rand", "laplacian_norm", "strip_layout", "noise_alpha", "sim_beta",

@@ -9,13 +9,23 @@ docs/speed_method.md), `check` (that check on published speed.csv files, `python
 """
 import warnings
 
-from .cases import BASELINE, METHODS, PRESET_FLAGS, PRESETS, Case, Setting, grid, make_settings, parse_model, \
-    preset_cases
-from .model_zoo import MODEL_SPECS, ModelSpec, build_model, get_spec, list_models, make_inputs
-from .op_count import count_reducer_ops
-from .tables import BLOCK_COLUMNS, COLUMNS, RANDOM_WEIGHTS_NOTE, block_markdown, markdown_table, write_outputs
-from .timing import benchmark_case, count_reducer_flops, patched, run_benchmark, timed_reducers
-from .upstream import install_upstream, load_upstream
+from eval.speed.cases import (
+    BASELINE,
+    METHODS,
+    PRESET_FLAGS,
+    PRESETS,
+    Case,
+    Setting,
+    grid,
+    make_settings,
+    parse_model,
+    preset_cases,
+)
+from eval.speed.model_zoo import MODEL_SPECS, ModelSpec, build_model, get_spec, list_models, make_inputs
+from eval.speed.op_count import count_reducer_ops
+from eval.speed.tables import BLOCK_COLUMNS, COLUMNS, RANDOM_WEIGHTS_NOTE, block_markdown, markdown_table, write_outputs
+from eval.speed.timing import benchmark_case, count_reducer_flops, patched, run_benchmark, timed_reducers
+from eval.speed.upstream import install_upstream, load_upstream
 
 __all__ = [
     "BASELINE", "METHODS", "PRESETS", "PRESET_FLAGS", "Case", "Setting", "grid", "make_settings", "parse_model",

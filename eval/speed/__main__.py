@@ -21,15 +21,30 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from bigain.argtypes import fraction, nonneg_float, nonneg_int, positive_int
-from bigain.cli import check_output_dir, run_cli
-from bigain.config import add_config_arg, parse_args_with_config
-
-from .cases import METHODS, PRESET_FLAGS, PRESETS, Case, attention_backend_names, grid, make_settings, parse_model, \
-    preset_cases
-from .reliability import MAX_DRIFT, TARGET_HALFWIDTH, machine_load, machine_snapshot
-from .tables import RANDOM_WEIGHTS_NOTE, environment, markdown_table, unreliable_rows, write_outputs
-from .timing import BREAKDOWN_CALLS, run_benchmark
+from bigain.cli import (
+    add_config_arg,
+    check_output_dir,
+    fraction,
+    nonneg_float,
+    nonneg_int,
+    parse_args_with_config,
+    positive_int,
+    run_cli,
+)
+from eval.speed.cases import (
+    METHODS,
+    PRESET_FLAGS,
+    PRESETS,
+    Case,
+    attention_backend_names,
+    grid,
+    make_settings,
+    parse_model,
+    preset_cases,
+)
+from eval.speed.reliability import MAX_DRIFT, TARGET_HALFWIDTH, machine_load, machine_snapshot
+from eval.speed.tables import RANDOM_WEIGHTS_NOTE, environment, markdown_table, unreliable_rows, write_outputs
+from eval.speed.timing import BREAKDOWN_CALLS, run_benchmark
 
 DEFAULTS: dict[str, Any] = {
     "preset": None, "models": None, "methods": list(METHODS), "ratios": [0.3, 0.5, 0.7], "dfs": [2, 4],
@@ -76,7 +91,8 @@ def with_run_options(cases: list[Case], args: argparse.Namespace) -> list[Case]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """CLI options (underscore spellings; the dashed ones of earlier versions stay as aliases); defaults from DEFAULTS."""
+    """CLI options (underscore spellings; the dashed ones of earlier versions stay as aliases); defaults from
+    DEFAULTS."""
     p = argparse.ArgumentParser(prog="python -m eval.speed", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default=DEFAULTS["preset"],
@@ -86,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=DEFAULTS["methods"])
     p.add_argument("--ratios", nargs="+", type=fraction, default=DEFAULTS["ratios"])
     p.add_argument("--dfs", nargs="+", type=positive_int, default=DEFAULTS["dfs"])
-    p.add_argument("--max_downsample", "--max-downsample", nargs="+", type=positive_int, default=DEFAULTS["max_downsample"])
+    p.add_argument("--max_downsample", "--max-downsample", nargs="+", type=positive_int,
+                   default=DEFAULTS["max_downsample"])
     p.add_argument("--blocks", nargs="+", choices=["published", "all"], default=DEFAULTS["blocks"],
                    help="DiT/PixArt block patterns")
     p.add_argument("--resolutions", nargs="+", type=positive_int, default=DEFAULTS["resolutions"])
-    p.add_argument("--batches", nargs="+", type=positive_int, default=DEFAULTS["batches"], help="default 2 (the CFG pair)")
+    p.add_argument("--batches", nargs="+", type=positive_int, default=DEFAULTS["batches"],
+                   help="default 2 (the CFG pair)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=DEFAULTS["dtype"])
     p.add_argument("--device", default=DEFAULTS["device"])
     p.add_argument("--repeats", type=positive_int, default=DEFAULTS["repeats"],
@@ -109,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a busy second core stalls every parallel op")
     p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"])
     p.add_argument("--out", default=DEFAULTS["out"])
-    p.add_argument("--dry_run", "--dry-run", action="store_true", help="list the cases and the number of forward calls, run nothing")
+    p.add_argument("--dry_run", "--dry-run", action="store_true",
+                   help="list the cases and the number of forward calls, run nothing")
     p.add_argument("--no_upstream", "--no-upstream", dest="upstream", action="store_false", help="skip upstream tomesd")
-    p.add_argument("--no_breakdown", "--no-breakdown", dest="breakdown", action="store_false", help="skip the instrumented calls (overhead breakdown)")
+    p.add_argument("--no_breakdown", "--no-breakdown", dest="breakdown", action="store_false",
+                   help="skip the instrumented calls (overhead breakdown)")
     p.add_argument("--cuda_graphs", "--cuda-graphs", action="store_true",
                    help="time CUDA-graph replays of each setting's forward (fixed shapes; needs --device cuda)")
     p.add_argument("--attention_backend", default=DEFAULTS["attention_backend"],

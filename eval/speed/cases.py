@@ -4,9 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from bigain.settings import PAPER_SETTINGS, declared_order, speed_label
-
-from .model_zoo import ModelSpec, get_spec
+from bigain.reduction import PAPER_SETTINGS, declared_order, speed_label
+from eval.speed.model_zoo import ModelSpec, get_spec
 
 METHODS = ("tome", "bigain_tm", "todo", "bigain_td", "sito", "upstream")
 RATIO_METHODS = ("tome", "bigain_tm", "sito", "upstream")
@@ -36,18 +35,15 @@ class Setting:
     def label(self) -> str:
         return speed_label(self.method, dict(self.options))
 
-    def tome_equivalent(self) -> "Setting":
-        """The ToMe setting this upstream setting mirrors (and vice versa)."""
-        return Setting("tome" if self.method == "upstream" else "upstream", self.options)
-
 
 BASELINE = Setting("none")
 
 
 def paper_settings(*placement: tuple[str, Any], **extra: tuple[tuple[str, Any], ...]) -> tuple[Setting, ...]:
-    """The paper's five reducing settings (`bigain.settings.PAPER_SETTINGS`), options in each method's declared
+    """The paper's five reducing settings (`bigain.reduction.PAPER_SETTINGS`), options in each method's declared
     order, then `extra[method]` options, then `placement` (e.g. `("max_downsample", 1)`)."""
-    return tuple(Setting(m, declared_order(m, o) + extra.get(m, ()) + placement) for m, o in PAPER_SETTINGS if m != "none")
+    return tuple(Setting(m, declared_order(m, o) + extra.get(m, ()) + placement)
+                 for m, o in PAPER_SETTINGS if m != "none")
 
 
 def make_settings(family: str, methods: Sequence[str] = METHODS, ratios: Sequence[float] = (0.3, 0.5, 0.7),

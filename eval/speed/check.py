@@ -20,9 +20,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from bigain.argtypes import fraction
-
-from .reliability import MAX_DRIFT, noise_check, removed_layers_bound
+from bigain.cli import fraction
+from eval.speed.reliability import MAX_DRIFT, noise_check, removed_layers_bound
 
 NOT_ATTN_ONLY = ("merge_mlp", "merge_crossattn")  # options that reduce more than attn1: attn_share is no bound
 

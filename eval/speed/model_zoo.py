@@ -3,7 +3,8 @@
 Timing and FLOP counts depend only on the architecture, so the benchmark builds each model from
 a config dict that matches the published `config.json` of its checkpoint and never loads
 weights. Every entry can be shrunk for CPU runs (`num_layers` for DiT/PixArt, `width` scales
-U-Net channels) and tiny variants exist for tests; the shrinking is recorded in the spec name.
+U-Net channels) and tiny variants (configs in `bigain.zoo.speed`) exist for tests; the shrinking is recorded in the spec
+name.
 
     spec = get_spec("sd2")                      # SD 2 base U-Net, 512 px default
     model = build_model(spec, dtype=torch.float16, device="cuda")
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
+
+from bigain.zoo.speed import TINY_SPEED_CONFIGS
 
 __all__ = ["ModelSpec", "MODEL_SPECS", "get_spec", "list_models", "build_model", "make_inputs", "shrink"]
 
@@ -130,32 +133,18 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "flux-schnell": ModelSpec("flux-schnell", "flux", {**FLUX_DEV, "guidance_embeds": False}, 1024, text_tokens=256,
                               description="FLUX.1-schnell (12B)"),
     "flux-dev": ModelSpec("flux-dev", "flux", FLUX_DEV, 1024, text_tokens=512, description="FLUX.1-dev (12B)"),
-    # Tiny variants (tests): same classes and block layouts, a few channels.
-    "tiny-sd": ModelSpec("tiny-sd", "unet", {
-        **SD2_BASE_UNET, "sample_size": 16, "block_out_channels": (16, 32),
-        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-        "attention_head_dim": (2, 4), "cross_attention_dim": 16, "norm_num_groups": 8, "layers_per_block": 1}, 128,
-        text_tokens=5, description="tiny SD 2 style U-Net (attention at full resolution)"),
-    "tiny-sdxl": ModelSpec("tiny-sdxl", "sdxl", {
-        **SDXL_UNET, "sample_size": 16, "block_out_channels": (16, 32, 32), "transformer_layers_per_block": (1, 1, 2),
-        "attention_head_dim": (2, 4, 4), "cross_attention_dim": 16, "addition_time_embed_dim": 4,
-        "projection_class_embeddings_input_dim": 16 + 6 * 4, "norm_num_groups": 8, "layers_per_block": 1}, 128,
-        text_tokens=5, description="tiny SDXL layout"),
-    "tiny-dit": ModelSpec("tiny-dit", "dit", {
-        **DIT_XL_2, "num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 2, "sample_size": 16,
-        "num_embeds_ada_norm": 10}, 128, description="tiny DiT"),
-    "tiny-pixart": ModelSpec("tiny-pixart", "pixart", {
-        **PIXART_ALPHA, "num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 2, "sample_size": 16,
-        "cross_attention_dim": 16, "caption_channels": 16}, 128, text_tokens=5, description="tiny PixArt"),
-    "tiny-sd3": ModelSpec("tiny-sd3", "sd3", {
-        **SD35_MEDIUM, "num_layers": 3, "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 16,
-        "caption_projection_dim": 16, "pooled_projection_dim": 8, "in_channels": 4, "out_channels": 4,
-        "sample_size": 16, "pos_embed_max_size": 32, "dual_attention_layers": (0,)}, 128, text_tokens=5,
-        description="tiny SD3.5 layout (dual attention in block 0)"),
-    "tiny-flux": ModelSpec("tiny-flux", "flux", {
-        **FLUX_DEV, "in_channels": 16, "num_layers": 2, "num_single_layers": 3, "attention_head_dim": 8,
-        "num_attention_heads": 2, "joint_attention_dim": 16, "pooled_projection_dim": 8, "axes_dims_rope": (2, 2, 4)},
-        128, text_tokens=5, description="tiny Flux (dev layout)"),
+    # Tiny variants (tests): same classes and block layouts, a few channels (configs in the zoo, bigain.zoo.speed).
+    "tiny-sd": ModelSpec("tiny-sd", "unet", TINY_SPEED_CONFIGS["tiny-sd"], 128, text_tokens=5,
+                         description="tiny SD 2 style U-Net (attention at full resolution)"),
+    "tiny-sdxl": ModelSpec("tiny-sdxl", "sdxl", TINY_SPEED_CONFIGS["tiny-sdxl"], 128, text_tokens=5,
+                           description="tiny SDXL layout"),
+    "tiny-dit": ModelSpec("tiny-dit", "dit", TINY_SPEED_CONFIGS["tiny-dit"], 128, description="tiny DiT"),
+    "tiny-pixart": ModelSpec("tiny-pixart", "pixart", TINY_SPEED_CONFIGS["tiny-pixart"], 128, text_tokens=5,
+                             description="tiny PixArt"),
+    "tiny-sd3": ModelSpec("tiny-sd3", "sd3", TINY_SPEED_CONFIGS["tiny-sd3"], 128, text_tokens=5,
+                          description="tiny SD3.5 layout (dual attention in block 0)"),
+    "tiny-flux": ModelSpec("tiny-flux", "flux", TINY_SPEED_CONFIGS["tiny-flux"], 128, text_tokens=5,
+                           description="tiny Flux (dev layout)"),
 }
 
 
@@ -209,8 +198,13 @@ def get_spec(name: str, num_layers: Optional[int] = None, width: Optional[float]
 
 
 def model_class(spec: ModelSpec) -> type:
-    from diffusers import (DiTTransformer2DModel, FluxTransformer2DModel, PixArtTransformer2DModel,
-                           SD3Transformer2DModel, UNet2DConditionModel)
+    from diffusers import (
+        DiTTransformer2DModel,
+        FluxTransformer2DModel,
+        PixArtTransformer2DModel,
+        SD3Transformer2DModel,
+        UNet2DConditionModel,
+    )
 
     return {"unet": UNet2DConditionModel, "sdxl": UNet2DConditionModel, "dit": DiTTransformer2DModel,
             "pixart": PixArtTransformer2DModel, "sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel}[spec.kind]

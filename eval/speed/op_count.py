@@ -17,10 +17,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tomesd
-
-from . import timing
-from .cases import parse_model
-from .model_zoo import build_model, make_inputs
+from eval.speed.cases import parse_model
+from eval.speed.model_zoo import build_model, make_inputs
 
 OP_PHASES = ("plan", "reduce", "restore", "kv")
 
@@ -41,7 +39,7 @@ class CountingMode(TorchDispatchMode):
 
 
 class OpSpans:
-    """`Spans`-compatible collector for `eval.speed.timing.timed_reducers`: phase -> (ops, views).
+    """A reducer-phase tracer for `tomesd.trace_reducers` (as `eval.speed.timing` uses): phase -> (ops, views).
 
     Only the top-level phases (plan, reduce, restore, kv) count; nested scoring/matching spans are
     part of `plan` already.
@@ -76,7 +74,7 @@ def count_reducer_ops(model: torch.nn.Module, method: str, options: dict, args: 
     spans = OpSpans(mode)
     report = tomesd.apply_patch(model, method=method, seed=seed, **options)
     try:
-        with torch.no_grad(), timing.timed_reducers(model, spans):
+        with torch.no_grad(), tomesd.trace_reducers(model, spans.span):
             model(*args, **kwargs)
     finally:
         tomesd.remove_patch(model)
@@ -97,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     spec = parse_model(args.model)
     model = build_model(spec, dtype=torch.float32, device=torch.device("cpu"), seed=0)
-    margs, mkwargs = make_inputs(spec, args.batch, args.resolution, dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    margs, mkwargs = make_inputs(spec, args.batch, args.resolution, dtype=torch.float32, device=torch.device("cpu"),
+                                 seed=0)
     rows = []
     print("| method | plan_reuse | ATen ops per block | of which non-view (kernel-launch proxy) |\n|---|---|---|---|")
     for method in args.methods:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,16 +33,15 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
 import tomesd
-from bigain.classifier import StageSchedule
-from bigain.records import atomic_write_json
+from bigain.diffusion import StageSchedule
+from bigain.storage import atomic_write_json
 from bigain.testbed import ASSETS_DIR
+from eval.speed.sito_precision import first_block_metrics, test_images
+from eval.speed.timing import median, timed_call
 from tomesd.reducers.base import ReductionContext
-from tomesd.reducers.lgtm import LGTM, LGTMOptions
+from tomesd.reducers.bigain_tm import LGTM, LGTMOptions
 from tomesd.reducers.tome import ToMe, ToMeOptions
 from tomesd.rng import CounterRandom
-
-from .sito_precision import first_block_metrics, test_images
-from .timing import median, timed_call
 
 UNET_DIR = Path(ASSETS_DIR) / "unet-fmnist"
 NUM_CLASSES = 10
@@ -57,7 +56,7 @@ def stage_rows(schedule: StageSchedule, num_classes: int, order: str) -> list[li
     alive, stages = list(range(num_classes)), []
     for new_slots, keep in zip(schedule.stage_slots(), schedule.to_keep):
         inputs = [(s, k) for s in new_slots for k in range(schedule.n_trials)]
-        if order == "class-major":  # the classifier's order (bigain.classifier.classify_image)
+        if order == "class-major":  # the classifier's order (bigain.diffusion.classifier.classify_image)
             rows = [(r, s, k) for r in alive for s, k in inputs]
         else:
             rows = [(r, s, k) for s, k in inputs for r in alive]
@@ -66,7 +65,8 @@ def stage_rows(schedule: StageSchedule, num_classes: int, order: str) -> list[li
     return stages
 
 
-def batch_sizes_and_distinct(schedule: StageSchedule, num_classes: int, batch_size: int, order: str) -> list[tuple[int, int]]:
+def batch_sizes_and_distinct(schedule: StageSchedule, num_classes: int, batch_size: int,
+                             order: str) -> list[tuple[int, int]]:
     """(rows, distinct noisy inputs) of every denoiser call for one image under `order`."""
     calls = []
     for rows in stage_rows(schedule, num_classes, order):
@@ -92,7 +92,7 @@ def plan_times(metric: torch.Tensor, side: int, distinct: Sequence[int]) -> dict
     reducers = {"tome": (ToMe, ToMeOptions(ratio=0.7)), "bigain_tm": (LGTM, LGTMOptions(ratio=0.7))}
     out = {}
     for name, (reducer, opts) in reducers.items():
-        def plan_rows(k: int) -> Callable[[], object]:
+        def plan_rows(k: int, reducer=reducer, opts=opts) -> Callable[[], object]:
             ctx = ReductionContext(metric[:k].contiguous(), side, side, None, CounterRandom(0))
             return lambda: reducer.plan(ctx, opts)
         out[name] = {f"plan_ms_{k}_rows": median_ms(plan_rows(k)) for k in sorted({metric.shape[0], *distinct})}
@@ -119,8 +119,9 @@ def call_times(model: UNet2DConditionModel, x_t: torch.Tensor, t: torch.Tensor, 
     return {name: median(v) for name, v in times.items()}
 
 
-def measure(schedule: StageSchedule = StageSchedule(), batch_size: int = BATCH_SIZE) -> dict:
-    """The whole report (see the module docstring)."""
+def measure(schedule: StageSchedule | None = None, batch_size: int = BATCH_SIZE) -> dict:
+    """The whole report (see the module docstring); `schedule` defaults to the paper's `StageSchedule()`."""
+    schedule = StageSchedule() if schedule is None else schedule
     torch.set_num_threads(1)
     torch.manual_seed(0)
     # Does it hold? One test image, one timestep and noise, all ten classes: first-block metrics per model.
@@ -142,7 +143,8 @@ def measure(schedule: StageSchedule = StageSchedule(), batch_size: int = BATCH_S
                          if any(r == batch_size for r, _ in c) else float("nan")}
                  for order, c in calls.items()}
     distinct = sorted({round(v["mean_distinct_per_full_batch"]) for v in per_order.values()})
-    return {"model": "testbed unet-fmnist", "batch_size": batch_size, "schedule": {"n_samples": list(schedule.n_samples),
+    return {"model": "testbed unet-fmnist", "batch_size": batch_size,
+            "schedule": {"n_samples": list(schedule.n_samples),
             "to_keep": list(schedule.to_keep)}, "first_block_tokens": metric.shape[1], "channels": metric.shape[2],
             "first_metric_equal_across_class_rows": equal_rows, "orders": per_order,
             "plan": plan_times(metric, grid_side, distinct), "call_ms": call_times(model, x_t, t, cond)}

@@ -44,7 +44,8 @@ def noised(x0: torch.Tensor, t: int, folder: str) -> torch.Tensor:
     return scheduler.add_noise(x0, eps, torch.tensor([t]))
 
 
-def first_block_metrics(kind: str, x0: torch.Tensor, labels: torch.Tensor, t: int, share_noise: bool = False) -> torch.Tensor:
+def first_block_metrics(kind: str, x0: torch.Tensor, labels: torch.Tensor, t: int,
+                        share_noise: bool = False) -> torch.Tensor:
     """The first transformer block's metric (U-Net: block input; DiT: attention input) for each row.
 
     `share_noise`: every row gets the first row's noisy input (the classifier's class rows).
@@ -56,7 +57,8 @@ def first_block_metrics(kind: str, x0: torch.Tensor, labels: torch.Tensor, t: in
         model = UNet2DConditionModel.from_pretrained(TESTBED / "unet-fmnist" / "unet").eval()
         emb = load_file(TESTBED / "unet-fmnist" / "class_embeddings.safetensors")["embeddings"]
         block = next(m for n, m in model.named_modules() if n.endswith("transformer_blocks.0"))
-        handle = block.register_forward_pre_hook(lambda m, a, k: seen.append(k.get("hidden_states", a[0] if a else None)),
+        handle = block.register_forward_pre_hook(
+            lambda m, a, k: seen.append(k.get("hidden_states", a[0] if a else None)),
                                                  with_kwargs=True)
         call = lambda x: model(x, torch.full((x.shape[0],), t), encoder_hidden_states=emb[labels])  # noqa: E731
         folder = "unet-fmnist"

@@ -42,10 +42,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from bigain.records import atomic_write_csv, atomic_write_text
+from bigain.storage import atomic_write_csv, atomic_write_text
 from eval.report.plots import save_figure
-
-from .reliability import STOP_REASONS, load_note
+from eval.speed.reliability import STOP_REASONS, load_note
 
 RANDOM_WEIGHTS_NOTE = "random weights (architecture-only timing; no checkpoint loaded)"
 
@@ -112,8 +111,10 @@ def rounds_note(rows: Sequence[dict]) -> str:
     cases = {}
     for r in rows:
         cases.setdefault((r["model"], r["resolution"], r["batch"]), (r.get("repeats"), r.get("stop", "")))
-    return "; ".join(f"{m} {px}px b{b}: {n} rounds" + (f" ({STOP_REASONS.get(stop, stop)})" if isinstance(stop, str) and stop else "")
-                     for (m, px, b), (n, stop) in cases.items())
+    def reason(stop: Any) -> str:
+        return f" ({STOP_REASONS.get(stop, stop)})" if isinstance(stop, str) and stop else ""
+
+    return "; ".join(f"{m} {px}px b{b}: {n} rounds{reason(stop)}" for (m, px, b), (n, stop) in cases.items())
 
 
 def markdown_table(rows: Sequence[dict], load: Optional[dict] = None) -> str:
@@ -139,7 +140,8 @@ def markdown_table(rows: Sequence[dict], load: Optional[dict] = None) -> str:
             speedup_cell(r), _fmt(r["ideal_speedup"]) + "x", "n/a" if not _finite(bound) else f"{bound:.2f}x",
             _fmt(r["measured_over_ideal"]),
             _fmt(r["upstream_speedup"]) + ("x" if not math.isnan(r["upstream_speedup"]) else ""),
-            _fmt(r["flops_g"], ".1f"), _fmt(100 * r["attn_share"], ".0f") + "%" if not math.isnan(r["attn_share"]) else "n/a",
+            _fmt(r["flops_g"], ".1f"),
+            _fmt(100 * r["attn_share"], ".0f") + "%" if not math.isnan(r["attn_share"]) else "n/a",
             _fmt(r["overhead_ms"], ".1f"),
             _fmt(100 * r["overhead_share"], ".1f") + "%" if not math.isnan(r["overhead_share"]) else "n/a",
             _fmt(100 * r["overhead_flop_share"], ".1f") + "%" if not math.isnan(r["overhead_flop_share"]) else "n/a",
@@ -168,7 +170,8 @@ def block_markdown(block_rows: Sequence[dict]) -> str:
     """Per-block reducer overhead (ms) with the block's baseline attn1 time."""
     header = ["model", "px", "batch", "setting", "block", "attn base", "attn patched", "plan", "score", "match",
               "reduce", "restore", "kv", "overhead/attn"]
-    lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Milliseconds, median of 3 instrumented calls; plan includes score and match.",
+    lines = [f"Weights: {RANDOM_WEIGHTS_NOTE}. Milliseconds, median of 3 instrumented calls; "
+             "plan includes score and match.",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in block_rows:
         lines.append("| " + " | ".join([

@@ -11,17 +11,15 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 import tomesd
+from eval.flops import FlopSpans, count_flops
+from eval.speed import op_count
+from eval.speed.cases import BASELINE, Case, Setting, parse_model
+from eval.speed.model_zoo import ModelSpec, build_model, make_inputs
+from eval.speed.reliability import MAX_DRIFT, TARGET_HALFWIDTH, run_rounds, speedup_columns
+from eval.speed.tables import COLUMNS
+from eval.speed.upstream import load_upstream
 from tomesd.backbones import find_backbone
 from tomesd.reducers.base import PHASES
-
-from eval.flops import FlopSpans, count_flops
-
-from . import op_count
-from .cases import BASELINE, Case, Setting, parse_model
-from .reliability import MAX_DRIFT, TARGET_HALFWIDTH, run_rounds, speedup_columns
-from .model_zoo import ModelSpec, build_model, make_inputs
-from .tables import COLUMNS
-from .upstream import load_upstream
 
 BREAKDOWN_CALLS = 3  # instrumented calls per setting; the breakdown is their per-phase median
 
@@ -400,7 +398,8 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
         own_flops = reducer_flops.get(s, float("nan"))
         row = {
             "model": spec.name, "model_note": spec.note or spec.description, "family": spec.family,
-            "resolution": case.resolution, "latent": latent, "batch": case.batch, "dtype": str(dtype).replace("torch.", ""),
+            "resolution": case.resolution, "latent": latent, "batch": case.batch,
+            "dtype": str(dtype).replace("torch.", ""),
             "device": device.type, "attention": attention_backend(device), "engine": s.engine, "method": s.method,
             "setting": s.label, "options": json.dumps(s.kwargs), "blocks": len(blocks[s]), "tokens": tokens,
             "reduced_tokens": kept, "latency_ms": median(times[s]), "baseline_ms": base_ms,

@@ -3,12 +3,15 @@
 A new method is one module here (an `Options` dataclass, `plan(ctx, opts)`, `kept_tokens`)
 decorated with `@register_reducer`, plus its import below.
 """
-from . import none  # noqa: F401  (registration side effects, in listing order)
-from . import tome  # noqa: F401
-from . import lgtm  # noqa: F401
-from . import todo  # noqa: F401
-from . import iekvd  # noqa: F401
-from . import sito  # noqa: F401
-from .base import KVPlan, Plan, ReductionContext, TokenPlan
+# registration side effects, in listing order (kept out of import sorting)
+# isort: off
+from tomesd.reducers import none  # noqa: F401
+from tomesd.reducers import tome  # noqa: F401
+from tomesd.reducers import bigain_tm  # noqa: F401
+from tomesd.reducers import todo  # noqa: F401
+from tomesd.reducers import bigain_td  # noqa: F401
+from tomesd.reducers import sito  # noqa: F401
+# isort: on
+from tomesd.reducers.base import KVPlan, Plan, ReductionContext, TokenPlan
 
 __all__ = ["KVPlan", "Plan", "ReductionContext", "TokenPlan"]

@@ -6,7 +6,7 @@ from typing import Any, Callable, ClassVar, ContextManager, Literal, Optional, P
 
 from torch import Tensor
 
-from ..rng import CounterRandom
+from tomesd.rng import CounterRandom
 
 TensorFn = Callable[[Tensor], Tensor]
 Tracer = Callable[[str], ContextManager[Any]]  # phase name -> a context manager around that phase
@@ -64,11 +64,6 @@ class KVPlan:
 
 
 Plan = Union[TokenPlan, KVPlan, None]
-
-
-def do_nothing(x: Tensor) -> Tensor:
-    """Identity, so callers never branch on an idle plan."""
-    return x
 
 
 def run_phase(trace: Optional[Tracer], phase: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:

@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import TokenPlan
-from .grid import batch_offsets, gather_tokens, sources_then_destinations, static_tensor, take_rows
+from tomesd.reducers.base import TokenPlan
+from tomesd.reducers.grid import batch_offsets, gather_tokens, sources_then_destinations, static_tensor, take_rows
 
 
 def merge_count(num_tokens: int, ratio: float, num_dst: int) -> int:

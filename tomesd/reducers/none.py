@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..registry import register_reducer
-from .base import Plan, ReductionContext
+from tomesd.reducers.base import Plan, ReductionContext
+from tomesd.registry import register_reducer
 
 
 @dataclass(frozen=True)

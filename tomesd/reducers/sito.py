@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..options import MergeOptions, check_choice
-from ..registry import register_reducer
-from ..rng import CounterRandom, draw_normal
-from .base import Plan, ReductionContext, TokenPlan, run_phase
-from .grid import block_positions, complement_indices, gather_tokens
-from .matching import merge_count, restore_by_map
-from .tome import merged_token_count
+from tomesd.options import MergeOptions, check_choice
+from tomesd.reducers.base import Plan, ReductionContext, TokenPlan, run_phase
+from tomesd.reducers.grid import block_positions, complement_indices, gather_tokens
+from tomesd.reducers.matching import merge_count, restore_by_map
+from tomesd.reducers.tome import merged_token_count
+from tomesd.registry import register_reducer
+from tomesd.rng import CounterRandom, draw_normal
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ def columns(rows: Tensor, index: Tensor) -> Tensor:
     return rows.gather(2, index.unsqueeze(1).expand(-1, rows.shape[1], -1))
 
 
-def graph_and_scores(unit: Tensor, opts: SiToOptions, random: Optional[CounterRandom]) -> tuple[Optional[Tensor], Tensor]:
+def graph_and_scores(unit: Tensor, opts: SiToOptions,
+                     random: Optional[CounterRandom]) -> tuple[Optional[Tensor], Tensor]:
     """The cosine graph (B, N, N) ("full"; None for "blocks") and the base-token scores (B, N) of `unit` tokens."""
     graph = cosine_graph(unit) if opts.graph == "full" else None
     degrees = None if graph is not None else graph_degrees(unit)
@@ -140,7 +141,8 @@ class SiTo:
             # max(-1).indices == argmax(-1) (first maximum, ties and NaN alike) at half the CPU time.
             nearest_retained = similarity(pruned_idx, retained_idx).max(-1).indices  # (B, P)
             index_map = torch.empty(batch, num_tokens, dtype=torch.long, device=metric.device)
-            index_map.scatter_(1, retained_idx, torch.arange(retained_idx.shape[1], device=metric.device).expand(batch, -1))
+            index_map.scatter_(1, retained_idx,
+                               torch.arange(retained_idx.shape[1], device=metric.device).expand(batch, -1))
             index_map.scatter_(1, pruned_idx, nearest_retained)
 
         def prune(x: Tensor) -> Tensor:

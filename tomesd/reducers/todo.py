@@ -7,10 +7,10 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..options import DownsampleOptions, check_choice, check_stop_threshold
-from ..registry import register_reducer
-from .base import KVPlan, Plan, ReductionContext
-from .grid import from_grid, to_grid
+from tomesd.options import DownsampleOptions, check_choice, check_stop_threshold
+from tomesd.reducers.base import KVPlan, Plan, ReductionContext
+from tomesd.reducers.grid import from_grid, to_grid
+from tomesd.registry import register_reducer
 
 DOWNSAMPLE_MODES = ("nearest-exact", "nearest", "avg_pool", "max_pool", "area", "bilinear", "bicubic")
 

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import MergeOptions
-from ..registry import register_reducer
-from .base import Plan, ReductionContext, run_phase
-from .grid import block_positions, num_blocks, static_tensor
-from .matching import bipartite_merge_plan, merge_count
+from tomesd.options import MergeOptions
+from tomesd.reducers.base import Plan, ReductionContext, run_phase
+from tomesd.reducers.grid import block_positions, num_blocks, static_tensor
+from tomesd.reducers.matching import bipartite_merge_plan, merge_count
+from tomesd.registry import register_reducer
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ class ToMe:
             if ctx.random is None:
                 dst = destinations(torch.randint(slots, (num_dst,), device=device))
             else:  # made once per call for every block on this grid; each block selects its row
-                dst = ctx.random.derived_randint(slots, num_dst, device, ("tome", ctx.height, ctx.width, opts.sx, opts.sy),
+                dst = ctx.random.derived_randint(slots, num_dst, device,
+                                                 ("tome", ctx.height, ctx.width, opts.sx, opts.sy),
                                                  destinations)
         else:  # the top-left position of every block, cached
             dst = static_tensor(("top_left", ctx.height, ctx.width, opts.sx, opts.sy, str(device)),
