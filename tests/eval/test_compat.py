@@ -231,3 +231,15 @@ def test_bad_input_is_an_error_with_exit_2(args, message, capsys, tmp_path):
 def test_every_backbone_and_status_is_known():
     assert list(BACKBONES) == ["sd", "sdxl", "dit", "pixart", "sd3", "flux"]
     assert cells.STATUSES == ("ok", "refused", "failing", "n/a")
+
+
+def test_hub_backends_are_not_fetched(monkeypatch):
+    """A *_hub backend downloads its kernel at first use: the offline check names it and never tries."""
+    from diffusers.models import attention_dispatch
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the compatibility check tried to download a kernel")
+
+    monkeypatch.setattr(attention_dispatch, "_maybe_download_kernel_for_backend", no_network)
+    F.backend_unusable.cache_clear()
+    assert "not tried" in F.backend_unusable("flash_hub")

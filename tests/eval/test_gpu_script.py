@@ -16,7 +16,7 @@ from eval.speed import timing
 from eval.speed.__main__ import main as speed_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_speed.sh"
 
 

@@ -311,7 +311,7 @@ def test_checker_rejects_a_folder_without_speed_csv(tmp_path, capsys):
 def test_published_tables_are_readable_by_the_checker():
     """Every speed.csv under docs/benchmarks parses and every reducing row gets a verdict (the result itself is
     reported in docs/speed_method.md, not asserted: old tables were run on a shared machine)."""
-    root = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    root = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
     folders = sorted(p.parent for p in root.glob("*/speed.csv"))
     assert folders
     for folder in folders:

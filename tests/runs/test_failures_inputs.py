@@ -95,7 +95,7 @@ def test_wrong_typed_config_value_names_file_and_key(damaged, tmp_path, capsys, 
 def test_shipped_and_tiny_model_configs_pass_the_type_check(dit_path):
     from bigain.models.folder_checks import component_config_problems, safetensors_problems
 
-    for folder in [dit_path, *sorted(p for p in (Path(__file__).parents[1] / "bigain/assets/testbed").iterdir()
+    for folder in [dit_path, *sorted(p for p in (Path(__file__).parents[2] / "bigain/assets/testbed").iterdir()
                                      if p.is_dir())]:
         assert component_config_problems(folder) == [] and safetensors_problems(folder) == []
 

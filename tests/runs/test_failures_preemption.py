@@ -17,7 +17,7 @@ from bigain.storage import PREEMPTED_EXIT, Preempted, deferred, load_record, rec
 from bigain.zoo import build_tiny_pixel_dit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
