@@ -4,7 +4,6 @@ out-of-memory error is injected on CPU: the model's call raises it above a batch
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,16 +14,10 @@ from bigain.cli import batch_size, parse_args_with_config, run_cli
 from bigain.models import LoadedModel
 from bigain.runs.batching import find_batch_size
 from bigain.storage import load_record, record_path
-from bigain.zoo import build_tiny_pixel_dit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["--n_samples", "2", "4", "--to_keep", "3", "1", "--dtype", "fp32", "--device", "cpu", "--no_flops"]
-
-
-@pytest.fixture(scope="module")
-def dit_path(tmp_path_factory) -> Path:
-    return build_tiny_pixel_dit(tmp_path_factory.mktemp("pixel_dit"))
 
 
 @pytest.fixture(autouse=True)

@@ -15,14 +15,8 @@ import bigain.runs.generation
 from bigain import classify, generate
 from bigain.cli import run_cli
 from bigain.models import ModelFolderError, load_model
-from bigain.zoo import build_tiny_pixel_dit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def dit_path(tmp_path_factory) -> Path:
-    return build_tiny_pixel_dit(tmp_path_factory.mktemp("pixel_dit"))
 
 
 @pytest.fixture

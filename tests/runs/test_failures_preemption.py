@@ -14,15 +14,9 @@ import pytest
 
 from bigain import classify, generate
 from bigain.storage import PREEMPTED_EXIT, Preempted, deferred, load_record, record_path, sigterm_stops_run
-from bigain.zoo import build_tiny_pixel_dit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def dit_path(tmp_path_factory) -> Path:
-    return build_tiny_pixel_dit(tmp_path_factory.mktemp("pixel_dit"))
 
 
 def test_sigterm_waits_for_a_deferred_block():

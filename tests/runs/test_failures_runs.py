@@ -16,16 +16,10 @@ import bigain.runs.generation
 from bigain import classify, generate
 from bigain.cli import run_cli
 from bigain.storage import append_csv_row, load_record, read_csv_rows, record_digest, record_path
-from bigain.zoo import build_tiny_pixel_dit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["--n_samples", "2", "4", "--to_keep", "3", "1", "--dtype", "fp32", "--device", "cpu", "--no_flops"]
-
-
-@pytest.fixture(scope="module")
-def dit_path(tmp_path_factory) -> Path:
-    return build_tiny_pixel_dit(tmp_path_factory.mktemp("pixel_dit"))
 
 
 @pytest.fixture(autouse=True)
