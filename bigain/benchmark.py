@@ -5,8 +5,10 @@
     python -m bigain.benchmark --sweep         # add the ratio sweep (0.3/0.5/0.7 merging, df 2/4)
     python -m bigain.benchmark --compare       # every method at two strengths + the compression sweep
     python -m bigain.benchmark --models dit --settings headline compression --n_images 100   # any groups
+    python -m bigain.benchmark --testbed textures  # the same on the natural-texture testbed (docs/testbed/textures.md)
 
-For each shipped model (a DiT and an SD-style U-Net trained on Fashion-MNIST) and each method at
+For each shipped model (a DiT and an SD-style U-Net trained on Fashion-MNIST, or with `--testbed textures`
+on natural textures) and each method at
 the paper's settings it runs the adaptive diffusion classifier (`bigain.classify`) on the test
 subset, generates a fixed class-balanced sample set (`bigain.generate`), scores it with a domain
 FID and class consistency (`eval.metrics`, the shipped reference CNN), and times the denoiser on
@@ -51,6 +53,8 @@ from bigain.models import check_device, load_model
 from bigain.reduction import PAPER_METHODS, SETTING_GROUPS, setting_label, setting_tag
 from bigain.runs import ClassifyRun, GenerateRun, run_classification, run_generation
 from bigain.storage import atomic_write_json, atomic_write_text
+from bigain.testbed import shipped_model_dirs
+from bigain.testbed.sources import testbed_data
 from eval.flops import count_flops
 from eval.metrics import compute_metrics
 from eval.report.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
@@ -65,8 +69,8 @@ from eval.speed.reliability import (
 )
 from eval.speed.timing import reduced_time_shares, timed_call
 
-TESTBED = Path(__file__).resolve().parent / "assets" / "testbed"
-MODELS = {"dit": TESTBED / "dit-fmnist", "unet": TESTBED / "unet-fmnist"}
+MODELS = {kind: Path(path) for kind, path in shipped_model_dirs("fmnist").items()}  # the default testbed's
+DEFAULT_OUT = {"fmnist": "outputs/benchmark", "textures": "outputs/benchmark-textures"}
 
 
 def select_settings(groups: Sequence[str], sweep: bool, methods: Optional[Sequence[str]]) -> list[tuple[str, dict]]:
@@ -89,14 +93,20 @@ def classify_setting(model_path: Path, method: str, options: dict, out: Path, ar
     """Adaptive diffusion classification of the first images of the shipped subset (resumable: records carry the
     run's fingerprint, so changed settings or weights are recomputed)."""
     return run_classification(ClassifyRun(
-        dataset="fmnist", split=args.split, model_path=str(model_path), dtype="fp32", device=args.device,
+        dataset=args.testbed, split=args.split, model_path=str(model_path), dtype="fp32", device=args.device,
         batch_size=args.cls_batch_size, n_samples=tuple(args.n_samples), to_keep=tuple(args.to_keep), seed=args.seed,
         allow_stages_without_new_timesteps=args.allow_stages_without_new_timesteps, max_images=args.n_images,
         run_dir=str(out), summary_csv=str(out.parent.parent / "summary.csv"), method=method, reduction=options))
 
 
-METRIC_SETTINGS = {"reference": "fmnist-test", "metrics": ["domain_fid", "class_consistency"],
-                   "domain_extractor": "fmnist-reference"}
+def metric_settings(testbed: str) -> dict[str, Any]:
+    """What scores a testbed's samples: its test subset as reference and its reference CNN as domain extractor."""
+    source = testbed_data(testbed)
+    return {"reference": source.reference, "metrics": ["domain_fid", "class_consistency"],
+            "domain_extractor": source.domain_extractor}
+
+
+METRIC_SETTINGS = metric_settings("fmnist")
 
 
 def generation_run_dir(out: Path, args: argparse.Namespace) -> Path:
@@ -104,9 +114,9 @@ def generation_run_dir(out: Path, args: argparse.Namespace) -> Path:
     return out / f"n{10 * args.images_per_class}"
 
 
-def metrics_key(generation_fingerprint: str, n_images: int) -> dict[str, Any]:
+def metrics_key(generation_fingerprint: str, n_images: int, testbed: str = "fmnist") -> dict[str, Any]:
     """What cached metrics must match to be reused: the images' generation fingerprint and the metric settings."""
-    return {"generation_fingerprint": generation_fingerprint, "n_images": n_images, **METRIC_SETTINGS}
+    return {"generation_fingerprint": generation_fingerprint, "n_images": n_images, **metric_settings(testbed)}
 
 
 def generate_setting(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
@@ -119,15 +129,14 @@ def generate_setting(model_path: Path, method: str, options: dict, out: Path, ar
         run_dir=str(run_dir), summary_csv=str(out.parent.parent / "summary.csv"), no_progress=True,
         method=method, reduction=options))
     metrics_file = run_dir / "metrics.json"
-    key = metrics_key(row["fingerprint"], 10 * args.images_per_class)
+    key = metrics_key(row["fingerprint"], 10 * args.images_per_class, args.testbed)
     try:
         cached = json.loads(metrics_file.read_text())
     except (OSError, ValueError):
         cached = {}
     if cached.get("cache_key") != key:
-        scores = compute_metrics(run_dir / "images", METRIC_SETTINGS["reference"],
-                                 metrics=tuple(METRIC_SETTINGS["metrics"]),
-                                 domain_extractor=METRIC_SETTINGS["domain_extractor"], device=args.metrics_device,
+        scores = compute_metrics(run_dir / "images", key["reference"], metrics=tuple(key["metrics"]),
+                                 domain_extractor=key["domain_extractor"], device=args.metrics_device,
                                  skip_unavailable=False)  # never cache a result missing a metric
         cached = {"cache_key": key, "n_images": key["n_images"], **{k: v for k, v in scores.items() if k != "report"},
                   "report": scores.get("report")}
@@ -229,13 +238,18 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bigain.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--testbed", default="fmnist", choices=list(DEFAULT_OUT),
+                   help="testbed: fmnist (Fashion-MNIST, default) or textures (natural textures, "
+                        "docs/testbed/textures.md); picks the shipped models, the test images, the reference CNN "
+                        "and the default --out")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="testbed models")
     p.add_argument("--model_dir", action="append", default=[], metavar="NAME=PATH",
                    help="use another model folder for NAME (e.g. dit=/path); tests use tiny models")
     p.add_argument("--full", action="store_true", help="classify all 1,000 shipped test images; 200 samples, 20 steps")
     p.add_argument("--split", default="subset", choices=["subset", "test"],
-                   help="fmnist images to classify: the shipped 1,000-image subset, or the full 10,000-image test "
-                        "set (Debian package dataset-fashion-mnist or torchvision download)")
+                   help="images to classify: the shipped 1,000-image subset, or the full test set (fmnist: 10,000 "
+                        "images from the Debian package dataset-fashion-mnist or a torchvision download; textures: "
+                        "5,000 crops)")
     p.add_argument("--sweep", action="store_true", help="also run the ratio sweep (0.3/0.5 merging, df 4)")
     p.add_argument("--settings", nargs="+", default=["paper"], choices=list(SETTING_GROUPS),
                    help="setting groups: paper (the six paper settings, default), compare (ratios 0.5/0.7, df 2/4 for "
@@ -278,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--metrics_device", default="cpu", help="device of the metric feature extractor")
     add_threads_arg(p, dest="threads")
-    add_output_args(p, "outputs/benchmark", dest="out", run_files=False)
+    add_output_args(p, None, dest="out", run_files=False)
     add_config_arg(p)
     return p
 
@@ -291,7 +305,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         args.settings = list(dict.fromkeys(list(args.settings) + ["compare", "compression"]))
     if args.full:  # the whole shipped subset, 20 samples per class, 20 steps
         args.n_images, args.images_per_class, args.steps = None, 20, 20
-    paths = dict(MODELS)
+    args.out = args.out or DEFAULT_OUT[args.testbed]
+    paths = {kind: Path(path) for kind, path in shipped_model_dirs(args.testbed).items()}
     for item in args.model_dir:
         name, _, path = item.partition("=")
         if name not in MODELS or not path:
@@ -299,8 +314,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         paths[name] = Path(path)
     missing = [str(paths[m]) for m in args.models if not paths[m].exists()]
     if missing:
-        raise FileNotFoundError(f"testbed model folder(s) missing: {missing} "
-                                "(train them with python -m bigain.testbed.train)")
+        raise FileNotFoundError(f"testbed model folder(s) missing: {missing} (train them with python -m "
+                                f"bigain.testbed.train --dataset {args.testbed}, docs/testbed.md)")
     check_output_dir(args.out, "--out")
     for flag, device in (("--device", args.device), ("--metrics_device", args.metrics_device)):
         if device != "auto":  # before any model loads
@@ -312,7 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
                                        args)]
     wall, load = time.perf_counter() - start, machine_load(before, machine_snapshot())
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    header = (f"Testbed benchmark (Fashion-MNIST, shipped models), {rows[0]['images'] if rows else 0} images "
+    title = testbed_data(args.testbed).title
+    header = (f"Testbed benchmark ({title}, shipped models), {rows[0]['images'] if rows else 0} images "
               f"classified per setting (adaptive {args.n_samples}/{args.to_keep}), {10 * args.images_per_class} "
               f"samples per setting ({args.steps} steps); timing: {timing_note(rows, args)}, "
               f"batch {args.timing_batch}, device {device}, torch {torch.__version__}, {torch.get_num_threads()} "

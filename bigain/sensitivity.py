@@ -29,14 +29,15 @@ import torch
 from tqdm.auto import tqdm
 
 import tomesd
-from bigain.benchmark import MODELS
 from bigain.cli import add_max_images_arg, add_output_args
 from bigain.models import load_model
 from bigain.reduction import PAPER_SETTINGS, setting_label
 from bigain.storage import atomic_write_text
+from bigain.testbed import shipped_model_dirs
 from bigain.testbed.data import load_test_subset
 from eval.flops import count_flops
 
+MODELS = shipped_model_dirs("fmnist")  # the Fashion-MNIST testbed's DiT and U-Net
 TIMESTEPS = (100, 300, 500, 700, 900)
 
 
@@ -148,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         print("error: --n_images must be >= 2", file=sys.stderr)
         raise SystemExit(2)
     torch.set_num_threads(1)
-    rows = [r for m in args.models for r in analyse(m, MODELS[m], default_settings(m), args.n_images, args.seed)]
+    rows = [r for m in args.models for r in analyse(m, Path(MODELS[m]), default_settings(m), args.n_images, args.seed)]
     out = Path(args.out)
     text = (f"Sensitivity of the diffusion classifier's metric, {args.n_images} test images, timesteps {TIMESTEPS}\n\n"
             + format_rows(rows) + "\n")

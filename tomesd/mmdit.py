@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from tomesd.attention_backends import BackendSlots
 from tomesd.backbones import Backbone, BlockSite, mmdit_kind
 from tomesd.hooks import BlockHook, FeedForwardChunking, install_mlp_hooks, make_capture_hook, per_sample_timesteps
+from tomesd.install import PatchHandle, wrap_attention
 from tomesd.joint_attention import STOCK_PROCESSORS, JointRope, check_stock_processor, joint_attention
 from tomesd.reducers.base import KVPlan, Reducer, TokenPlan
 
@@ -271,8 +272,8 @@ def check_placement(reducer: Reducer, options: Any) -> None:
         raise ValueError("merge_attn=False and merge_mlp=False would patch nothing; enable one of them")
 
 
-def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: Reducer, options: Any, handle: Any,
-                        positions: ImagePositions, wrap: Callable[..., None], stream: int = 0) -> None:
+def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: Reducer, options: Any, handle: PatchHandle,
+                        positions: ImagePositions, stream: int = 0) -> None:
     """Hook one SD3/Flux block (random stream `stream`): its attention processor(s) and, with `merge_mlp`, its MLP."""
     block = site.block
     hook = BlockHook(reducer, options, handle.runtime, site.level, backbone.patch_size, metric_from_block_input=False,
@@ -282,9 +283,12 @@ def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: Reducer, o
     token_plan = reducer.plan_kind == "token"
     if not token_plan or getattr(options, "merge_attn", True):
         # SD3.5's second (image-only) attention shares the block's plan, like attn1/attn2 on SD.
+        def make(inner: Any) -> MMDiTProcessor:
+            return MMDiTProcessor(inner, hook, positions, single)
+
         for attn in (block.attn, getattr(block, "attn2", None)):
             if attn is not None:
-                wrap(attn, hook, True, handle, make=lambda inner: MMDiTProcessor(inner, hook, positions, single))
+                wrap_attention(attn, hook, True, handle, make=make)
     if token_plan and getattr(options, "merge_mlp", False):
         if single:
             handle.handles += install_single_stream_mlp(block, hook)
@@ -294,8 +298,8 @@ def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: Reducer, o
                 handle.handles.append(FeedForwardChunking(block))
 
 
-def install_mmdit(backbone: Backbone, sites: list[BlockSite], reducer: Reducer, options: Any, handle: Any,
-                  wrap: Callable[..., None]) -> None:
+def install_mmdit(backbone: Backbone, sites: list[BlockSite], reducer: Reducer, options: Any,
+                  handle: PatchHandle) -> None:
     """Install a reducer in an SD3/Flux transformer: capture hook on the model, then each block."""
     check_placement(reducer, options)
     model = backbone.model
@@ -306,4 +310,4 @@ def install_mmdit(backbone: Backbone, sites: list[BlockSite], reducer: Reducer, 
                else make_capture_hook(handle.runtime, backbone.signature))
     handle.handles.append(model.register_forward_pre_hook(capture, with_kwargs=True))
     for stream, site in enumerate(sites):
-        install_mmdit_block(site, backbone, reducer, options, handle, positions, wrap, stream)
+        install_mmdit_block(site, backbone, reducer, options, handle, positions, stream)

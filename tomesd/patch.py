@@ -2,147 +2,24 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
-
-from torch import nn
+from typing import Any, Iterator, Optional
 
 from tomesd import reducers  # noqa: F401  (registers the built-in methods)
 from tomesd.attention_backends import check_model_parallelism
-from tomesd.backbones import Backbone, BlockSite, find_backbone, resolve_denoiser, select_sites
-from tomesd.hooks import (
-    BlockHook,
-    FeedForwardChunking,
-    ReducingAttnProcessor,
-    RuntimeState,
-    install_mlp_hooks,
-    make_capture_hook,
-)
+from tomesd.backbones import find_backbone, resolve_denoiser, select_sites
+from tomesd.hooks import RuntimeState
+from tomesd.install import PatchHandle, install_blocks
 from tomesd.mmdit import install_mmdit
 from tomesd.options import as_dict, build_options
-from tomesd.reducers.base import Reducer, Tracer
+from tomesd.reducers.base import Tracer
 from tomesd.registry import canonical_name, get_reducer
+from tomesd.report import PatchReport, summarize_levels
+
+__all__ = ["PatchHandle", "PatchReport", "apply_patch", "get_patch", "patched", "remove_patch", "reseed",
+           "trace_reducers"]
 
 PATCH_ATTR = "_bigain_patch"
-
-
-@dataclass
-class LevelSummary:
-    """Tokens of one level at the model's default latent size, and how many the method keeps."""
-
-    blocks: int
-    tokens: Optional[int]
-    kept: Optional[int]
-
-
-@dataclass
-class PatchReport:
-    """What `apply_patch` did: method, validated options, patched blocks, tokens kept per level."""
-
-    method: str
-    options: dict[str, Any]
-    model: str
-    family: str
-    blocks: list[str]
-    levels: dict[int, LevelSummary]
-    kept_label: str = "tokens kept"
-    latent_size: Optional[tuple[int, int]] = None  # (H, W) the token counts refer to
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method, "options": self.options, "model": self.model, "family": self.family,
-            "blocks": self.blocks, "kept_label": self.kept_label, "latent_size": self.latent_size,
-            "levels": {str(k): vars(v) for k, v in self.levels.items()},
-        }
-
-    def __str__(self) -> str:
-        at = f" at latent {self.latent_size[0]}x{self.latent_size[1]}" if self.latent_size else ""
-        lines = [f"{self.method} on {self.model} ({len(self.blocks)} blocks{at}) options={self.options}"]
-        for level, s in sorted(self.levels.items()):
-            where = f"level ds={level}" if self.family == "unet" else "token grid"
-            tokens = "?" if s.tokens is None else f"{s.kept}/{s.tokens} {self.kept_label}"
-            lines.append(f"  {where}: {s.blocks} blocks, {tokens}")
-        return "\n".join(lines)
-
-
-@dataclass
-class PatchHandle:
-    """Everything `remove_patch` must undo: original processors and hook handles."""
-
-    runtime: RuntimeState
-    report: PatchReport
-    processors: list[tuple[nn.Module, Any]] = field(default_factory=list)
-    handles: list[Any] = field(default_factory=list)
-
-
-def summarize_levels(backbone: Backbone, sites: list[BlockSite], reducer: Reducer, options: Any,
-                     size: Optional[tuple[int, int]] = None) -> dict[int, LevelSummary]:
-    """Blocks per level and tokens kept at latent `size` (default: the config's latent size, when known)."""
-    size = size or backbone.reference_size
-    summary: dict[int, LevelSummary] = {}
-    for site in sites:
-        tokens = kept = None
-        if size is not None:
-            stride = site.level * backbone.patch_size
-            height = math.ceil(size[0] / stride)
-            width = math.ceil(size[1] / stride)
-            tokens, kept = height * width, reducer.kept_tokens(height, width, options, level=site.level)
-        entry = summary.setdefault(site.level, LevelSummary(0, tokens, kept))
-        entry.blocks += 1
-    return summary
-
-
-def wraps_reducer(processor: Any, hook: BlockHook) -> bool:
-    """Whether `processor` is this hook's reducing wrapper, or wraps it (via `.inner`, e.g. a timer)."""
-    while processor is not None:
-        if getattr(processor, "hook", None) is hook:  # ReducingAttnProcessor or an MMDiT processor
-            return True
-        processor = getattr(processor, "inner", None)
-    return False
-
-
-def wrap_attention(attn: nn.Module, hook: BlockHook, self_attention: bool, handle: PatchHandle,
-                   make: Optional[Callable[[Any], Any]] = None) -> None:
-    """Swap `attn`'s processor for a reducing wrapper around it (`make(inner)`, default
-    `ReducingAttnProcessor`); remember the original.
-
-    A processor set after patching (`set_attn_processor`, `enable_xformers_memory_efficient_attention`)
-    is wrapped again before the next call, and is the one `remove_patch` restores.
-    """
-    if make is None:
-        def make(inner: Any) -> Any:
-            return ReducingAttnProcessor(inner, hook, self_attention)
-    slot = len(handle.processors)
-    handle.processors.append((attn, attn.processor))
-    attn.set_processor(make(attn.processor))
-
-    def rewrap(module: nn.Module, args: tuple) -> None:
-        current = module.processor
-        if not wraps_reducer(current, hook):
-            handle.processors[slot] = (module, current)
-            module.set_processor(make(current))
-
-    handle.handles.append(attn.register_forward_pre_hook(rewrap))
-
-
-def install_block(site: BlockSite, backbone: Backbone, reducer: Reducer, options: Any, handle: PatchHandle,
-                  stream: int = 0) -> None:
-    """Hook one transformer block according to the method's plan kind and placement options."""
-    block = site.block
-    hook = BlockHook(reducer, options, handle.runtime, site.level, backbone.patch_size,
-                     metric_from_block_input=backbone.family == "unet", stream=stream)
-    handle.handles.append(block.register_forward_pre_hook(hook.on_block_start, with_kwargs=True))
-    token_plan = reducer.plan_kind == "token"
-    if not token_plan or getattr(options, "merge_attn", True):
-        wrap_attention(block.attn1, hook, True, handle)
-    if token_plan and getattr(options, "merge_crossattn", False) and getattr(block, "attn2", None) is not None:
-        wrap_attention(block.attn2, hook, False, handle)
-    if token_plan and getattr(options, "merge_mlp", False) and getattr(block, "ff", None) is not None:
-        handle.handles += install_mlp_hooks(block.ff, hook)
-        if hasattr(block, "_chunk_size"):
-            handle.handles.append(FeedForwardChunking(block))
 
 
 def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome", *, seed: Optional[int] = None,
@@ -192,13 +69,8 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
     )
     runtime = RuntimeState(seed=seed, plan_reuse=opts.plan_reuse, plan_every=opts.plan_every, streams=len(sites))
     handle = PatchHandle(runtime, report)
-    if backbone.family == "mmdit":
-        install_mmdit(backbone, sites, reducer, opts, handle, wrap_attention)
-    else:
-        handle.handles.append(denoiser.register_forward_pre_hook(
-            make_capture_hook(handle.runtime, backbone.signature), with_kwargs=True))
-        for stream, site in enumerate(sites):
-            install_block(site, backbone, reducer, opts, handle, stream)
+    install = install_mmdit if backbone.family == "mmdit" else install_blocks
+    install(backbone, sites, reducer, opts, handle)
     setattr(denoiser, PATCH_ATTR, handle)
     return report
 

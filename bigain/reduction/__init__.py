@@ -15,6 +15,8 @@ from bigain.reduction.settings import (
     REUSE_SETTINGS,
     SETTING_GROUPS,
     declared_order,
+    format_label,
+    option_text,
     setting_label,
     setting_tag,
     speed_label,
@@ -23,5 +25,5 @@ from bigain.reduction.settings import (
 __all__ = [
     "REDUCTION_FLAGS", "add_reduction_args", "apply_reduction", "reduction_kwargs", "run_reduction_tag",
     "validate_reduction", "LABEL_SHORT", "PAPER_METHODS", "PAPER_SETTINGS", "REUSE_SETTINGS", "SETTING_GROUPS",
-    "declared_order", "setting_label", "setting_tag", "speed_label",
+    "declared_order", "format_label", "option_text", "setting_label", "setting_tag", "speed_label",
 ]

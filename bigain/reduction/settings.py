@@ -8,7 +8,7 @@ checked against it by tests/test_paper_settings.py.
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import tomesd
 
@@ -55,22 +55,29 @@ SETTING_GROUPS: dict[str, list[MethodSetting]] = {
 # option -> its name in a label
 LABEL_SHORT = {"ratio": "r", "df": "df", "alpha": "a", "max_downsample": "md", "plan_reuse": "plans",
                "plan_every": "every"}
-SPEED_SHORT = {**LABEL_SHORT, "blocks": "blocks"}
+
+
+def option_text(name: str, value: Any) -> str:
+    """One option as a label shows it: `r=0.7`, `md=2`, `merge_mlp=True`."""
+    return f"{LABEL_SHORT.get(name, name)}={value}"
+
+
+def format_label(display_name: str, options: Iterable[tuple[str, Any]]) -> str:
+    """The one label format: display name, then each option as `option_text`: `BiGain_TM r=0.7 md=2`."""
+    return " ".join([display_name, *(option_text(k, v) for k, v in options)])
 
 
 def setting_label(method: str, options: Mapping[str, Any]) -> str:
     """Display label, options in the given order: `BiGain_TM r=0.7`, `ToDo df=2 md=2`, `Baseline`."""
-    opts = " ".join(f"{LABEL_SHORT.get(k, k)}={v}" for k, v in options.items())
-    return f"{tomesd.method_label(method)} {opts}".strip()
+    return format_label(tomesd.method_label(method), options.items())
 
 
 def speed_label(method: str, options: Mapping[str, Any]) -> str:
-    """Row label of `eval.speed` tables (method name, not display label; `max_downsample=1` implied):
-    `tome r=0.7`, `bigain_td df=2 a=0.5 md=2`, `baseline (SDPA)`."""
+    """Row label of `eval.speed` tables: `format_label` with the method's name, not its display label, and
+    `max_downsample=1` implied: `tome r=0.7`, `bigain_td df=2 a=0.5 md=2`, `baseline (SDPA)`."""
     if method == "none":
         return "baseline (SDPA)"
-    parts = [f"{SPEED_SHORT.get(k, k)}={v}" for k, v in options.items() if not (k == "max_downsample" and v == 1)]
-    return " ".join([method, *parts])
+    return format_label(method, [(k, v) for k, v in options.items() if not (k == "max_downsample" and v == 1)])
 
 
 def setting_tag(method: str, options: Mapping[str, Any]) -> str:

@@ -60,7 +60,7 @@ def load_reference_classifier(path: Optional[str] = None, device="cpu") -> Refer
     w_path = os.path.join(path, "model.safetensors")
     if not os.path.exists(w_path):
         raise FileNotFoundError(f"reference classifier weights not found at {w_path}; "
-                                "train them with `python -m bigain.testbed.train_classifier`")
+                                "train them with `python -m bigain.testbed.train_classifier [--dataset NAME]`")
     with open(cfg_path) as f:
         cfg = json.load(f)
     arch = {k: cfg[k] for k in DEFAULT_CONFIG if k in cfg}

@@ -16,9 +16,12 @@ class TestbedData:
     """One testbed data set: its description (written into exported models), class names and loader."""
 
     name: str
+    title: str  # how tables name it
     description: str
     class_names: tuple[str, ...]
     load: Callable[[Split], tuple[np.ndarray, np.ndarray]]  # split -> (float32 (N, 1, 32, 32) in [-1, 1], labels)
+    reference: str  # eval.metrics reference set of its test subset
+    domain_extractor: str  # eval.metrics domain extractor: its reference CNN
 
 
 def _fashion_mnist(split: Split) -> tuple[np.ndarray, np.ndarray]:
@@ -26,11 +29,12 @@ def _fashion_mnist(split: Split) -> tuple[np.ndarray, np.ndarray]:
 
 
 TESTBED_DATA: dict[str, TestbedData] = {
-    "fmnist": TestbedData("fmnist", "Fashion-MNIST (MIT licence), padded 28->32, pixel range [-1, 1]",
-                          tuple(data.CLASS_NAMES), _fashion_mnist),
-    "textures": TestbedData("textures", "natural textures: 32x32 grey crops of ten scikit-image photographs "
-                            "(CC0 / public domain; docs/testbed/textures.md), pixel range [-1, 1]",
-                            tuple(textures.CLASS_NAMES), textures.load_textures),
+    "fmnist": TestbedData("fmnist", "Fashion-MNIST", "Fashion-MNIST (MIT licence), padded 28->32, pixel range [-1, 1]",
+                          tuple(data.CLASS_NAMES), _fashion_mnist, "fmnist-test", "fmnist-reference"),
+    "textures": TestbedData("textures", "natural textures", "natural textures: 32x32 grey crops of ten scikit-image "
+                            "photographs (CC0 / public domain; docs/testbed/textures.md), pixel range [-1, 1]",
+                            tuple(textures.CLASS_NAMES), textures.load_textures, "textures-test",
+                            "textures-reference"),
 }
 
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bigain.storage import atomic_save_safetensors, atomic_write_text
-from bigain.testbed.reference_classifier import DEFAULT_CONFIG, DEFAULT_PATH, ReferenceCNN
+from bigain.testbed import classifier_dir
+from bigain.testbed.reference_classifier import DEFAULT_CONFIG, ReferenceCNN
 from bigain.testbed.sources import TESTBED_DATA, testbed_data
 
 
@@ -40,8 +41,9 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
 def parse_args(argv=None) -> argparse.Namespace:
     """The trainer's command line (`--output_dir`, alias `--out`, as every other CLI)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output_dir", "--out", dest="output_dir", default=DEFAULT_PATH,
-                    help="output folder (model.safetensors, config.json)")
+    ap.add_argument("--output_dir", "--out", dest="output_dir", default=None,
+                    help="output folder (model.safetensors, config.json); default: the data set's shipped "
+                         "classifier folder (classifier/ for fmnist, classifier-<dataset>/ otherwise)")
     ap.add_argument("--dataset", choices=list(TESTBED_DATA), default="fmnist", help="testbed data set")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch_size", type=int, default=128)
@@ -54,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     a = parse_args(argv)
+    a.output_dir = a.output_dir or classifier_dir(a.dataset)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     g = torch.Generator().manual_seed(a.seed)

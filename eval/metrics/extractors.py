@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from bigain.testbed import classifier_dir
 from bigain.testbed.reference_classifier import load_reference_classifier
 
 __all__ = [
@@ -144,10 +145,22 @@ def _fmnist_reference_classifier() -> nn.Module:
     return load_reference_classifier()
 
 
+def _textures_reference_classifier() -> nn.Module:
+    """The texture testbed's reference CNN (same architecture, trained with ``train_classifier --dataset textures``)."""
+    return load_reference_classifier(classifier_dir("textures"))
+
+
 register_domain_extractor(
     "fmnist-reference",
     _fmnist_reference_classifier,
     in_channels=1,
     image_size=32,
     description="testbed Fashion-MNIST reference CNN, penultimate features (bigain.testbed.reference_classifier)",
+)
+register_domain_extractor(
+    "textures-reference",
+    _textures_reference_classifier,
+    in_channels=1,
+    image_size=32,
+    description="texture testbed reference CNN, penultimate features (bigain.testbed.reference_classifier)",
 )

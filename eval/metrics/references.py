@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from bigain.data import DATASETS, build_dataset
+from bigain.testbed import textures
 from bigain.testbed.data import SUBSET_PATH
 
 __all__ = ["IMAGE_EXTS", "REFERENCES", "Reference", "ImageSource", "check_images", "list_images", "resize_center_crop",
@@ -114,6 +115,15 @@ def _fmnist_test(dataset_root: str | None) -> Reference:
     h = hashlib.sha1(imgs.tobytes()).hexdigest()[:16]
     return Reference(list(range(len(imgs))), _ArrayImage(imgs), f"fmnist-test:{h}",
                      "Fashion-MNIST test subset (1,000 images, bigain/assets/testbed), padded to 32x32")
+
+
+@register_reference("textures-test")
+def _textures_test(dataset_root: str | None) -> Reference:
+    """The texture testbed's 1,000-crop test subset (32x32 grey, from regions no training crop touches)."""
+    imgs, _ = textures.load_test_subset(as_uint8=True)
+    h = hashlib.sha1(imgs.tobytes()).hexdigest()[:16]
+    return Reference(list(range(len(imgs))), _ArrayImage(imgs), f"textures-test:{h}",
+                     "natural-texture test subset (1,000 crops, bigain/assets/testbed, docs/testbed/textures.md)")
 
 
 class _DatasetImage:

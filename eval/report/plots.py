@@ -14,13 +14,12 @@ from eval.report.rows import add_derived
 from eval.report.tags import (
     METHOD_NAMES,
     METHOD_ORDER,
-    OPTION_SHORT,
-    _option_text,
     is_baseline,
     parse_reduction,
     reduction_label,
     reduction_sort_key,
     short_model,
+    tag_options_text,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -28,13 +27,6 @@ from eval.report.tags import (
 # ----------------------------------------------------------------------------------------------
 
 MARKERS = {"none": "*", "tome": "o", "upstream": "x", "bigain_tm": "s", "todo": "^", "bigain_td": "D", "sito": "v"}
-
-
-def _setting_text(tag: str) -> str:
-    """Short point label: the options of a tag (`r=0.7`), or the method name."""
-    method, options = parse_reduction(tag)
-    parts = [f"{OPTION_SHORT.get(k, k)}={_option_text(v)}" if k else v for k, v in options]
-    return ", ".join(parts) if parts else METHOD_NAMES.get(method, method)
 
 
 def _scatter_panel(ax: Any, points: pd.DataFrame, x: str, y: str, title: str, baseline: str) -> None:
@@ -67,7 +59,7 @@ def _scatter_panel(ax: Any, points: pd.DataFrame, x: str, y: str, title: str, ba
                    edgecolors="black", linewidths=1.2 if base else 0.5, zorder=3 if base else 2,
                    label=None if name in seen else name)
         seen.add(name)
-        ax.annotate("baseline" if base else _setting_text(tag), (getattr(row, x), getattr(row, y)),
+        ax.annotate("baseline" if base else tag_options_text(tag), (getattr(row, x), getattr(row, y)),
                     textcoords="offset points", xytext=(5, 4), fontsize=7)
     base_rows = points[points["reduction"].map(lambda t: is_baseline(t, baseline))]
     if not base_rows.empty:

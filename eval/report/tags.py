@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import tomesd
+from bigain.reduction import REDUCTION_FLAGS, format_label, option_text
 
 TASKS = ("classify", "generate", "speed")
 BASELINE_TAGS = ("none", "baseline")
@@ -16,13 +17,8 @@ METHOD_NAMES: dict[str, str] = {
 }
 # Row order of every table.
 METHOD_ORDER = ("none", "baseline", "tome", "upstream", "bigain_tm", "lgtm", "todo", "bigain_td", "iekvd", "sito")
-# Option names a reduction tag may carry (bigain.reduction.options.REDUCTION_FLAGS, plus the reducer seed).
-OPTION_KEYS = (
-    "ratio", "df", "df_level2", "alpha", "alpha_schedule", "alpha_start", "alpha_end", "mode", "stop_threshold",
-    "max_downsample", "blocks", "sx", "sy", "use_rand", "laplacian_norm", "strip_layout", "noise_alpha", "sim_beta",
-    "merge_attn", "merge_crossattn", "merge_mlp", "plan_reuse", "plan_every", "rseed",
-)
-OPTION_SHORT = {"ratio": "r"}
+# Option names a reduction tag may carry: the commands' reducer flags, plus the reducer seed.
+OPTION_KEYS = (*REDUCTION_FLAGS, "rseed")
 MODEL_NAMES = {
     "stable-diffusion-2-base": "SD 2.0", "stable-diffusion-2-1-base": "SD 2.1", "stable-diffusion-v1-5": "SD 1.5",
     "stable-diffusion-v1-4": "SD 1.4", "DiT-XL-2-512": "DiT-XL/2-512", "DiT-XL-2-256": "DiT-XL/2-256",
@@ -120,17 +116,19 @@ def parse_reduction(tag: Any) -> tuple[str, list[tuple[str, str]]]:
     return method, options
 
 
-def _option_text(value: str) -> str:
-    """Option value as printed (booleans lower-case)."""
-    return value.lower() if value in ("True", "False") else value
-
-
 def reduction_label(tag: Any) -> str:
-    """Display name of a reduction tag: `bigain_tm_ratio0.7` -> `BiGain_TM (r=0.7)`, `none` -> `Baseline`."""
+    """Display name of a reduction tag, in the commands' label format (`bigain.reduction.format_label`):
+    `bigain_tm_ratio0.7` -> `BiGain_TM r=0.7`, `none` -> `Baseline`; unknown option text is kept verbatim."""
     method, options = parse_reduction(tag)
-    name = METHOD_NAMES.get(method, method)
-    parts = [f"{OPTION_SHORT.get(k, k)}={_option_text(v)}" if k else v for k, v in options]
-    return f"{name} ({', '.join(parts)})" if parts else name
+    verbatim = [v for k, v in options if not k]  # at most one, last
+    return " ".join([format_label(METHOD_NAMES.get(method, method), [(k, v) for k, v in options if k]), *verbatim])
+
+
+def tag_options_text(tag: Any) -> str:
+    """The options of a tag as a short point label (`r=0.7 md=2`), or the method's display name."""
+    method, options = parse_reduction(tag)
+    parts = [option_text(k, v) if k else v for k, v in options]
+    return " ".join(parts) if parts else METHOD_NAMES.get(method, method)
 
 
 def _sort_value(value: str) -> tuple[int, float, str]:

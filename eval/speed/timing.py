@@ -149,7 +149,7 @@ def sublayers(block: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 def reduced_sublayers(block: torch.nn.Module, options: dict) -> list[str]:
     """Names (in `sublayers`) of the block's sub-layers a patch with `options` runs on fewer tokens (or, for K/V
-    methods, on a shorter K/V): mirrors `tomesd.patch.install_block` / `tomesd.mmdit.install_mmdit_block`."""
+    methods, on a shorter K/V): mirrors `tomesd.install.install_block` / `tomesd.mmdit.install_mmdit_block`."""
     present, mmdit = sublayers(block), not hasattr(block, "attn1")
     names = []
     if options.get("merge_attn", True):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bigain.reduction import setting_label
 from eval import report
 from eval.report.__main__ import main as report_main
 
@@ -84,8 +85,13 @@ def test_reduction_labels_and_order():
     assert report.parse_reduction("bigain_td_alpha0.5_df2") == ("bigain_td", [("alpha", "0.5"), ("df", "2")])
     assert report.parse_reduction("todo_df2_df_level24_max_downsample1") == (
         "todo", [("df", "2"), ("df_level2", "4"), ("max_downsample", "1")])
-    assert report.reduction_label("bigain_tm_ratio0.7") == "BiGain_TM (r=0.7)"
-    assert report.reduction_label("sito_ratio0.7_rseed3") == "SiTo (r=0.7, rseed=3)"
+    assert report.reduction_label("bigain_tm_ratio0.7") == "BiGain_TM r=0.7"
+    assert report.reduction_label("sito_ratio0.7_rseed3") == "SiTo r=0.7 rseed=3"
+    # one label format for the commands and the report: the main job's `setting` column reads the same
+    for method, options in (("bigain_td", {"alpha": 0.5, "df": 2}), ("tome", {"max_downsample": 2, "ratio": 0.7}),
+                            ("none", {})):
+        tag = "_".join([method, *(f"{k}{v}" for k, v in options.items())])
+        assert report.reduction_label(tag) == setting_label(method, options)
     assert report.reduction_label("none") == "Baseline"
     tags = ["sito_ratio0.7", "tome_ratio0.7", "none", "tome_ratio0.5", "bigain_tm_ratio0.7"]
     assert sorted(tags, key=report.reduction_sort_key) == [
@@ -98,21 +104,21 @@ def test_table_cells_deltas_and_missing(runs: Path):
     assert set(df["task"]) == {"classify", "generate", "speed"}
     sd = df[(df["task"] == "classify") & (df["model"] == SD)]
     table = report.build_table(sd, "accuracy", columns="dataset")
-    assert list(table.index) == ["Baseline", "ToMe (r=0.7)", "BiGain_TM (r=0.7)"]
+    assert list(table.index) == ["Baseline", "ToMe r=0.7", "BiGain_TM r=0.7"]
     assert list(table.columns) == ["cifar10", "pets"]
     assert table.loc["Baseline", "cifar10"] == "80.0"
-    assert table.loc["ToMe (r=0.7)", "cifar10"] == "78.0 (-2.0)"
-    assert table.loc["BiGain_TM (r=0.7)", "cifar10"] == "81.2 (+1.2)"
-    assert table.loc["ToMe (r=0.7)", "pets"] == "55.0 (-5.0)"
-    assert table.loc["BiGain_TM (r=0.7)", "pets"] == ""
+    assert table.loc["ToMe r=0.7", "cifar10"] == "78.0 (-2.0)"
+    assert table.loc["BiGain_TM r=0.7", "cifar10"] == "81.2 (+1.2)"
+    assert table.loc["ToMe r=0.7", "pets"] == "55.0 (-5.0)"
+    assert table.loc["BiGain_TM r=0.7", "pets"] == ""
     flops = report.build_table(sd, "flops")
     assert flops.loc["Baseline", "cifar10"] == "20.0"
-    assert flops.loc["ToMe (r=0.7)", "cifar10"] == "15.0 (-25%)"
+    assert flops.loc["ToMe r=0.7", "cifar10"] == "15.0 (-25%)"
     # columns = models: one row per method, SD and DiT side by side for one dataset
     by_model = report.build_table(df[(df["task"] == "classify") & (df["dataset"] == "cifar10")], "accuracy",
                                   columns="model")
     assert list(by_model.columns) == ["SD 2.0", "DiT-XL/2-256"]
-    assert by_model.loc["ToMe (r=0.7)", "DiT-XL/2-256"] == "40.0 (-10.0)"  # the complete run, not the rerun
+    assert by_model.loc["ToMe r=0.7", "DiT-XL/2-256"] == "40.0 (-10.0)"  # the complete run, not the rerun
 
 
 def test_speedup_against_same_model_and_dataset(runs: Path):
@@ -130,8 +136,8 @@ def test_speedup_against_same_model_and_dataset(runs: Path):
     speed = df[df["task"] == "speed"].set_index("reduction")
     assert speed.loc["tome_ratio0.5", "speedup"] == pytest.approx(1.25)  # speed.csv's own speed-up
     table = report.build_table(df[(df["task"] == "classify") & (df["model"] == SD)], "speedup")
-    assert table.loc["ToMe (r=0.7)", "pets"] == "3.00x"
-    assert table.loc["BiGain_TM (r=0.7)", "pets"] == ""
+    assert table.loc["ToMe r=0.7", "pets"] == "3.00x"
+    assert table.loc["BiGain_TM r=0.7", "pets"] == ""
 
 
 def _md_cells(text: str, label: str) -> list[str]:
@@ -148,14 +154,14 @@ def test_missing_cell_empty_in_md_csv_tex(runs: Path, tmp_path: Path):
     assert {p.name for p in written} >= {"classify_accuracy.md", "classify_accuracy.csv", "classify_accuracy.tex",
                                          "rows.csv", "report.md"}
     md = (out / "classify_accuracy.md").read_text()
-    assert _md_cells(md, "BiGain_TM (r=0.7)") == ["81.2 (+1.2)", ""]
+    assert _md_cells(md, "BiGain_TM r=0.7") == ["81.2 (+1.2)", ""]
     with open(out / "classify_accuracy.csv", newline="") as fh:
         rows = {r[0]: r[1:] for r in csv.reader(fh)}
     assert rows["Method"] == ["cifar10", "pets"]
-    assert rows["BiGain_TM (r=0.7)"] == ["81.2 (+1.2)", ""]
+    assert rows["BiGain_TM r=0.7"] == ["81.2 (+1.2)", ""]
     tex = (out / "classify_accuracy.tex").read_text()
     line = next(ln for ln in tex.splitlines() if ln.startswith("BiGain\\_TM"))
-    assert [c.strip() for c in line.rstrip("\\ ").split("&")] == ["BiGain\\_TM (r=0.7)", "81.2 (+1.2)", ""]
+    assert [c.strip() for c in line.rstrip("\\ ").split("&")] == ["BiGain\\_TM r=0.7", "81.2 (+1.2)", ""]
     assert "\\toprule" in tex and "\\bottomrule" in tex
     for text in (md, tex, (out / "classify_accuracy.csv").read_text()):
         assert "nan" not in text.lower() and "None" not in text
@@ -199,9 +205,9 @@ def test_cli_end_to_end(runs: Path, tmp_path: Path):
         assert {f"{stem}.md", f"{stem}.csv", f"{stem}.tex"} <= names, (stem, sorted(names))
     assert {"accuracy_vs_speedup.png", "fid_vs_speedup.png", "accuracy_vs_fid.png", "report.md"} <= names
     fid = pd.read_csv(out / "generate_fid.csv", dtype=str, keep_default_na=False).set_index("Method")
-    assert fid.loc["BiGain_TM (r=0.7)", "coco2017"] == "21.00 (+1.00)"
+    assert fid.loc["BiGain_TM r=0.7", "coco2017"] == "21.00 (+1.00)"
     speed = (out / "speed_speedup.md").read_text()
-    assert _md_cells(speed, "ToMe (r=0.5)") == ["1.25x"]
+    assert _md_cells(speed, "ToMe r=0.5") == ["1.25x"]
     # a filtered run: one task, one metric, columns = models, markdown only
     out2 = tmp_path / "report2"
     report_main([str(runs), "--out", str(out2), "--task", "classify", "--metric", "accuracy",
@@ -209,7 +215,7 @@ def test_cli_end_to_end(runs: Path, tmp_path: Path):
     assert sorted(p.name for p in out2.iterdir()) == ["classify_accuracy_cifar10.md", "classify_accuracy_pets.md",
                                                       "report.md", "rows.csv"]
     pets = (out2 / "classify_accuracy_pets.md").read_text()
-    assert "BiGain_TM" not in pets and _md_cells(pets, "ToMe (r=0.7)") == ["55.0 (-5.0)"]  # no run at all: no row
+    assert "BiGain_TM" not in pets and _md_cells(pets, "ToMe r=0.7") == ["55.0 (-5.0)"]  # no run at all: no row
 
 
 def _generate_run(root: Path, reduction: str, invocations: list[tuple[int, float]], n_items: int = 8,
@@ -246,8 +252,8 @@ def test_generation_cli_rows_resumed_and_incomplete(tmp_path: Path):
     assert by.loc["tome_ratio0.7", "fid"] == pytest.approx(22.5)
     assert bool(by.loc["tome_ratio0.7", "complete"]) and not bool(by.loc["bigain_tm_ratio0.7", "complete"])
     table = report.build_table(df, "fid")
-    assert table.loc["ToMe (r=0.7)", "coco2017"] == "22.50 (+2.50)"
-    assert table.loc["BiGain_TM (r=0.7)", "coco2017"] == "30.00 (+10.00)*"
+    assert table.loc["ToMe r=0.7", "coco2017"] == "22.50 (+2.50)"
+    assert table.loc["BiGain_TM r=0.7", "coco2017"] == "30.00 (+10.00)*"
     assert report.build_table(df, "inception_score").loc["Baseline", "coco2017"] == "9.50"
     assert report.build_table(df, "flops").loc["Baseline", "coco2017"] == "30.0"
     # the whole folder (summary + run folders) gives the same rows; a run folder alone gives its FID
