@@ -82,8 +82,13 @@ def format_results(folder: Path, results: Sequence[dict], meta: dict) -> str:
         return "n/a" if math.isnan(v) else f"{v:.2f}x"
 
     marked = sum(is_marked(r) for r in results)
+    load = meta.get("machine_load") or {}
+    others = load.get("others_cpu_share")
+    machine = ("" if others is None else f"; other processes used {100 * others:.1f}% of the CPUs during the run"
+               + ("" if load.get("alone") else " (not alone: rerun on an idle machine)"))
     lines = [f"## {folder}", "", f"command: `{meta.get('command', 'unknown')}`; {marked} of {len(results)} rows "
-             "marked", "", "| model | px | batch | setting | speed-up | interval | FLOP-ideal | s | bound | check |",
+             f"marked{machine}", "",
+             "| model | px | batch | setting | speed-up | interval | FLOP-ideal | s | bound | check |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         interval = "none" if math.isnan(r["speedup_lo"]) else f"[{r['speedup_lo']:.2f}, {r['speedup_hi']:.2f}]"

@@ -28,6 +28,7 @@ from eval.stats import CONFIDENCE, Interval, median_interval
 TARGET_HALFWIDTH = 0.03  # relative half-width of the speed-up interval that ends the rounds
 MAX_DRIFT = 0.10  # |last-third / first-third median baseline time - 1| above this marks the case
 IDLE_LOAD = 0.5  # 1-minute load average below which a machine counts as idle before a run
+OTHERS_IDLE = 0.05  # share of all CPUs' time used by other processes during a run below which it ran alone
 STOP_REASONS = {"target": "interval narrower than the target", "time": "time cap reached",
                 "rounds": "round count reached", "compiled": "compiled: settings timed one after another, no interval"}
 
@@ -162,19 +163,23 @@ def speedup_columns(ratios: Sequence[float], baseline_times: Sequence[float], sh
 # ----------------------------------------------------------------------------------------------
 
 def parse_cpu_times(text: str) -> dict[str, int]:
-    """Steal and total ticks of the aggregate `cpu` line of /proc/stat (user nice system idle iowait irq softirq
-    steal ...; guest time is already inside user)."""
+    """Steal, idle (idle + iowait) and total ticks of the aggregate `cpu` line of /proc/stat (user nice system idle
+    iowait irq softirq steal ...; guest time is already inside user)."""
     for line in text.splitlines():
         fields = line.split()
         if fields and fields[0] == "cpu":
             ticks = [int(v) for v in fields[1:9]]
-            return {"steal_ticks": ticks[7] if len(ticks) > 7 else 0, "total_ticks": sum(ticks)}
+            return {"steal_ticks": ticks[7] if len(ticks) > 7 else 0, "idle_ticks": sum(ticks[3:5]),
+                    "total_ticks": sum(ticks)}
     raise ValueError("no aggregate 'cpu' line in /proc/stat text")
 
 
 def machine_snapshot(stat_path: str = "/proc/stat") -> dict[str, object]:
-    """Load averages (1, 5, 15 min), CPU count and the CPU tick counters now (where the OS has them)."""
-    snap: dict[str, object] = {"time": time.time(), "cpu_count": os.cpu_count()}
+    """Load averages (1, 5, 15 min), CPU count, this process's CPU seconds and the CPU tick counters now (where the
+    OS has them)."""
+    times = os.times()
+    snap: dict[str, object] = {"time": time.time(), "cpu_count": os.cpu_count(),
+                               "own_cpu_s": round(times.user + times.system, 3)}
     try:
         snap["loadavg"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -187,16 +192,42 @@ def machine_snapshot(stat_path: str = "/proc/stat") -> dict[str, object]:
     return snap
 
 
-def machine_load(before: dict, after: dict) -> dict[str, object]:
-    """Both snapshots, the share of CPU time stolen by the hypervisor between them (None when unknown) and whether
-    the machine was idle before (1-minute load average < `IDLE_LOAD`; it lags, so wait a minute after other work)."""
+def others_cpu_share(before: dict, after: dict, ticks_per_s: float) -> Optional[float]:
+    """Share of all CPUs' time between two snapshots that other processes used: busy ticks (not idle, not stolen)
+    minus this process's own CPU seconds, over wall time x CPUs. None without the counters."""
+    keys = ("idle_ticks", "total_ticks", "steal_ticks", "own_cpu_s", "time", "cpu_count")
+    if not all(k in before and k in after for k in keys) or not before["cpu_count"]:
+        return None
+    busy = ((after["total_ticks"] - before["total_ticks"]) - (after["idle_ticks"] - before["idle_ticks"])
+            - (after["steal_ticks"] - before["steal_ticks"])) / ticks_per_s
+    capacity = (after["time"] - before["time"]) * before["cpu_count"]
+    if capacity <= 0:
+        return None
+    return round(max(0.0, busy - (after["own_cpu_s"] - before["own_cpu_s"])) / capacity, 4)
+
+
+def clock_ticks_per_s() -> float:
+    """The kernel's /proc/stat tick rate (USER_HZ, 100 on Linux)."""
+    try:
+        return float(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, ValueError, OSError):
+        return 100.0
+
+
+def machine_load(before: dict, after: dict, ticks_per_s: Optional[float] = None) -> dict[str, object]:
+    """Both snapshots, the share of CPU time stolen by the hypervisor between them (None when unknown), the share
+    other processes used (`others_cpu_share`; `alone` when below `OTHERS_IDLE`: what "run on an idle machine"
+    means) and whether the 1-minute load average was below `IDLE_LOAD` before (it lags and counts this process's
+    own start-up, so `alone` is the check to read)."""
     steal = total = float("nan")
     if "total_ticks" in before and "total_ticks" in after:
         steal = after["steal_ticks"] - before["steal_ticks"]
         total = after["total_ticks"] - before["total_ticks"]
     share = steal / total if total and total > 0 else float("nan")
     avg = before.get("loadavg")
+    others = others_cpu_share(before, after, ticks_per_s or clock_ticks_per_s())
     return {"before": before, "after": after, "steal_share": None if math.isnan(share) else round(share, 4),
+            "others_cpu_share": others, "alone": None if others is None else others < OTHERS_IDLE,
             "idle_before": None if not avg else bool(avg[0] < IDLE_LOAD)}
 
 
@@ -205,7 +236,8 @@ def load_note(load: dict) -> str:
     def one(snap: dict) -> str:
         avg = snap.get("loadavg")
         return "n/a" if not avg else f"{avg[0]:.2f}"
-    steal = load.get("steal_share")
+    steal, others = load.get("steal_share"), load.get("others_cpu_share")
     return (f"load average (1 min) {one(load['before'])} before, {one(load['after'])} after "
             f"({load['before'].get('cpu_count')} CPUs); CPU steal "
-            + ("n/a" if steal is None else f"{100 * steal:.1f}%"))
+            + ("n/a" if steal is None else f"{100 * steal:.1f}%")
+            + ("" if others is None else f"; other processes used {100 * others:.1f}% of the CPUs"))

@@ -2,6 +2,7 @@
 tables of eval.speed / the main job / eval.report): pure functions on synthetic timings, no model timed."""
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +173,7 @@ def test_baseline_drift_is_detected():
 def test_machine_load_reads_steal_from_proc_stat():
     before = reliability.parse_cpu_times("cpu  100 0 50 800 10 0 5 20 0 0\ncpu0 1 2 3 4 5 6 7 8\n")
     after = reliability.parse_cpu_times("cpu  150 0 60 900 10 0 5 40 0 0\n")
-    assert before == {"steal_ticks": 20, "total_ticks": 985}
+    assert before == {"steal_ticks": 20, "idle_ticks": 810, "total_ticks": 985}
     load = reliability.machine_load({**before, "loadavg": [0.1, 0.2, 0.3]}, after)
     assert load["steal_share"] == pytest.approx(20 / 180, abs=1e-4) and load["idle_before"] is True
     assert reliability.machine_load({**before, "loadavg": [3.0, 2.0, 1.0]}, after)["idle_before"] is False
@@ -180,6 +181,27 @@ def test_machine_load_reads_steal_from_proc_stat():
     assert "cpu_count" in snap and "loadavg" in snap
     with pytest.raises(ValueError):
         reliability.parse_cpu_times("intr 1 2 3")
+
+
+def test_others_cpu_share_separates_this_process_from_the_rest():
+    """Over 10 s on 2 CPUs (2,000 ticks at 100/s): 1,500 busy ticks = 15 CPU-s, of which this process used 10 s,
+    so others used 5 of 20 CPU-s (25%: not alone); when the process used all 15 s, the machine ran it alone."""
+    before = {"time": 0.0, "cpu_count": 2, "own_cpu_s": 1.0, "idle_ticks": 0, "total_ticks": 0, "steal_ticks": 0}
+    after = {"time": 10.0, "cpu_count": 2, "own_cpu_s": 11.0, "idle_ticks": 500, "total_ticks": 2000,
+             "steal_ticks": 0}
+    busy = reliability.machine_load(before, after, ticks_per_s=100.0)
+    assert busy["others_cpu_share"] == pytest.approx(0.25) and busy["alone"] is False
+    alone = reliability.machine_load(before, {**after, "own_cpu_s": 16.0}, ticks_per_s=100.0)
+    assert alone["others_cpu_share"] == 0.0 and alone["alone"] is True
+    assert "other processes used 25.0%" in reliability.load_note(busy)
+    assert reliability.machine_load({"cpu_count": 2}, {"cpu_count": 2})["others_cpu_share"] is None
+    # a real snapshot pair: a busy loop in this process is not counted as others
+    first = reliability.machine_snapshot()
+    end = time.time() + 0.3
+    while time.time() < end:
+        pass
+    share = reliability.machine_load(first, reliability.machine_snapshot())["others_cpu_share"]
+    assert share is None or 0.0 <= share <= 1.0
 
 
 @pytest.mark.parametrize("name", ["tiny-sd", "tiny-dit"])

@@ -74,3 +74,23 @@ def test_testbed_tables_script_end_to_end(tmp_path, tiny_models):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "BiGain_TD" in report and "Baseline" in report
     assert list((tmp_path / "report").glob("*.png"))
+
+
+def test_textures_testbed_classifies_texture_crops_and_scores_with_its_own_reference(tmp_path, tiny_models):
+    """`--testbed textures` reads the texture subset, scores samples against the texture reference with the
+    texture CNN (a different cache key from Fashion-MNIST's) and writes to its own default folder."""
+    from bigain.testbed import classifier_dir
+
+    dit, _ = tiny_models
+    argv = ["--testbed", "textures", "--model_dir", f"dit={dit}", "--models", "dit", "--methods", "tome",
+            "--out", str(tmp_path), *FAST]
+    if not (Path(classifier_dir("textures")) / "model.safetensors").exists():
+        argv[argv.index("--images_per_class") + 1] = "0"  # no texture CNN yet: classification only
+    rows = benchmark.main(argv)
+    assert [r["method"] for r in rows] == ["none", "tome"] and all(r["images"] == 2 for r in rows)
+    configs = list((tmp_path / "classify" / "dit" / "none").rglob("config.json"))
+    assert configs and all(json.loads(p.read_text())["dataset"] == "textures" for p in configs)
+    assert "natural textures" in (tmp_path / "benchmark.md").read_text()
+    assert benchmark.metrics_key("f", 10, "textures")["reference"] == "textures-test"
+    assert benchmark.metrics_key("f", 10, "textures") != benchmark.metrics_key("f", 10, "fmnist")
+    assert benchmark.build_parser().parse_args(["--testbed", "textures"]).out is None  # resolved per testbed
