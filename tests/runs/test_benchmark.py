@@ -89,7 +89,7 @@ def test_textures_testbed_classifies_texture_crops_and_scores_with_its_own_refer
     rows = benchmark.main(argv)
     assert [r["method"] for r in rows] == ["none", "tome"] and all(r["images"] == 2 for r in rows)
     configs = list((tmp_path / "classify" / "dit" / "none").rglob("config.json"))
-    assert configs and all(json.loads(p.read_text())["dataset"] == "textures" for p in configs)
+    assert configs and all(json.loads(p.read_text())["args"]["dataset"] == "textures" for p in configs)
     assert "natural textures" in (tmp_path / "benchmark.md").read_text()
     assert benchmark.metrics_key("f", 10, "textures")["reference"] == "textures-test"
     assert benchmark.metrics_key("f", 10, "textures") != benchmark.metrics_key("f", 10, "fmnist")
