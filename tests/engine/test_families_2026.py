@@ -1,0 +1,422 @@
+"""The engine on the 2026 MMDiT families declared in `tomesd/families/`: FLUX.2 (`Flux2Transformer2DModel`,
+double- and fused single-stream blocks, 4 rotary axes) and Qwen-Image (`QwenImageTransformer2DModel`,
+double-stream blocks, complex 3-axis rotary tables from `img_shapes`, a text mask).
+
+Every method on each family: it reduces, idle settings and `remove_patch` are bit-identical, per-sample
+timesteps, text tokens never reduced, one graph under `torch.compile(fullgraph=True)`, the user's attention
+backend, plan reuse, and the engine's attention bodies against diffusers' processors.
+"""
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import Flux2Transformer2DModel, QwenImageTransformer2DModel
+from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
+from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
+from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
+
+import tomesd
+from bigain.zoo import IDLE, METHODS, PER_SAMPLE
+from tomesd.families.flux2 import parallel_attention
+from tomesd.families.qwen_image import ComplexRope, read_shapes
+from tomesd.joint_attention import JointRope, joint_attention
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TEXT, TEXT_DIM, GRID = 5, 16, (8, 8)
+
+
+def tiny_flux2(num_layers: int = 2, num_single_layers: int = 2) -> Flux2Transformer2DModel:
+    """FLUX.2 with 4 rotary axes of 2 (head dim 8), no guidance embedding."""
+    torch.manual_seed(0)
+    return Flux2Transformer2DModel(
+        patch_size=1, in_channels=8, num_layers=num_layers, num_single_layers=num_single_layers, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=TEXT_DIM, timestep_guidance_channels=16, mlp_ratio=2.0,
+        axes_dims_rope=(2, 2, 2, 2), guidance_embeds=False,
+    ).eval()
+
+
+def flux2_ids(height: int, width: int) -> torch.Tensor:
+    """(t, row, column, layer) ids as `Flux2Pipeline._prepare_latent_ids` makes them."""
+    return torch.cartesian_prod(torch.arange(1), torch.arange(height), torch.arange(width), torch.arange(1)).float()
+
+
+def flux2_inputs(batch: int = 2, size: tuple[int, int] = GRID, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, size[0] * size[1], 8, generator=g),
+        "encoder_hidden_states": torch.randn(batch, TEXT, TEXT_DIM, generator=g),
+        "timestep": torch.linspace(0.95, 0.05, batch),
+        "img_ids": flux2_ids(*size),
+        "txt_ids": torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(TEXT)).float(),
+    }
+
+
+def tiny_qwen(num_layers: int = 2) -> QwenImageTransformer2DModel:
+    """Qwen-Image with rotary axes (2, 2, 4) (head dim 8), packed 2x2 latents of 4 channels."""
+    torch.manual_seed(0)
+    return QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=num_layers, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=TEXT_DIM, axes_dims_rope=(2, 2, 4),
+    ).eval()
+
+
+def qwen_inputs(batch: int = 2, size: tuple[int, int] = GRID, seed: int = 1, mask: bool = False) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    x = {
+        "hidden_states": torch.randn(batch, size[0] * size[1], 16, generator=g),
+        "encoder_hidden_states": torch.randn(batch, TEXT, TEXT_DIM, generator=g),
+        "timestep": torch.linspace(0.95, 0.05, batch),
+        "img_shapes": [[(1, *size)]] * batch,
+    }
+    if mask:  # the last text token of sample 0 is padding
+        x["encoder_hidden_states_mask"] = torch.ones(batch, TEXT, dtype=torch.long)
+        x["encoder_hidden_states_mask"][0, -1] = 0
+    return x
+
+
+FAMILIES = {"flux2": (tiny_flux2, flux2_inputs, 4), "qwen_image": (tiny_qwen, qwen_inputs, 2)}
+SHARED = ("img_ids", "txt_ids")  # inputs shared by the batch
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: build() for name, (build, _, _) in FAMILIES.items()}
+
+
+def run(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).sample
+
+
+def sample(inputs, i):
+    """Sample i of a batch."""
+    return {k: (v[i:i + 1] if torch.is_tensor(v) and k not in SHARED else
+                v[i:i + 1] if isinstance(v, list) else v) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_reduces_and_idle_and_remove_are_bit_identical(models, family, method):
+    model, make_inputs, depth = models[family], FAMILIES[family][1], FAMILIES[family][2]
+    x = make_inputs(batch=2)
+    base = run(model, x)
+    report = tomesd.apply_patch(model, method=method, seed=0, blocks="all", **METHODS[method])
+    assert report.family == "mmdit" and len(report.blocks) == depth
+    out = run(model, x)
+    tomesd.remove_patch(model)
+    assert out.shape == base.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, base), "a reducing setting must change the output"
+    assert torch.equal(run(model, x), base), "apply -> remove must be bit-identical"
+    tomesd.apply_patch(model, method=method, blocks="all", **IDLE[method])
+    idle = run(model, x)
+    tomesd.remove_patch(model)
+    assert torch.equal(idle, base), "the idle setting must equal the unpatched model"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("method", list(PER_SAMPLE))
+def test_mixed_timesteps_are_per_sample(models, family, method):
+    """A batch of samples at different timesteps equals each sample run alone (gates, alpha schedules)."""
+    model, make_inputs = models[family], FAMILIES[family][1]
+    x = make_inputs(batch=3)
+    x["timestep"] = torch.tensor([0.95, 0.1, 0.0])  # sigma: 950, 100, 0 on the gates' 0-1000 scale
+    tomesd.apply_patch(model, method=method, seed=0, blocks="all", **PER_SAMPLE[method])
+    try:
+        tomesd.reseed(model, 0)
+        batched = run(model, x)
+        for i in range(3):
+            tomesd.reseed(model, 0)
+            assert torch.allclose(batched[i:i + 1], run(model, sample(x, i)), atol=1e-5), f"sample {i}"
+    finally:
+        tomesd.remove_patch(model)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_gate_reads_sigma_on_the_0_1000_scale(models, family):
+    """Both families take sigma = t/1000: at sigma 0.1 a stop_threshold of 0.3 leaves the sample uncompressed."""
+    model, make_inputs = models[family], FAMILIES[family][1]
+    low, high = make_inputs(batch=1), make_inputs(batch=1)
+    low["timestep"], high["timestep"] = torch.tensor([0.1]), torch.tensor([0.5])
+    base_low, base_high = run(model, low), run(model, high)
+    with tomesd.patched(model, method="todo", df=2, stop_threshold=0.3, blocks="all"):
+        assert torch.equal(run(model, low), base_low)
+        assert not torch.allclose(run(model, high), base_high)
+
+
+class AttentionSpy:
+    """Records (query length, key length) of every SDPA call."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = F.scaled_dot_product_attention
+
+        def spy(query, key, value, *args, **kwargs):
+            self.calls.append((query.shape[-2], key.shape[-2]))
+            return original(query, key, value, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("method", ["tome", "todo", "sito"])
+def test_text_tokens_are_never_reduced(models, family, method, monkeypatch):
+    """Every attention sees all text tokens; only image tokens (or image K/V) shrink, as the report counts them."""
+    model, make_inputs = models[family], FAMILIES[family][1]
+    x = make_inputs(batch=2)
+    n_img = GRID[0] * GRID[1]
+    spy = AttentionSpy(monkeypatch)
+    with tomesd.patched(model, method=method, blocks="all", seed=0, latent_size=GRID, **METHODS[method]) as report:
+        run(model, x)
+    level = report.levels[1]
+    assert level.tokens == n_img, "the report counts image tokens only"
+    expected_q, expected_k = (n_img, level.kept) if method == "todo" else (level.kept, level.kept)
+    assert (method == "todo" and level.kept == n_img // 4) or (method != "todo" and level.kept == n_img // 2)
+    assert spy.calls and set(spy.calls) == {(TEXT + expected_q, TEXT + expected_k)}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_default_blocks_and_report(family):
+    """Default: DiT's published indices on the running index (merging, downsampling), every block for SiTo;
+    the report's token counts refer to the 1024 px token grid (64 x 64) unless `latent_size` is given."""
+    published = [1, 2, 3, 4, 5, 7, 8, 9, 10, 11]
+    if family == "flux2":
+        model = tiny_flux2(num_layers=8, num_single_layers=8)
+        names = [f"transformer_blocks.{i}" for i in published if i < 8]
+        names += [f"single_transformer_blocks.{i - 8}" for i in published if i >= 8]
+    else:
+        model = tiny_qwen(num_layers=12)
+        names = [f"transformer_blocks.{i}" for i in published]
+    report = tomesd.apply_patch(model, method="tome", ratio=0.5)
+    assert report.blocks == names
+    assert report.levels[1].tokens == 64 * 64 and report.levels[1].kept == 64 * 64 // 2
+    assert len(tomesd.apply_patch(model, method="sito", ratio=0.5).blocks) == (16 if family == "flux2" else 12)
+    assert len(tomesd.apply_patch(model, method="todo", blocks="all").blocks) == (16 if family == "flux2" else 12)
+    assert tomesd.apply_patch(model, method="todo", latent_size=(32, 48)).levels[1].tokens == 32 * 48
+    tomesd.remove_patch(model)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("method", ["tome", "bigain_td"])
+def test_non_square_grid_odd_batch(models, family, method):
+    model, make_inputs = models[family], FAMILIES[family][1]
+    x = make_inputs(batch=3, size=(6, 10))
+    base = run(model, x)
+    with tomesd.patched(model, method=method, blocks="all", seed=0, **METHODS[method]):
+        out = run(model, x)
+    assert out.shape == base.shape and torch.isfinite(out).all() and not torch.allclose(out, base)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("reuse", [{"plan_reuse": "level"}, {"plan_every": 2}])
+def test_plan_reuse(models, family, reuse):
+    """Plan reuse across blocks (one plan per token grid) and across calls works on both families."""
+    model, make_inputs = models[family], FAMILIES[family][1]
+    x = make_inputs(batch=2)
+    base = run(model, x)
+    with tomesd.patched(model, method="tome", ratio=0.5, blocks="all", seed=0, **reuse):
+        first, second = run(model, x), run(model, x)
+    assert torch.isfinite(first).all() and not torch.allclose(first, base)
+    if "plan_every" in reuse:
+        assert torch.equal(first, second), "the second call reuses the first call's plans"
+
+
+@pytest.mark.parametrize("method", ["tome", "sito"])
+def test_qwen_merge_mlp_alone_acts_on_the_image_mlp(models, method):
+    model = models["qwen_image"]
+    x = qwen_inputs(batch=2)
+    base = run(model, x)
+    with tomesd.patched(model, method=method, ratio=0.5, blocks="all", merge_attn=False, merge_mlp=True, seed=0):
+        out = run(model, x)
+    assert torch.isfinite(out).all() and not torch.allclose(out, base)
+    assert torch.equal(run(model, x), base)
+
+
+@pytest.mark.parametrize("method", ["tome", "todo"])
+def test_qwen_text_mask_is_honoured(models, method):
+    """With padded text (encoder_hidden_states_mask), idle stays bit-identical and the reduced attention
+    ignores the padded key: changing the padded token's features leaves the output unchanged."""
+    model = models["qwen_image"]
+    x = qwen_inputs(batch=2, mask=True)
+    base = run(model, x)
+    with tomesd.patched(model, method=method, blocks="all", **IDLE[method]):
+        assert torch.equal(run(model, x), base)
+    with tomesd.patched(model, method=method, blocks="all", seed=0, **METHODS[method]):
+        tomesd.reseed(model, 0)
+        out = run(model, x)
+        y = dict(x, encoder_hidden_states=x["encoder_hidden_states"].clone())
+        y["encoder_hidden_states"][0, -1] += 5.0  # the padded token of sample 0
+        tomesd.reseed(model, 0)
+        moved = run(model, y)
+    assert not torch.allclose(out, base)
+    assert torch.allclose(out[0], moved[0], atol=1e-5), "a masked text token must not reach the image"
+
+
+def capture_attention_call(attn):
+    """Pre-hook saving the arguments of the next call of `attn`."""
+    saved = {}
+
+    def keep(module, args, kwargs):
+        saved.update(kwargs)
+        saved["args"] = args
+
+    return saved, attn.register_forward_pre_hook(keep, with_kwargs=True)
+
+
+def expand(table, batch):
+    return tuple(t.expand(batch, -1, -1) for t in table) if isinstance(table, tuple) else table.expand(batch, -1, -1)
+
+
+@pytest.mark.parametrize("case", ["flux2_double", "flux2_single", "qwen", "qwen_masked"])
+def test_engine_attention_equals_the_stock_processor(models, case):
+    """With the full image as query and K/V source (per-sample tables), the engine's bodies are diffusers' own."""
+    family = "flux2" if case.startswith("flux2") else "qwen_image"
+    model, make_inputs = models[family], FAMILIES[family][1]
+    blocks = model.single_transformer_blocks if case == "flux2_single" else model.transformer_blocks
+    attn = blocks[0].attn
+    saved, handle = capture_attention_call(attn)
+    run(model, make_inputs(batch=2, mask=True) if case == "qwen_masked" else make_inputs(batch=2))
+    handle.remove()
+    hidden = saved["hidden_states"]
+    with torch.no_grad():
+        if case == "flux2_single":
+            cos, sin = saved["image_rotary_emb"]
+            rope = JointRope((cos[:TEXT], sin[:TEXT]), expand((cos[TEXT:], sin[TEXT:]), 2),
+                             expand((cos[TEXT:], sin[TEXT:]), 2))
+            ours = (parallel_attention(attn, hidden, None, TEXT, rope),)
+            todo_style = (parallel_attention(attn, hidden, hidden[:, TEXT:], TEXT, rope),)  # K/V projected apart
+            stock = (Flux2ParallelSelfAttnProcessor()(attn, hidden, None, (cos, sin)),)
+            assert torch.allclose(todo_style[0], stock[0], atol=1e-5)
+        elif case == "flux2_double":
+            cos, sin = saved["image_rotary_emb"]
+            full = expand((cos[TEXT:], sin[TEXT:]), 2)
+            rope = JointRope((cos[:TEXT], sin[:TEXT]), full, full)
+            text = saved["encoder_hidden_states"]
+            ours = joint_attention(attn, hidden, hidden, text, text_added=True, text_first=True, rope=rope)
+            stock = Flux2AttnProcessor()(attn, hidden, text, None, (cos, sin))
+        else:
+            image_table, text_table = saved["image_rotary_emb"]
+            rope = JointRope(text_table, expand(image_table, 2), expand(image_table, 2))
+            text, mask = saved["encoder_hidden_states"], saved.get("encoder_hidden_states_mask")
+            ours = joint_attention(attn, hidden, hidden, text, text_added=True, text_first=True, rope=rope,
+                                   text_mask=mask)
+            stock = QwenDoubleStreamAttnProcessor2_0()(attn, hidden, text, encoder_hidden_states_mask=mask,
+                                                       image_rotary_emb=(image_table, text_table))
+            assert (mask is not None) == (case == "qwen_masked")
+    assert len(ours) == len(stock) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, stock))
+
+
+def test_qwen_rotary_positions_match_the_model_table(models):
+    """The image positions read from `img_shapes` (centred rows/columns) give back diffusers' own table, so a
+    merged token's centroid and a pooled K/V token's window centre use the same rotary function."""
+    model = models["qwen_image"]
+    for size in [(8, 8), (5, 7)]:
+        x = qwen_inputs(batch=1, size=size)
+        grid, ids = read_shapes(x, size[0] * size[1], model.pos_embed)
+        table, _ = model.pos_embed(x["img_shapes"], max_txt_seq_len=TEXT, device=torch.device("cpu"))
+        ours = ComplexRope.at(model.pos_embed, ids[None], table)[0]
+        assert grid == size and torch.allclose(torch.view_as_real(ours), torch.view_as_real(table), atol=1e-6)
+
+
+def test_flux2_merged_tokens_sit_at_the_centroid_of_their_members(models):
+    """ToMe on a FLUX.2 double block equals diffusers' processor on the merged tokens with rotary at the centroids."""
+    model = models["flux2"]
+    x = flux2_inputs(batch=1)
+    attn = model.transformer_blocks[0].attn
+    saved, handle = capture_attention_call(attn)
+    with tomesd.patched(model, method="tome", ratio=0.5, use_rand=False, blocks="all"):
+        run(model, x)
+        handle.remove()
+        proc = attn.processor
+        plan = proc.hook.plan
+        hidden, text, (cos, sin) = saved["hidden_states"], saved["encoder_hidden_states"], saved["image_rotary_emb"]
+        with torch.no_grad():
+            ours = proc(attn, hidden, text, None, (cos, sin))
+            ids = x["img_ids"]
+            slot = plan.restore(torch.arange(plan.kept_tokens, dtype=torch.float32)[None, :, None])[0, :, 0].long()
+            count = torch.zeros(plan.kept_tokens).index_add_(0, slot, torch.ones(len(slot)))
+            center = torch.zeros(plan.kept_tokens, 4).index_add_(0, slot, ids) / count[:, None]
+            assert (center != center.round()).any(), "some merged token must sit between grid positions"
+            c_cos, c_sin = model.pos_embed(center)
+            table = (torch.cat([cos[:TEXT], c_cos]), torch.cat([sin[:TEXT], c_sin]))
+            ref_img, ref_txt = Flux2AttnProcessor()(attn, plan.reduce(hidden), text, None, table)
+    assert torch.allclose(ours[0], plan.restore(ref_img), atol=1e-5) and torch.allclose(ours[1], ref_txt, atol=1e-5)
+
+
+@pytest.fixture
+def dispatch_calls(monkeypatch):
+    """Backend of every `dispatch_attention_fn` call, in order (patched in every module that imported it)."""
+    calls, original = [], dispatch_attention_fn
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return original(*args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "dispatch_attention_fn", None) is original:
+            monkeypatch.setattr(module, "dispatch_attention_fn", spy)
+    active = _AttentionBackendRegistry._active_backend
+    yield calls
+    _AttentionBackendRegistry._active_backend = active
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("method", ["tome", "todo"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_attention_backend_is_used_by_the_reduced_attention(models, dispatch_calls, family, method, when):
+    """`set_attention_backend` before or after `apply_patch`: every attention call, reduced or not, goes through
+    `dispatch_attention_fn` with the user's backend, as unpatched; the backend stays after `remove_patch`."""
+    model, make_inputs, depth = FAMILIES[family][0](), FAMILIES[family][1], FAMILIES[family][2]
+    x = make_inputs(batch=2)
+    if when == "before":
+        model.set_attention_backend("_native_math")
+    tomesd.apply_patch(model, method=method, seed=0, blocks="all", **METHODS[method])
+    if when == "after":
+        model.set_attention_backend("_native_math")
+    _AttentionBackendRegistry._active_backend = AttentionBackendName.NATIVE  # only the processors' setting counts
+    run(model, x)
+    assert dispatch_calls == [AttentionBackendName._NATIVE_MATH] * depth
+    tomesd.remove_patch(model)
+    assert {p._attention_backend for p in model.attn_processors.values()} == {AttentionBackendName._NATIVE_MATH}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("method", ["tome", "todo"])
+def test_patched_family_compiles_as_one_graph(family, method):
+    """`torch.compile(fullgraph=True)` at the method's default options (default blocks): compiled equals eager."""
+    build, make_inputs = FAMILIES[family][0], FAMILIES[family][1]
+    model = build(num_layers=2, num_single_layers=1) if family == "flux2" else build(num_layers=3)
+    x = make_inputs(batch=2)
+    torch._dynamo.reset()
+    tomesd.apply_patch(model, method=method, seed=0)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        first = compiled(**x).sample
+        tomesd.reseed(model, 0)
+        eager = model(**x).sample
+        tomesd.remove_patch(model)
+        plain = model(**x).sample
+    assert torch.allclose(first, eager, atol=1e-5, rtol=0), (first - eager).abs().max()
+    assert not torch.allclose(eager, plain, atol=1e-4), "the patch must change the output"
+
+
+def test_bad_input_is_refused_with_what_is_supported(models):
+    model = models["qwen_image"]
+    x = qwen_inputs(batch=1)
+    x["img_shapes"] = [[(1, 8, 8), (1, 4, 4)]]  # an edit-mode condition image
+    x["hidden_states"] = torch.cat([x["hidden_states"], x["hidden_states"][:, :16]], dim=1)
+    with tomesd.patched(model, method="tome", ratio=0.5, blocks="all"):
+        with pytest.raises(RuntimeError, match="one image grid"):
+            run(model, x)
+    flux2 = models["flux2"]
+    y = flux2_inputs(batch=1)
+    y["img_ids"] = torch.cat([y["img_ids"][1:], y["img_ids"][:1]])  # not a row-major grid
+    with tomesd.patched(flux2, method="todo", blocks="all"):
+        with pytest.raises(RuntimeError, match="row-major grid"):
+            run(flux2, y)
+    with pytest.raises(ValueError, match="merge_crossattn has no meaning on Qwen-Image"):
+        tomesd.apply_patch(model, method="tome", ratio=0.5, merge_crossattn=True)
+    with pytest.raises(ValueError, match="Flux2Transformer2DModel.*QwenImageTransformer2DModel"):
+        tomesd.apply_patch(torch.nn.Linear(2, 2), method="tome")
