@@ -15,10 +15,10 @@ from tomesd.families import Family, family_of_block, family_of_model, registered
 
 
 def supported() -> str:
-    """What `apply_patch` accepts, naming every declared MMDiT family."""
+    """What `apply_patch` accepts, naming every declared family (`tomesd.families`)."""
     families = ", ".join(f"{f.model} ({f.label})" for f in registered())
-    return (f"a diffusers UNet2DConditionModel, DiTTransformer2DModel, PixArtTransformer2DModel or one of the MMDiT "
-            f"families {families}, or a pipeline with `.unet` / `.transformer`")
+    return (f"a diffusers UNet2DConditionModel, DiTTransformer2DModel, PixArtTransformer2DModel or a declared "
+            f"family's model: {families}, or a pipeline with `.unet` / `.transformer`")
 
 
 SUPPORTED = supported()
@@ -66,9 +66,12 @@ def mmdit_kind(module: nn.Module) -> Optional[str]:
     return type(module).__name__ if family_of_block(module) is not None else None
 
 
-def mmdit_blocks(model: nn.Module) -> list[nn.Module]:
-    """MMDiT blocks in forward order: `transformer_blocks`, then Flux's `single_transformer_blocks`."""
-    stacks = [getattr(model, "transformer_blocks", None) or [], getattr(model, "single_transformer_blocks", None) or []]
+def family_blocks(model: nn.Module) -> list[nn.Module]:
+    """Blocks a declared family can reduce, in forward order: each family's stacks (`transformer_blocks`, then
+    FLUX's `single_transformer_blocks`; Wan's `blocks`)."""
+    names = dict.fromkeys(name for f in registered() for name in f.stacks)
+    stacks = [getattr(model, name, None) or [] for name in names]
+    stacks = [s for s in stacks if isinstance(s, (nn.ModuleList, nn.Sequential, list, tuple))]
     return [b for stack in stacks for b in stack if mmdit_kind(b) is not None]
 
 
@@ -77,6 +80,9 @@ def is_unet(module: Any) -> bool:
 
 
 def is_patch_transformer(module: Any) -> bool:
+    """A transformer with `transformer_blocks` and a patch size (DiT, PixArt, MMDiT), or a declared family's model."""
+    if isinstance(module, nn.Module) and family_of_model(module) is not None:
+        return True
     config = getattr(module, "config", None)
     return (
         isinstance(module, nn.Module)
@@ -137,9 +143,10 @@ def find_backbone(obj: Any) -> Backbone:
     spec = None
     if is_unet(model):
         pairs, family = unet_block_levels(model), "unet"
-    elif mmdit_blocks(model):
-        pairs, family = [(b, 1) for b in mmdit_blocks(model)], "mmdit"
+    elif family_blocks(model):
+        pairs = [(b, 1) for b in family_blocks(model)]
         spec = mmdit_family(model, [b for b, _ in pairs])
+        family = spec.kind
     else:
         pairs, family = [(b, 1) for b in model.transformer_blocks if is_transformer_block(b)], "transformer"
     if not pairs:

@@ -32,6 +32,7 @@ class PatchHandle:
     report: PatchReport
     processors: list[tuple[nn.Module, Any]] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
+    temporal_block: int = 1  # frames per spatio-temporal block on video families (`st`; 1: per frame)
 
 
 def wraps_reducer(processor: Any, hook: BlockHook) -> bool:

@@ -1,11 +1,12 @@
-"""The reducers on MMDiT backbones: SD3 / SD3.5 (`JointTransformerBlock`) and Flux
-(`FluxTransformerBlock` double-stream, then `FluxSingleTransformerBlock` on the concatenated sequence).
+"""The reducers on MMDiT backbones, as each family's description in `tomesd/families/` declares them: SD3 / SD3.5
+(`JointTransformerBlock`), FLUX.1 and FLUX.2 (double-stream blocks, then single-stream blocks on the concatenated
+sequence) and Qwen-Image (double-stream blocks).
 
 Only image tokens are reduced: text tokens are never merged, pruned or downsampled, and every
 query (text and image) is kept by ToDo/BiGain_TD. The reducers' own `plan(ctx, opts)` decide what
 to reduce, exactly as on DiT; this module only routes image tokens through those plans.
 
-Positions (Flux's rotary embedding; SD3 adds absolute positions before the first block, so it has
+Positions (rotary on FLUX.1, FLUX.2 and Qwen-Image, in each family's table format; SD3 adds absolute positions before the first block, so it has
 no positional state inside blocks). A reduced token's position is the same combination of its
 members' positions as its features are of their features: the plan's own `reduce` / `kv_source`
 is applied to the image position ids and the model's rotary embedding (`pos_embed`) is evaluated

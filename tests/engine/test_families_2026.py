@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import Flux2Transformer2DModel, QwenImageTransformer2DModel
+from diffusers import Flux2Transformer2DModel, QwenImageTransformer2DModel, WanTransformer3DModel
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
@@ -20,6 +20,7 @@ import tomesd
 from bigain.zoo import IDLE, METHODS, PER_SAMPLE
 from tomesd.families.flux2 import parallel_attention
 from tomesd.families.qwen_image import ComplexRope, read_shapes
+from tomesd.families.wan import WanRope, frame_ids
 from tomesd.joint_attention import JointRope, joint_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -420,3 +421,189 @@ def test_bad_input_is_refused_with_what_is_supported(models):
         tomesd.apply_patch(model, method="tome", ratio=0.5, merge_crossattn=True)
     with pytest.raises(ValueError, match="Flux2Transformer2DModel.*QwenImageTransformer2DModel"):
         tomesd.apply_patch(torch.nn.Linear(2, 2), method="tome")
+
+
+# --- Wan 2.x: video tokens on a frames x rows x columns grid -------------------------------------------------
+
+
+def tiny_wan(num_layers: int = 2) -> WanTransformer3DModel:
+    """Wan with head dim 12 (rotary axes 4 + 4 + 4), patch (1, 2, 2), self- then cross-attention per block."""
+    torch.manual_seed(0)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=TEXT_DIM, freq_dim=16, ffn_dim=32, num_layers=num_layers, cross_attn_norm=True, rope_max_seq_len=32,
+    ).eval()
+
+
+def wan_inputs(batch: int = 2, frames: int = 3, size: tuple[int, int] = GRID, seed: int = 1) -> dict:
+    """`size` is the per-frame token grid (latents are twice as large: patch 2)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, 4, frames, 2 * size[0], 2 * size[1], generator=g),
+        "timestep": torch.linspace(950, 50, batch),
+        "encoder_hidden_states": torch.randn(batch, TEXT, TEXT_DIM, generator=g),
+    }
+
+
+@pytest.fixture(scope="module")
+def wan():
+    return tiny_wan()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_wan_method_reduces_and_idle_and_remove_are_bit_identical(wan, method):
+    x = wan_inputs(batch=2)
+    base = run(wan, x)
+    report = tomesd.apply_patch(wan, method=method, seed=0, blocks="all", **METHODS[method])
+    assert report.family == "video" and len(report.blocks) == 2 and report.kept_label.endswith("per frame")
+    out = run(wan, x)
+    tomesd.remove_patch(wan)
+    assert out.shape == base.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, base), "a reducing setting must change the output"
+    assert torch.equal(run(wan, x), base), "apply -> remove must be bit-identical"
+    tomesd.apply_patch(wan, method=method, blocks="all", **IDLE[method])
+    idle = run(wan, x)
+    tomesd.remove_patch(wan)
+    assert torch.equal(idle, base), "the idle setting must equal the unpatched model"
+
+
+@pytest.mark.parametrize("method", list(PER_SAMPLE))
+def test_wan_mixed_timesteps_are_per_sample(wan, method):
+    x = wan_inputs(batch=3)
+    x["timestep"] = torch.tensor([950.0, 100.0, 0.0])
+    tomesd.apply_patch(wan, method=method, seed=0, blocks="all", **PER_SAMPLE[method])
+    try:
+        tomesd.reseed(wan, 0)
+        batched = run(wan, x)
+        for i in range(3):
+            tomesd.reseed(wan, 0)
+            alone = run(wan, {k: v[i:i + 1] for k, v in x.items()})
+            assert torch.allclose(batched[i:i + 1], alone, atol=1e-5), f"sample {i}"
+    finally:
+        tomesd.remove_patch(wan)
+
+
+def test_wan_per_token_timesteps_gate_on_the_largest(wan):
+    """Wan 2.2's (B, S) timesteps: a video is compressed when its generated frames' timestep passes the gate."""
+    x = wan_inputs(batch=1)
+    tokens = 3 * GRID[0] * GRID[1]
+    x["timestep"] = torch.full((1, tokens), 500.0)
+    x["timestep"][0, :GRID[0] * GRID[1]] = 0.0  # the first (conditioning) frame at t = 0
+    base = run(wan, x)
+    with tomesd.patched(wan, method="todo", df=2, stop_threshold=0.3, blocks="all"):
+        out = run(wan, x)
+    assert torch.isfinite(out).all() and not torch.allclose(out, base)
+
+
+@pytest.mark.parametrize("method", ["tome", "todo", "sito"])
+@pytest.mark.parametrize("crossattn", [False, True])
+def test_wan_text_is_never_reduced(wan, method, crossattn, monkeypatch):
+    """Self-attention sees every frame's reduced tokens (or all queries and per-frame downsampled K/V);
+    cross-attention keeps every text key and, unless `merge_crossattn`, every video query."""
+    if crossattn and method == "todo":
+        pytest.skip("merge_crossattn is a token-method option")
+    x = wan_inputs(batch=2)
+    frame = GRID[0] * GRID[1]
+    spy = AttentionSpy(monkeypatch)
+    extra = {"merge_crossattn": True} if crossattn else {}
+    with tomesd.patched(wan, method=method, blocks="all", seed=0, latent_size=GRID, **METHODS[method],
+                        **extra) as report:
+        run(wan, x)
+    kept = report.levels[1].kept
+    assert report.levels[1].tokens == frame, "the report counts one frame's tokens"
+    self_call = (3 * frame, 3 * kept) if method == "todo" else (3 * kept, 3 * kept)
+    cross_call = (3 * kept if crossattn else 3 * frame, TEXT)
+    assert spy.calls == [self_call, cross_call] * 2
+
+
+def slot_units(video, plan, batch):
+    """For every video token, the unit (of `st` frames) of the reduced slot it is merged into (or copied from)."""
+    labels = torch.arange(batch * video.units * plan.kept_tokens, dtype=torch.float32).reshape(batch, -1, 1)
+    restored = video.restore(plan.restore, labels)[..., 0].long()
+    return (restored % (video.units * plan.kept_tokens)) // plan.kept_tokens
+
+
+@pytest.mark.parametrize("method", ["tome", "sito"])
+@pytest.mark.parametrize("st", [1, 2])
+def test_wan_merging_stays_within_each_frame_or_block_of_frames(wan, method, st):
+    """Default: a frame's tokens go to slots of that frame only; with st=2 to slots of their pair of frames, and
+    (ToMe) some slot then merges tokens of both frames (2x2x2 spatio-temporal blocks)."""
+    x = wan_inputs(batch=2, frames=4)
+    frame = GRID[0] * GRID[1]
+    attn = wan.blocks[0].attn1
+    options = {"use_rand": False} if method == "tome" else {}
+    with tomesd.patched(wan, method=method, ratio=0.5, blocks="all", seed=0, st=st, latent_size=GRID,
+                        **options) as report:
+        run(wan, x)
+        proc = attn.processor
+        units = slot_units(proc.video, proc.hook.plan, 2)
+    expected = (torch.arange(4 * frame) // frame) // st
+    assert torch.equal(units, expected.expand(2, -1))
+    if st == 2:
+        assert report.kept_label.endswith("per 2 frames") and report.levels[1].tokens == 2 * frame
+        assert report.options["st"] == 2
+    if st == 2 and method == "tome":
+        marks = torch.arange(2 * proc.video.units * proc.hook.plan.kept_tokens, dtype=torch.float32)
+        restored = proc.video.restore(proc.hook.plan.restore, marks.reshape(2, -1, 1))[0, :, 0]
+        frame_of = torch.arange(4 * frame) // frame
+        mixed = [s for s in restored.unique() if frame_of[restored == s].unique().numel() > 1]
+        assert mixed, "some merged slot must hold tokens of two frames"
+
+
+def test_wan_rotary_positions_match_the_model_table(wan):
+    x = wan_inputs(batch=1, frames=3, size=(5, 7))
+    cos, sin = wan.rope(x["hidden_states"])
+    ours = WanRope.at(wan.rope, frame_ids(3, 5, 7, torch.device("cpu"))[None], (cos, sin))
+    assert torch.allclose(ours[0], cos, atol=1e-6) and torch.allclose(ours[1], sin, atol=1e-6)
+
+
+def test_wan_bad_input_names_the_option_and_the_family(wan, models):
+    with pytest.raises(ValueError, match=r"st=2 .*FLUX.2"):
+        tomesd.apply_patch(models["flux2"], method="tome", ratio=0.5, st=2)
+    with pytest.raises(ValueError, match="st=2 on Wan 2.x.*todo reduces within each frame"):
+        tomesd.apply_patch(wan, method="todo", st=2)
+    assert tomesd.get_patch(wan) is None
+    with tomesd.patched(wan, method="tome", ratio=0.5, st=2, blocks="all"):
+        with pytest.raises(ValueError, match="does not divide this call's 3 latent frames"):
+            run(wan, wan_inputs(batch=1, frames=3))
+    with pytest.raises(ValueError, match="WanTransformer3DModel"):
+        tomesd.apply_patch(torch.nn.Linear(2, 2), method="tome")
+
+
+@pytest.mark.parametrize("method", ["tome", "todo"])
+def test_wan_attention_backend_is_used_by_the_reduced_attention(dispatch_calls, method):
+    model, x = tiny_wan(), wan_inputs(batch=2)
+    tomesd.apply_patch(model, method=method, seed=0, blocks="all", **METHODS[method])
+    model.set_attention_backend("_native_math")
+    _AttentionBackendRegistry._active_backend = AttentionBackendName.NATIVE
+    run(model, x)
+    assert dispatch_calls == [AttentionBackendName._NATIVE_MATH] * 4  # self- and cross-attention of 2 blocks
+    tomesd.remove_patch(model)
+
+
+@pytest.mark.parametrize("reuse", [{"plan_reuse": "level"}, {"plan_every": 2}])
+def test_wan_plan_reuse(wan, reuse):
+    x = wan_inputs(batch=2)
+    base = run(wan, x)
+    with tomesd.patched(wan, method="tome", ratio=0.5, blocks="all", seed=0, merge_mlp=True, **reuse):
+        first, second = run(wan, x), run(wan, x)
+    assert torch.isfinite(first).all() and not torch.allclose(first, base)
+    if "plan_every" in reuse:
+        assert torch.equal(first, second)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["tome", "todo"])
+def test_patched_wan_compiles_as_one_graph(method):
+    model, x = tiny_wan(num_layers=2), wan_inputs(batch=2)
+    torch._dynamo.reset()
+    tomesd.apply_patch(model, method=method, seed=0)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        first = compiled(**x).sample
+        tomesd.reseed(model, 0)
+        eager = model(**x).sample
+        tomesd.remove_patch(model)
+        plain = model(**x).sample
+    assert torch.allclose(first, eager, atol=1e-5, rtol=0), (first - eager).abs().max()
+    assert not torch.allclose(eager, plain, atol=1e-4), "the patch must change the output"

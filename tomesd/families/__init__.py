@@ -15,4 +15,4 @@ from tomesd.families.base import Family, RealRope, family_of_block, family_of_mo
 __all__ = ["Family", "RealRope", "family_of_block", "family_of_model", "register", "registered"]
 
 # Registration order is the order `registered()` lists (and error messages name) the families.
-from tomesd.families import sd3, flux, flux2, qwen_image  # noqa: E402,F401,I001
+from tomesd.families import sd3, flux, flux2, qwen_image, wan  # noqa: E402,F401,I001

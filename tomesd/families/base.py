@@ -45,10 +45,14 @@ class Family:
     name: str  # option-facing name ("flux2")
     label: str  # display name ("FLUX.2")
     model: str  # diffusers model class name
-    double_blocks: tuple[str, ...]  # block classes with separate image and text streams
+    double_blocks: tuple[str, ...]  # block classes whose image tokens are their own sequence (two streams, or
+    #                                self-attention + cross-attention to text)
     single_blocks: tuple[str, ...] = ()  # block classes over one [text, image] sequence
+    stacks: tuple[str, ...] = ("transformer_blocks", "single_transformer_blocks")  # model attributes holding them
+    kind: str = "mmdit"  # machinery: "mmdit" (joint text-image attention, tomesd.mmdit) or "video" (tomesd.video)
     text_first: bool = True  # text tokens before image tokens in the joint attention sequence
-    grid: str = "ids"  # image token grid from: "latent" (sample H x W / patch), "ids" (img_ids rows/cols), "shapes"
+    grid: str = "ids"  # image token grid from: "latent" (sample H x W / patch), "ids" (img_ids rows/cols),
+    #                    "shapes" (per-image shapes), "frames" (video sample T x H x W / patch: per-frame H x W)
     positions: str = "rotary"  # "absolute" (added before the blocks: nothing moves) or "rotary"
     rope_axes: tuple[str, ...] = ()  # rotary axes, in the order of the position ids
     rope: Any = None  # table format (RealRope, or the family's own), None without rotary positions
