@@ -6,12 +6,12 @@ Only image tokens are reduced: text tokens are never merged, pruned or downsampl
 query (text and image) is kept by ToDo/BiGain_TD. The reducers' own `plan(ctx, opts)` decide what
 to reduce, exactly as on DiT; this module only routes image tokens through those plans.
 
-Positions (rotary on FLUX.1, FLUX.2 and Qwen-Image, in each family's table format; SD3 adds absolute positions before the first block, so it has
-no positional state inside blocks). A reduced token's position is the same combination of its
-members' positions as its features are of their features: the plan's own `reduce` / `kv_source`
-is applied to the image position ids and the model's rotary embedding (`pos_embed`) is evaluated
-there. So a kept (SiTo, or unmerged ToMe) token or a nearest-exact ToDo key keeps its exact grid
-position, a merged token sits at the centroid of the tokens averaged into it (the first-order
+Positions (rotary on FLUX.1, FLUX.2 and Qwen-Image, in each family's table format; SD3 adds absolute
+positions before the first block, so it has no positional state inside blocks). A reduced token's
+position is the same combination of its members' positions as its features are of their features: the
+plan's own `reduce` / `kv_source` is applied to the image position ids and the model's rotary embedding
+(`pos_embed`) is evaluated there. So a kept (SiTo, or unmerged ToMe) token or a nearest-exact ToDo key keeps its
+exact grid position, a merged token sits at the centroid of the tokens averaged into it (the first-order
 position of an average of rotated keys; the destination's own position would bias it towards one
 member), and an average-pooled K/V token at the centre of its pooling window. K/V are projected
 from the downsampled image tokens (as ToDo does on U-Nets), then rotated at the downsampled
