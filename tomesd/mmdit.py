@@ -118,6 +118,9 @@ def make_flux_capture_hook(runtime: Any, signature: Any, positions: ImagePositio
         hidden, ids = bound["hidden_states"], bound.get("img_ids")
         if ids is None:
             raise ValueError("a Flux forward without `img_ids`: the image token grid is unknown")
+        if bound.get("kv_cache_mode") is not None:  # FLUX.2 Klein: cached reference-image K/V, not one image grid
+            raise NotImplementedError("token reduction does not support FLUX.2 reference-image KV caching "
+                                      f"(kv_cache_mode={bound['kv_cache_mode']!r})")
         ids = ids[0] if ids.dim() == 3 else ids
         runtime.latent_size = positions.grid_of(ids, hidden.shape[1])
         runtime.start_call(hidden.device)

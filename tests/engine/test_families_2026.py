@@ -417,6 +417,8 @@ def test_bad_input_is_refused_with_what_is_supported(models):
     with tomesd.patched(flux2, method="todo", blocks="all"):
         with pytest.raises(RuntimeError, match="row-major grid"):
             run(flux2, y)
+        with pytest.raises(NotImplementedError, match="reference-image KV caching"):
+            run(flux2, dict(flux2_inputs(batch=1), kv_cache_mode="cached"))
     with pytest.raises(ValueError, match="merge_crossattn has no meaning on Qwen-Image"):
         tomesd.apply_patch(model, method="tome", ratio=0.5, merge_crossattn=True)
     with pytest.raises(ValueError, match="Flux2Transformer2DModel.*QwenImageTransformer2DModel"):
