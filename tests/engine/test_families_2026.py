@@ -15,6 +15,7 @@ from diffusers import Flux2Transformer2DModel, QwenImageTransformer2DModel, WanT
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 import tomesd
 from bigain.zoo import IDLE, METHODS, PER_SAMPLE
@@ -609,3 +610,68 @@ def test_patched_wan_compiles_as_one_graph(method):
         plain = model(**x).sample
     assert torch.allclose(first, eager, atol=1e-5, rtol=0), (first - eager).abs().max()
     assert not torch.allclose(eager, plain, atol=1e-4), "the patch must change the output"
+
+
+def centroids(plan, ids):
+    """Mean position (B, kept, axes) of the tokens `plan.restore` sends to each reduced slot."""
+    batch, kept = ids.shape[0], plan.kept_tokens
+    slot = plan.restore(torch.arange(kept, dtype=torch.float32)[None, :, None].expand(batch, -1, -1))[..., 0].long()
+    total = torch.zeros(batch, kept, ids.shape[-1]).scatter_add_(1, slot[..., None].expand_as(ids), ids)
+    count = torch.zeros(batch, kept).scatter_add_(1, slot, torch.ones_like(slot, dtype=torch.float32))
+    return total / count[..., None]
+
+
+def test_qwen_merged_tokens_sit_at_the_centroid_of_their_members(models):
+    """ToMe on Qwen-Image equals diffusers' processor on the merged tokens with the complex table at the centroids."""
+    model = models["qwen_image"]
+    x = qwen_inputs(batch=1)
+    attn = model.transformer_blocks[0].attn
+    saved, handle = capture_attention_call(attn)
+    with tomesd.patched(model, method="tome", ratio=0.5, use_rand=False, blocks="all"):
+        run(model, x)
+        handle.remove()
+        proc = attn.processor
+        plan = proc.hook.plan
+        hidden, text, (image_table, text_table) = (saved["hidden_states"], saved["encoder_hidden_states"],
+                                                   saved["image_rotary_emb"])
+        with torch.no_grad():
+            ours = proc(attn, hidden, text, image_rotary_emb=(image_table, text_table))
+            _, ids = read_shapes(x, GRID[0] * GRID[1], model.pos_embed)
+            center = centroids(plan, ids[None])
+            assert (center != center.round()).any(), "some merged token must sit between grid positions"
+            table = ComplexRope.at(model.pos_embed, center, image_table)[0]
+            ref_img, ref_txt = QwenDoubleStreamAttnProcessor2_0()(attn, plan.reduce(hidden), text,
+                                                                  image_rotary_emb=(table, text_table))
+    assert torch.allclose(ours[0], plan.restore(ref_img), atol=1e-5) and torch.allclose(ours[1], ref_txt, atol=1e-5)
+
+
+def test_wan_merged_tokens_sit_at_the_centroid_of_their_members(wan):
+    """ToMe on Wan equals diffusers' processor on each frame's merged tokens with rotary at their centroids."""
+    x = wan_inputs(batch=1)
+    attn = wan.blocks[0].attn1
+    saved, handle = capture_attention_call(attn)
+    with tomesd.patched(wan, method="tome", ratio=0.5, use_rand=False, blocks="all"):
+        run(wan, x)
+        handle.remove()
+        proc = attn.processor
+        plan, video = proc.hook.plan, proc.video
+        hidden, rotary = saved["args"][0], saved["args"][3]
+        with torch.no_grad():
+            ours = proc(attn, hidden, None, None, rotary)
+            ids = frame_ids(3, *GRID, torch.device("cpu"))[None]
+            center = centroids(plan, video.split(ids)).reshape(1, -1, 3)  # every frame's slots, frame by frame
+            assert (center[..., 1:] != center[..., 1:].round()).any() and torch.equal(center[..., 0],
+                                                                                      center[..., 0].round())
+            table = WanRope.at(wan.rope, center, rotary)
+            ref = WanAttnProcessor()(attn, video.apply(plan.reduce, hidden), None, None, table)
+    assert torch.allclose(ours, video.restore(plan.restore, ref), atol=1e-5)
+
+
+def test_flux2_merge_mlp_alone_acts_on_the_double_stream_feed_forward(models):
+    model = models["flux2"]
+    x = flux2_inputs(batch=2)
+    base = run(model, x)
+    with tomesd.patched(model, method="tome", ratio=0.5, blocks="all", merge_attn=False, merge_mlp=True, seed=0):
+        out = run(model, x)
+    assert torch.isfinite(out).all() and not torch.allclose(out, base)
+    assert torch.equal(run(model, x), base)
