@@ -49,7 +49,7 @@ class Backbone:
     patch_size: int  # latent pixels per token side (1 where the grid is read in tokens)
     signature: inspect.Signature
     reference_size: Optional[tuple[int, int]]
-    mmdit: Optional[Family] = None  # the declared MMDiT family (None on U-Net / DiT / PixArt)
+    spec: Optional[Family] = None  # the declared family (`tomesd.families`; None on U-Net / DiT / PixArt)
 
     @property
     def levels(self) -> list[int]:

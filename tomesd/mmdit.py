@@ -110,23 +110,26 @@ def flux_image_grid(img_ids: Tensor, num_tokens: int) -> tuple[int, int]:
     return height, width
 
 
-def make_flux_capture_hook(runtime: Any, signature: Any, positions: ImagePositions):
-    """Denoiser pre-hook for Flux: token grid from `img_ids`, per-sample timesteps on the 0-1000 scale."""
+def make_flux_capture_hook(runtime: Any, signature: Any, positions: ImagePositions, family: Family):
+    """Denoiser pre-hook for `img_ids` families (FLUX.1, FLUX.2): token grid from `img_ids` (one id per declared
+    rotary axis), per-sample timesteps on the 0-1000 scale."""
 
     def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
         bound = signature.bind_partial(*args, **kwargs).arguments
         hidden, ids = bound["hidden_states"], bound.get("img_ids")
         if ids is None:
-            raise ValueError("a Flux forward without `img_ids`: the image token grid is unknown")
+            raise ValueError(f"a {family.label} forward without `img_ids`: the image token grid is unknown")
         if bound.get("kv_cache_mode") is not None:  # FLUX.2 Klein: cached reference-image K/V, not one image grid
             raise NotImplementedError("token reduction does not support FLUX.2 reference-image KV caching "
                                       f"(kv_cache_mode={bound['kv_cache_mode']!r})")
         ids = ids[0] if ids.dim() == 3 else ids
+        if ids.shape[-1] != len(family.rope_axes):
+            raise ValueError(f"{family.label} image ids have {ids.shape[-1]} axes; the family declares "
+                             f"{len(family.rope_axes)} ({', '.join(family.rope_axes)})")
         runtime.latent_size = positions.grid_of(ids, hidden.shape[1])
         runtime.start_call(hidden.device)
-        timestep = bound.get("timestep")  # Flux takes sigma = t / 1000 and multiplies by 1000 itself
-        runtime.set_timesteps(per_sample_timesteps(None if timestep is None else torch.as_tensor(timestep) * 1000,
-                                                   hidden.shape[0]))
+        # FLUX takes sigma = t / 1000 and multiplies by 1000 itself
+        runtime.set_timesteps(per_sample_timesteps(sigma_to_steps(bound.get("timestep"), family), hidden.shape[0]))
         positions.ids = ids.float()
 
     return capture
@@ -150,9 +153,9 @@ def make_shapes_capture_hook(runtime: Any, signature: Any, positions: ImagePosit
 
 def make_family_capture_hook(runtime: Any, backbone: Backbone, positions: ImagePositions):
     """The denoiser pre-hook for the backbone's family: by where its token grid is read from."""
-    family = backbone.mmdit
+    family = backbone.spec
     if family.grid == "ids":
-        return make_flux_capture_hook(runtime, backbone.signature, positions)
+        return make_flux_capture_hook(runtime, backbone.signature, positions, family)
     if family.grid == "shapes":
         return make_shapes_capture_hook(runtime, backbone.signature, positions, family)
     return make_capture_hook(runtime, backbone.signature)
@@ -370,7 +373,7 @@ def processor_factory(family: Family, single: bool) -> type[MMDiTProcessor]:
 def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: Reducer, options: Any, handle: PatchHandle,
                         positions: ImagePositions, stream: int = 0) -> None:
     """Hook one MMDiT block (random stream `stream`): its attention processor(s) and, with `merge_mlp`, its MLP."""
-    block, family = site.block, backbone.mmdit
+    block, family = site.block, backbone.spec
     hook = BlockHook(reducer, options, handle.runtime, site.level, backbone.patch_size, metric_from_block_input=False,
                      stream=stream)
     handle.handles.append(block.register_forward_pre_hook(hook.on_block_start, with_kwargs=True))
@@ -398,7 +401,7 @@ def install_mmdit_block(site: BlockSite, backbone: Backbone, reducer: Reducer, o
 def install_mmdit(backbone: Backbone, sites: list[BlockSite], reducer: Reducer, options: Any,
                   handle: PatchHandle) -> None:
     """Install a reducer in an MMDiT transformer as its family describes: capture hook on the model, then each block."""
-    family = backbone.mmdit
+    family = backbone.spec
     check_placement(reducer, options, family)
     model = backbone.model
     rotary = family.positions == "rotary"

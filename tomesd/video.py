@@ -183,13 +183,13 @@ def check_temporal_block(backbone: Backbone, method: str, st: Optional[int]) -> 
     if st is None:
         return 1
     if backbone.family != "video":
-        what = backbone.mmdit.label if backbone.mmdit is not None else backbone.family
+        what = backbone.spec.label if backbone.spec is not None else backbone.family
         videos = ", ".join(f.label for f in registered() if f.kind == "video")
         raise ValueError(f"st={st!r} (frames per spatio-temporal block) applies to video families ({videos}); "
                          f"{type(backbone.model).__name__} ({what}) is an image model")
     check_positive_int("st", st)
     if st > 1 and method not in SPATIO_TEMPORAL:
-        raise ValueError(f"st={st} on {backbone.mmdit.label}: spatio-temporal blocks apply to "
+        raise ValueError(f"st={st} on {backbone.spec.label}: spatio-temporal blocks apply to "
                          f"{' and '.join(SPATIO_TEMPORAL)}; {method} reduces within each frame (its Laplacian or "
                          "K/V downsampling is spatial), leave st at 1")
     return st
@@ -220,7 +220,7 @@ def install_video_block(site: BlockSite, backbone: Backbone, reducer: Reducer, o
                         video: VideoState, stream: int) -> None:
     """Hook one video block: self-attention, with `merge_crossattn` the cross-attention queries, with `merge_mlp`
     the feed-forward."""
-    block, family = site.block, backbone.mmdit
+    block, family = site.block, backbone.spec
     hook = BlockHook(reducer, options, handle.runtime, site.level, backbone.patch_size, metric_from_block_input=False,
                      stream=stream)
     handle.handles.append(block.register_forward_pre_hook(hook.on_block_start, with_kwargs=True))

@@ -1,12 +1,13 @@
-"""Declared descriptions of the MMDiT model families the engine reduces (one file per family).
+"""Declared descriptions of the transformer families the engine reduces beyond U-Nets, DiT and PixArt (one file
+per family): the MMDiTs (SD3, FLUX.1, FLUX.2, Qwen-Image) and the video transformer Wan 2.x.
 
-A `Family` says which blocks can be reduced, where the image tokens sit in each block's sequence
-(text first or last, one joint sequence or two streams), where the image token grid is read from
-(the latent's shape, position ids or per-image shapes), how positions are carried (absolute
-before the blocks, or rotary with named axes, and in which table format) and which diffusers
-processors the engine's joint attention reproduces. `tomesd.backbones` and `tomesd.mmdit` read
-these descriptions; nothing else in the engine names a family. Adding a family is one file here
-that calls `register`, plus its tests.
+A `Family` says which blocks can be reduced (and in which model attributes they sit), where the image (or
+video) tokens sit in each block's sequence (text first or last, one joint sequence or two streams), where
+the token grid is read from (the latent's shape, position ids, per-image shapes, or the video's frames x
+rows x columns), how positions are carried (absolute before the blocks, or rotary with named axes, and in
+which table format) and which diffusers processors the engine's attention bodies reproduce.
+`tomesd.backbones`, `tomesd.mmdit` and `tomesd.video` read these descriptions; block choice is the engine's
+one rule (docs/families.md). Adding a family is one file here that calls `register`, plus its tests.
 """
 from __future__ import annotations
 

@@ -63,7 +63,6 @@ class Family:
     text_mask: bool = False  # the processor takes a text mask (`encoder_hidden_states_mask`)
     processors: tuple[str, ...] = ()  # stock processors `joint_attention` (or `single_attention`) reproduces
     single_attention: Optional[Callable[..., Tensor]] = None  # own body for fused single-stream layers (FLUX.2)
-    default_blocks: str = "published"  # "published": DiT's 10-of-28 indices on the running index (SiTo: all)
 
     @property
     def blocks(self) -> tuple[str, ...]:
