@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import Flux2Transformer2DModel, QwenImageTransformer2DModel, WanTransformer3DModel
+from diffusers.hooks import apply_group_offloading
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
@@ -675,3 +676,58 @@ def test_flux2_merge_mlp_alone_acts_on_the_double_stream_feed_forward(models):
         out = run(model, x)
     assert torch.isfinite(out).all() and not torch.allclose(out, base)
     assert torch.equal(run(model, x), base)
+
+
+@pytest.mark.parametrize("family", ["flux2", "qwen_image", "wan"])
+@pytest.mark.parametrize("method", ["tome", "todo", "sito"])
+def test_bfloat16(family, method):
+    """Low precision: positions are reduced in float32 and the rotary tables cast to the model's tables."""
+    build, make_inputs = NEW_FAMILIES[family]
+    model = build().to(torch.bfloat16)
+    x = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and k not in SHARED else v)
+         for k, v in make_inputs(batch=2).items()}
+    base = run(model, x)
+    with tomesd.patched(model, method=method, blocks="all", seed=0, **METHODS[method]):
+        out = run(model, x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all() and not torch.equal(out, base)
+
+
+NEW_FAMILIES = {"flux2": (tiny_flux2, flux2_inputs), "qwen_image": (tiny_qwen, qwen_inputs),
+                "wan": (tiny_wan, wan_inputs)}
+TOOLBOX_PATCH = {"method": "tome", "ratio": 0.5, "blocks": "all", "seed": 0}
+
+
+@pytest.mark.parametrize("family", list(NEW_FAMILIES))
+@pytest.mark.parametrize("offload", ["block_level", "leaf_level"])
+def test_group_offloading(family, offload):
+    """`apply_group_offloading` (CPU onload) after the patch: the same output as the patch alone."""
+    build, make_inputs = NEW_FAMILIES[family]
+    x = make_inputs(batch=2)
+    alone = build()
+    tomesd.apply_patch(alone, **TOOLBOX_PATCH)
+    reference = run(alone, x)
+    model = build()
+    tomesd.apply_patch(model, **TOOLBOX_PATCH)
+    options = {"num_blocks_per_group": 1} if offload == "block_level" else {}
+    apply_group_offloading(model, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                           offload_type=offload, **options)
+    tomesd.reseed(model, 0)
+    assert torch.allclose(run(model, x), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", list(NEW_FAMILIES))
+def test_layerwise_casting(family):
+    """bf16 weight storage, fp32 compute: runs, reduces, and stays within bf16 rounding of the fp32 patched output."""
+    build, make_inputs = NEW_FAMILIES[family]
+    x = make_inputs(batch=2)
+    full = build()
+    tomesd.apply_patch(full, **TOOLBOX_PATCH)
+    reference = run(full, x)
+    model = build()
+    model.enable_layerwise_casting(storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
+    plain = run(model, x)
+    tomesd.apply_patch(model, **TOOLBOX_PATCH)
+    out = run(model, x)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.allclose(out, reference, atol=5e-2), (out - reference).abs().max()
+    assert not torch.allclose(out, plain, atol=1e-4)
