@@ -575,10 +575,14 @@ def test_wan_bad_input_names_the_option_and_the_family(wan, models):
 
 
 @pytest.mark.parametrize("method", ["tome", "todo"])
-def test_wan_attention_backend_is_used_by_the_reduced_attention(dispatch_calls, method):
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_wan_attention_backend_is_used_by_the_reduced_attention(dispatch_calls, method, when):
     model, x = tiny_wan(), wan_inputs(batch=2)
+    if when == "before":
+        model.set_attention_backend("_native_math")
     tomesd.apply_patch(model, method=method, seed=0, blocks="all", **METHODS[method])
-    model.set_attention_backend("_native_math")
+    if when == "after":
+        model.set_attention_backend("_native_math")
     _AttentionBackendRegistry._active_backend = AttentionBackendName.NATIVE
     run(model, x)
     assert dispatch_calls == [AttentionBackendName._NATIVE_MATH] * 4  # self- and cross-attention of 2 blocks
