@@ -44,7 +44,7 @@ class Backbone:
     """A denoiser and the blocks in it, as the patcher needs them."""
 
     model: nn.Module
-    family: str  # "unet", "transformer" (DiT/PixArt) or "mmdit" (a `tomesd.families` family)
+    family: str  # "unet", "transformer" (DiT/PixArt), or a declared family's kind: "mmdit", "video"
     sites: tuple[BlockSite, ...]
     patch_size: int  # latent pixels per token side (1 where the grid is read in tokens)
     signature: inspect.Signature
@@ -148,7 +148,8 @@ def find_backbone(obj: Any) -> Backbone:
         spec = mmdit_family(model, [b for b, _ in pairs])
         family = spec.kind
     else:
-        pairs, family = [(b, 1) for b in model.transformer_blocks if is_transformer_block(b)], "transformer"
+        stack = getattr(model, "transformer_blocks", None) or []
+        pairs, family = [(b, 1) for b in stack if is_transformer_block(b)], "transformer"
     if not pairs:
         raise ValueError(f"{type(model).__name__} has no block this engine can reduce (BasicTransformerBlock, "
                          f"{', '.join(MMDIT_BLOCKS)}); expected {SUPPORTED}")

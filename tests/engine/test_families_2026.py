@@ -23,7 +23,7 @@ from diffusers.hooks import apply_group_offloading
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
-from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformerBlock
 
 import tomesd
 from bigain.zoo import IDLE, METHODS, PER_SAMPLE
@@ -782,3 +782,14 @@ def test_cache_hooks(family, config):
     assert torch.equal(patched_steps[0], alone_steps[0])
     for plain, patched in zip(plain_steps, patched_steps):
         assert torch.isfinite(patched).all() and not torch.allclose(plain, patched, atol=1e-4)
+
+
+def test_a_declared_model_without_known_blocks_is_refused():
+    """A Wan whose blocks are of another class (a renamed variant) is an error naming what is supported."""
+    class RenamedBlock(WanTransformerBlock):
+        pass
+
+    model = tiny_wan(num_layers=1)
+    model.blocks[0] = RenamedBlock(24, 32, 2)
+    with pytest.raises(ValueError, match="no block this engine can reduce"):
+        tomesd.apply_patch(model, method="tome", ratio=0.5)
