@@ -11,13 +11,19 @@ from typing import Any, Optional
 
 from torch import nn
 
-SUPPORTED = ("a diffusers UNet2DConditionModel, DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel "
-             "or FluxTransformer2DModel, or a pipeline with `.unet` / `.transformer`")
+from tomesd.families import Family, family_of_block, family_of_model, registered
 
-# MMDiT blocks (joint text-image attention): SD3/SD3.5 joint blocks, Flux double- then single-stream blocks.
-MMDIT_BLOCKS = ("JointTransformerBlock", "FluxTransformerBlock", "FluxSingleTransformerBlock")
-# Flux has no `sample_size`: its pipelines default to 1024 px = 128x128 latents packed 2x2 into 64x64 tokens.
-FLUX_REFERENCE_GRID = (64, 64)
+
+def supported() -> str:
+    """What `apply_patch` accepts, naming every declared family (`tomesd.families`)."""
+    families = ", ".join(f"{f.model} ({f.label})" for f in registered())
+    return (f"a diffusers UNet2DConditionModel, DiTTransformer2DModel, PixArtTransformer2DModel or a declared "
+            f"family's model: {families}, or a pipeline with `.unet` / `.transformer`")
+
+
+SUPPORTED = supported()
+# MMDiT blocks (joint text-image attention) of every declared family (`tomesd.families`).
+MMDIT_BLOCKS = tuple(name for f in registered() for name in f.blocks)
 
 # The published DiT setting: 10 of DiT-XL/2's 28 blocks.
 PUBLISHED_DIT_BLOCKS = (1, 2, 3, 4, 5, 7, 8, 9, 10, 11)
@@ -38,11 +44,12 @@ class Backbone:
     """A denoiser and the blocks in it, as the patcher needs them."""
 
     model: nn.Module
-    family: str  # "unet", "transformer" (DiT/PixArt) or "mmdit" (SD3/Flux)
+    family: str  # "unet", "transformer" (DiT/PixArt), or a declared family's kind: "mmdit", "video"
     sites: tuple[BlockSite, ...]
-    patch_size: int
+    patch_size: int  # latent pixels per token side (1 where the grid is read in tokens)
     signature: inspect.Signature
     reference_size: Optional[tuple[int, int]]
+    spec: Optional[Family] = None  # the declared family (`tomesd.families`; None on U-Net / DiT / PixArt)
 
     @property
     def levels(self) -> list[int]:
@@ -55,14 +62,16 @@ def is_transformer_block(module: nn.Module) -> bool:
 
 
 def mmdit_kind(module: nn.Module) -> Optional[str]:
-    """The MMDiT block class name of `module` (one of MMDIT_BLOCKS), or None."""
-    name = type(module).__name__
-    return name if name in MMDIT_BLOCKS else None
+    """The MMDiT block class name of `module` (a block a declared family can reduce), or None."""
+    return type(module).__name__ if family_of_block(module) is not None else None
 
 
-def mmdit_blocks(model: nn.Module) -> list[nn.Module]:
-    """MMDiT blocks in forward order: `transformer_blocks`, then Flux's `single_transformer_blocks`."""
-    stacks = [getattr(model, "transformer_blocks", None) or [], getattr(model, "single_transformer_blocks", None) or []]
+def family_blocks(model: nn.Module) -> list[nn.Module]:
+    """Blocks a declared family can reduce, in forward order: each family's stacks (`transformer_blocks`, then
+    FLUX's `single_transformer_blocks`; Wan's `blocks`)."""
+    names = dict.fromkeys(name for f in registered() for name in f.stacks)
+    stacks = [getattr(model, name, None) or [] for name in names]
+    stacks = [s for s in stacks if isinstance(s, (nn.ModuleList, nn.Sequential, list, tuple))]
     return [b for stack in stacks for b in stack if mmdit_kind(b) is not None]
 
 
@@ -71,6 +80,9 @@ def is_unet(module: Any) -> bool:
 
 
 def is_patch_transformer(module: Any) -> bool:
+    """A transformer with `transformer_blocks` and a patch size (DiT, PixArt, MMDiT), or a declared family's model."""
+    if isinstance(module, nn.Module) and family_of_model(module) is not None:
+        return True
     config = getattr(module, "config", None)
     return (
         isinstance(module, nn.Module)
@@ -119,25 +131,34 @@ def config_latent_size(model: nn.Module) -> Optional[tuple[int, int]]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def mmdit_family(model: nn.Module, blocks: list[nn.Module]) -> Optional[Family]:
+    """The declared family of an MMDiT model: by its class, else by its blocks' (a custom model of known blocks)."""
+    return family_of_model(model) or (family_of_block(blocks[0]) if blocks else None)
+
+
 def find_backbone(obj: Any) -> Backbone:
     """Locate the denoiser and its transformer blocks; ValueError when there are none."""
     model = resolve_denoiser(obj)
     names = {id(m): n for n, m in model.named_modules()}
+    spec = None
     if is_unet(model):
-        pairs, family, patch = unet_block_levels(model), "unet", 1
-    elif mmdit_blocks(model):
-        pairs, family, patch = [(b, 1) for b in mmdit_blocks(model)], "mmdit", int(model.config.patch_size)
+        pairs, family = unet_block_levels(model), "unet"
+    elif family_blocks(model):
+        pairs = [(b, 1) for b in family_blocks(model)]
+        spec = mmdit_family(model, [b for b, _ in pairs])
+        family = spec.kind
     else:
-        pairs, family = [(b, 1) for b in model.transformer_blocks if is_transformer_block(b)], "transformer"
-        patch = int(model.config.patch_size)
+        stack = getattr(model, "transformer_blocks", None) or []
+        pairs, family = [(b, 1) for b in stack if is_transformer_block(b)], "transformer"
     if not pairs:
         raise ValueError(f"{type(model).__name__} has no block this engine can reduce (BasicTransformerBlock, "
                          f"{', '.join(MMDIT_BLOCKS)}); expected {SUPPORTED}")
+    patch = 1 if family == "unet" or (spec is not None and spec.token_grid) else int(model.config.patch_size)
     sites = tuple(BlockSite(names[id(b)], b, lvl, i) for i, (b, lvl) in enumerate(pairs))
     reference = config_latent_size(model)
-    if reference is None and family == "mmdit" and hasattr(model, "single_transformer_blocks"):
-        reference = FLUX_REFERENCE_GRID
-    return Backbone(model, family, sites, patch, inspect.signature(model.forward), reference)
+    if reference is None and spec is not None:
+        reference = spec.reference_grid
+    return Backbone(model, family, sites, patch, inspect.signature(model.forward), reference, spec)
 
 
 def select_sites(backbone: Backbone, max_downsample: int, blocks: Any, default_blocks: str) -> list[BlockSite]:

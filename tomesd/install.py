@@ -1,7 +1,7 @@
 """How a patch goes into a U-Net / DiT / PixArt: a capture hook on the model, a hook per block, and each
 attention processor swapped for a reducing wrapper (re-wrapped if the user sets another processor later).
 
-`PatchHandle` remembers everything `remove_patch` must undo. SD3/Flux blocks are installed by `tomesd.mmdit`
+`PatchHandle` remembers everything `remove_patch` must undo. MMDiT and video blocks are installed by `tomesd.mmdit`
 with the same `wrap_attention`.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ class PatchHandle:
     report: PatchReport
     processors: list[tuple[nn.Module, Any]] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
+    temporal_block: int = 1  # frames per spatio-temporal block on video families (`st`; 1: per frame)
 
 
 def wraps_reducer(processor: Any, hook: BlockHook) -> bool:

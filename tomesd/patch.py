@@ -15,6 +15,7 @@ from tomesd.options import as_dict, build_options
 from tomesd.reducers.base import Tracer
 from tomesd.registry import canonical_name, get_reducer
 from tomesd.report import PatchReport, summarize_levels
+from tomesd.video import check_temporal_block, install_video
 
 __all__ = ["PatchHandle", "PatchReport", "apply_patch", "get_patch", "patched", "remove_patch", "reseed",
            "trace_reducers"]
@@ -23,8 +24,10 @@ PATCH_ATTR = "_bigain_patch"
 
 
 def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome", *, seed: Optional[int] = None,
-                latent_size: Optional[int | tuple[int, int]] = None, **options: Any) -> PatchReport:
-    """Install a token reducer in a diffusers U-Net / DiT / PixArt / SD3 / Flux model or pipeline.
+                latent_size: Optional[int | tuple[int, int]] = None, st: Optional[int] = None,
+                **options: Any) -> PatchReport:
+    """Install a token reducer in a diffusers U-Net / DiT / PixArt model, a declared family's (SD3, FLUX.1, FLUX.2,
+    Qwen-Image, Wan 2.x; `tomesd.families`) or a pipeline holding one.
 
     Important args:
         method: "tome" (default), "bigain_tm"/"lgtm", "todo", "bigain_td"/"iekvd", "sito", "none".
@@ -33,6 +36,7 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
         seed:   seeds the patch's own random stream (random ToMe destinations, SiTo noise).
         plan_reuse / plan_every: one plan per level per forward ("level"), plans every k-th call.
         latent_size: the run's latent side (or (H, W)) for the report's token counts; default: the config's.
+        st:     video families: frames per spatio-temporal block (ToMe, SiTo); default 1, every frame on its own.
     Args to tinker with: max_downsample, sx, sy, use_rand, merge_attn, merge_crossattn, merge_mlp,
         blocks (DiT/PixArt), laplacian_norm, strip_layout, df_level2, mode, stop_threshold,
         alpha_schedule/alpha_start/alpha_end, noise_alpha, sim_beta.
@@ -57,6 +61,7 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
     if reducer.plan_kind == "none":
         return PatchReport(name, {}, type(denoiser).__name__, backbone.family, [], {})
     check_model_parallelism(denoiser)
+    temporal_block = check_temporal_block(backbone, name, st)
     sites = select_sites(backbone, opts.max_downsample, opts.blocks, reducer.default_blocks)
     if not sites:
         raise ValueError(f"method {name!r} would patch no block of {type(denoiser).__name__} (options {as_dict(opts)})")
@@ -68,8 +73,8 @@ def apply_patch(model: Any, ratio: Optional[float] = None, method: str = "tome",
         "K/V tokens" if reducer.plan_kind == "kv" else "tokens kept", size,
     )
     runtime = RuntimeState(seed=seed, plan_reuse=opts.plan_reuse, plan_every=opts.plan_every, streams=len(sites))
-    handle = PatchHandle(runtime, report)
-    install = install_mmdit if backbone.family == "mmdit" else install_blocks
+    handle = PatchHandle(runtime, report, temporal_block=temporal_block)
+    install = {"mmdit": install_mmdit, "video": install_video}.get(backbone.family, install_blocks)
     install(backbone, sites, reducer, opts, handle)
     setattr(denoiser, PATCH_ATTR, handle)
     return report
