@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Optional, Sequence
 
+import numpy as np
+
 from eval.stats import CONFIDENCE, Interval, median_interval
 
 TARGET_HALFWIDTH = 0.03  # relative half-width of the speed-up interval that ends the rounds
@@ -156,6 +158,28 @@ def speedup_columns(ratios: Sequence[float], baseline_times: Sequence[float], sh
     return {"speedup": interval.value, "speedup_lo": interval.low, "speedup_hi": interval.high,
             "speedup_conf": coverage, "reduced_share": share, "bound_speedup": bound, "baseline_drift": drift,
             "unreliable": noise_check(interval.value, interval.low, bound, drift, max_drift)}
+
+
+def unpaired_speedup_columns(baseline_times: Sequence[float], times: Sequence[float], confidence: float = CONFIDENCE,
+                             max_drift: float = MAX_DRIFT, n_boot: int = 2000, seed: int = 0) -> dict[str, float | str]:
+    """Like `speedup_columns` for settings that cannot be interleaved (each compiled into its own graph, timed one
+    after another): speed-up = median baseline time / median time, interval = seeded percentile bootstrap that
+    resamples each setting's calls independently (unpaired, so wider than a paired one). No reduced-layer share
+    is measured, so the bound is n/a; the baseline's own calls still give the drift check."""
+    base, mine = np.asarray(baseline_times, dtype=float), np.asarray(times, dtype=float)
+    value = float(np.median(base) / np.median(mine))
+    low = high = value
+    coverage = float("nan")
+    if len(base) > 1 and len(mine) > 1:
+        rng = np.random.default_rng(seed)
+        ratios = (np.median(rng.choice(base, (n_boot, len(base))), axis=1)
+                  / np.median(rng.choice(mine, (n_boot, len(mine))), axis=1))
+        low, high = (float(v) for v in np.quantile(ratios, [(1 - confidence) / 2, (1 + confidence) / 2]))
+        coverage = confidence
+    drift = baseline_drift(list(base))
+    return {"speedup": value, "speedup_lo": low, "speedup_hi": high, "speedup_conf": coverage,
+            "reduced_share": float("nan"), "bound_speedup": float("nan"), "baseline_drift": drift,
+            "unreliable": noise_check(value, low, float("nan"), drift, max_drift)}
 
 
 # ----------------------------------------------------------------------------------------------

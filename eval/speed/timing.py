@@ -15,7 +15,13 @@ from eval.flops import FlopSpans, count_flops
 from eval.speed import op_count
 from eval.speed.cases import BASELINE, Case, Setting, parse_model
 from eval.speed.model_zoo import ModelSpec, build_model, make_inputs
-from eval.speed.reliability import MAX_DRIFT, TARGET_HALFWIDTH, run_rounds, speedup_columns
+from eval.speed.reliability import (
+    MAX_DRIFT,
+    TARGET_HALFWIDTH,
+    run_rounds,
+    speedup_columns,
+    unpaired_speedup_columns,
+)
 from eval.speed.tables import COLUMNS
 from eval.speed.upstream import load_upstream
 from tomesd.backbones import find_backbone
@@ -475,10 +481,12 @@ def backend_unusable(model: torch.nn.Module, spec: ModelSpec, case: Case, dtype:
 
 def benchmark_compiled(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype: torch.dtype,
                        device: torch.device, repeats: int, warmup: int, seed: int = 0,
-                       compile_backend: str = "inductor", log: Callable[[str], None] = print) -> list[dict]:
+                       compile_backend: str = "inductor", max_drift: float = MAX_DRIFT,
+                       log: Callable[[str], None] = print) -> list[dict]:
     """Rows (baseline first) of `case` with the model compiled once per setting (`torch.compile(model)`), warmed
-    up (the first call compiles) and timed `repeats` times. Settings are not interleaved (each has its own graph);
-    FLOPs, breakdown and memory stay n/a. A setting that fails to compile or run is logged and left out."""
+    up (the first call compiles) and timed `repeats` times. Settings are not interleaved (each has its own graph),
+    so each speed-up carries an unpaired bootstrap interval (`unpaired_speedup_columns`); FLOPs, breakdown, memory
+    and the bound stay n/a. A setting that fails to compile or run is logged and left out."""
     args, kwargs = make_inputs(spec, case.batch, case.resolution, dtype=dtype, device=device, seed=seed)
     settings = [BASELINE] + [s for s in case.settings if s.method != "upstream"]
     times: dict[Setting, list[float]] = {}
@@ -513,8 +521,8 @@ def benchmark_compiled(case: Case, model: torch.nn.Module, spec: ModelSpec, *, d
                      "attention": attention_backend(device), "engine": s.engine, "method": s.method,
                      "setting": s.label, "options": json.dumps(s.kwargs), "blocks": len(reduced_blocks(model, s)),
                      "tokens": tokens, "reduced_tokens": kept, "latency_ms": median(times[s]), "baseline_ms": base_ms,
-                     "speedup": base_ms / median(times[s]), "repeats": repeats, "cuda_graphs": False,
-                     "stop": "compiled", "unreliable": ""})
+                     "repeats": repeats, "cuda_graphs": False, "stop": "compiled",
+                     **unpaired_speedup_columns(times[BASELINE], times[s], max_drift=max_drift)})
     log(f"  {spec.name} {case.resolution}px b{case.batch} compiled ({compile_backend}): baseline {base_ms:.1f} ms, "
         f"{len(rows) - 1} settings x {repeats} calls")
     return rows
@@ -564,7 +572,8 @@ def run_benchmark(cases: Sequence[Case], *, dtype: str | torch.dtype = "float32"
             with attention_backend_set(model, case.attention_backend):
                 if case.compile:
                     r, b = benchmark_compiled(case, model, spec, dtype=dtype, device=device, repeats=repeats,
-                                              warmup=warmup, seed=seed, compile_backend=compile_backend, log=log), []
+                                              warmup=warmup, seed=seed, compile_backend=compile_backend,
+                                              max_drift=max_drift, log=log), []
                 else:
                     r, b = benchmark_case(case, model, spec, dtype=dtype, device=device, repeats=repeats,
                                           warmup=warmup, seed=seed, upstream=up, breakdown=breakdown,

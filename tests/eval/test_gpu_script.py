@@ -44,6 +44,8 @@ def test_dry_run_times_eager_compiled_and_backend_cases_on_cpu(tmp_path):
         assert (method, "diffusers:native", "") in kinds
         assert (method, "diffusers:native", "eager") in kinds  # compiled with dynamo's eager backend on CPU
     assert all(float(r["latency_ms"]) > 0 for r in rows)
+    compiled = [r for r in rows if r["compiled"] == "eager" and r["method"] == "bigain_td"]
+    assert compiled and all(float(r["speedup_lo"]) <= float(r["speedup"]) <= float(r["speedup_hi"]) for r in compiled)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["complete"] and meta["cases_done"] == 3
 

@@ -341,3 +341,19 @@ def test_published_tables_are_readable_by_the_checker():
         assert results and all(isinstance(r["verdict"], str) for r in results)
         frame = pd.read_csv(folder / "speed.csv")
         assert len(results) == int((frame["method"] != "none").sum())
+
+
+def test_unpaired_interval_of_compiled_rows_covers_the_true_ratio():
+    """Settings timed one after another (compiled graphs) get a bootstrap interval of the ratio of medians that
+    covers the true speed-up on seeded lognormal noise most of the time, and no bound (none is measured)."""
+    rng = np.random.default_rng(7)
+    hits = 0
+    for _ in range(100):
+        base = 100.0 * rng.lognormal(0.0, 0.05, 10)
+        fast = 80.0 * rng.lognormal(0.0, 0.05, 10)
+        row = reliability.unpaired_speedup_columns(base, fast, n_boot=500, seed=1)
+        assert row["speedup_lo"] <= row["speedup"] <= row["speedup_hi"] and math.isnan(row["bound_speedup"])
+        hits += row["speedup_lo"] <= 1.25 <= row["speedup_hi"]
+    assert hits >= 85
+    single = reliability.unpaired_speedup_columns([100.0], [50.0])
+    assert single["speedup_lo"] == single["speedup_hi"] == 2.0 and math.isnan(single["speedup_conf"])
