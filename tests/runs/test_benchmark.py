@@ -94,3 +94,16 @@ def test_textures_testbed_classifies_texture_crops_and_scores_with_its_own_refer
     assert benchmark.metrics_key("f", 10, "textures")["reference"] == "textures-test"
     assert benchmark.metrics_key("f", 10, "textures") != benchmark.metrics_key("f", 10, "fmnist")
     assert benchmark.build_parser().parse_args(["--testbed", "textures"]).out is None  # resolved per testbed
+
+
+TEXTURE_MODELS = benchmark.shipped_model_dirs("textures")
+
+
+@pytest.mark.skipif(not all(Path(p).exists() for p in TEXTURE_MODELS.values()), reason="texture models not shipped")
+def test_main_job_on_shipped_texture_models_reduced(tmp_path):
+    """The shipped texture DiT and U-Net load through the same loader and run the main job (reduced) with the
+    texture reference CNN scoring their samples."""
+    rows = benchmark.main(["--testbed", "textures", "--out", str(tmp_path), "--methods", "bigain_tm", *FAST])
+    assert [(r["model"], r["method"]) for r in rows] == [("dit", "none"), ("dit", "bigain_tm"), ("unet", "none"),
+                                                         ("unet", "bigain_tm")]
+    assert all(r["accuracy"] is not None and r["domain_fid"] is not None for r in rows)
