@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bigain.models.flow import FLOW_VERSIONS, is_flow_folder, load_flow_folder
+from bigain.models.flow_2026 import FLOW_2026_VERSIONS, is_flow_2026_folder, load_flow_2026_folder
 from bigain.models.folder_checks import component_config_problems, safetensors_problems
 from bigain.models.hub import (
     CachedSnapshot,
@@ -72,6 +73,7 @@ MODEL_VERSIONS: dict[str, str] = {
     "testbed-dit": "bigain/assets/testbed/dit-fmnist",
     "testbed-unet": "bigain/assets/testbed/unet-fmnist",
     **FLOW_VERSIONS,  # SD3 / SD3.5 / Flux.1 (bigain.models.flow)
+    **FLOW_2026_VERSIONS,  # FLUX.2, Qwen-Image, Wan 2.1 (bigain.models.flow_2026)
 }
 # Former hub ids of the same weights, withdrawn from the hub but still found in older HF caches
 # (Stability AI withdrew SD 2 base in November 2025; RunwayML removed SD 1.5 in 2024).
@@ -266,6 +268,8 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
         raise ModelFolderError("damaged model folder:\n  " + "\n  ".join(problems))
     if is_flow_folder(folder):  # SD3 / Flux pipelines: their own loader
         return load_flow_folder(folder, name, device, dtype)
+    if is_flow_2026_folder(folder):  # FLUX.2 / Qwen-Image / Wan pipelines
+        return load_flow_2026_folder(folder, name, device, dtype)
     kind = _detect_kind(folder)
     meta = _read_json(folder / "testbed.json")
     index = _read_json(folder / "model_index.json")
@@ -422,6 +426,8 @@ def image_size_multiple(model: LoadedModel) -> tuple[int, str]:
     cfg = model.denoiser.config
     if model.kind == "flux":
         step, what = 2, "Flux 2x2 latent packing"
+    elif hasattr(model, "token_patch"):  # FLUX.2 (patchified latents), Qwen-Image (2x2 packing)
+        step, what = int(model.token_patch), "token patch"
     elif model.kind in ("dit", "sd3"):
         step, what = int(getattr(cfg, "patch_size", 1) or 1), "patch size"
     else:
