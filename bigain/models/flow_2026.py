@@ -68,7 +68,9 @@ class Flux2LoadedModel(FlowLoadedModel):
 
     @property
     def sample_size(self) -> int:
-        return int(self.pipe.default_sample_size) // 2
+        """Native latent side: the VAE's sample_size (1024 px on the hub) over the pixels per latent cell."""
+        pixels = getattr(self.vae.config, "sample_size", None) or int(self.pipe.default_sample_size) * 8
+        return int(pixels) // self.vae_scale_factor
 
     @property
     def vae_scale_factor(self) -> int:

@@ -394,19 +394,31 @@ def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None
                                                   snap.hub_id)) from err
 
 
-def find_scheduler_config(version: str = "2-0", model_path: str | os.PathLike | None = None) -> dict:
-    """The scheduler_config.json of the folder `load_model` would use (local folder or HF cache), read without
-    loading or downloading anything; {} when there is none yet (the check then happens after loading)."""
+def find_model_folder(version: str = "2-0", model_path: str | os.PathLike | None = None) -> Path | None:
+    """The folder `load_model` would use (local folder or HF cache), found without loading or downloading anything;
+    None when there is none yet."""
     if model_path is not None:
         folders = [Path(model_path).expanduser()]
     else:
         name, targets = hub_candidates(str(version))
         folders = _local_candidates(targets)
         folders += [snap.folder for t in targets if _is_hub_id(t) and (snap := cached_snapshot(t)) is not None]
-    for folder in folders:
-        if folder.is_dir():
-            return _read_json(folder / "scheduler" / "scheduler_config.json")
-    return {}
+    return next((folder for folder in folders if folder.is_dir()), None)
+
+
+def find_scheduler_config(version: str = "2-0", model_path: str | os.PathLike | None = None) -> dict:
+    """The scheduler_config.json of the folder `load_model` would use (local folder or HF cache), read without
+    loading or downloading anything; {} when there is none yet (the check then happens after loading)."""
+    folder = find_model_folder(version, model_path)
+    return {} if folder is None else _read_json(folder / "scheduler" / "scheduler_config.json")
+
+
+def find_pipeline_class(version: str = "2-0", model_path: str | os.PathLike | None = None) -> str | None:
+    """model_index.json's `_class_name` of the folder `load_model` would use, read before loading; None if unknown."""
+    folder = find_model_folder(version, model_path)
+    if folder is None or not (folder / "model_index.json").is_file():
+        return None
+    return _read_json(folder / "model_index.json").get("_class_name")
 
 
 def check_steps(steps: int, version: str = "2-0", model_path: str | os.PathLike | None = None) -> None:

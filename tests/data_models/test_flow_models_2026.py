@@ -132,10 +132,10 @@ def test_generate_cli_writes_reduced_images_and_resumes(paths, tmp_path, name, r
     prompts.write_text("a red square\na blue circle\n")
     args = ["--prompts_file", str(prompts), "--model_path", str(paths[name]), "--output_dir", str(tmp_path / "out"),
             "--steps", "2", "--batch_size", "2", "--dtype", "fp32", "--device", "cpu", "--cpu_threads", "1",
-            "--img_size", "32", "--no_progress", *reducer]
+            "--no_progress", *reducer]
     row = generate.main(args)
     assert row["images_written"] == 2 and row["sampler"] == "flow-linear" and float(row["flops_per_image"]) > 0
-    assert row["calls"] == 2 * (1 if name == "flux2" else 1)
+    assert row["calls"] == 2 and row["image_size"] == (32 if name == "flux2" else 1024)
     again = generate.main(args)
     assert again["images_written"] == 0 and again["images_skipped"] == 2
 
@@ -146,3 +146,25 @@ def test_wan_pipeline_loads_in_the_hub_layout_and_runs_refuse_it(tmp_path):
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "WanPipeline"
     with pytest.raises(ValueError, match="engine"):
         load_model(model_path=folder, dtype="fp32", device="cpu")
+
+
+def test_unsupported_family_names_the_supported_ones_before_loading(tmp_path, monkeypatch):
+    from bigain.models import loading
+
+    folder = tmp_path / "wan"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline", "transformer": ["d", "W"]}))
+    monkeypatch.setattr(loading, "_load_folder", lambda *a, **k: pytest.fail("a model loaded"))
+    from bigain.models.run_families import check_run_family
+
+    with pytest.raises(ValueError, match=r"WanPipeline \(family wan\).*flux2 \(Flux2Pipeline\).*qwen_image"):
+        check_run_family("2-0", folder, {})
+
+
+def test_st_on_an_image_family_names_the_option_and_the_family(paths):
+    from bigain.models.run_families import check_run_family
+    from bigain.reduction import validate_reduction
+
+    assert validate_reduction("tome", {"ratio": 0.5, "st": 2}) == {"ratio": 0.5, "st": 2}
+    with pytest.raises(ValueError, match=r"--st .*video families \(wan\).*qwen_image is an image family"):
+        check_run_family("2-0", paths["qwen_image"], {"st": 2})
