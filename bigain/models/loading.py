@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bigain.models.flow import FLOW_VERSIONS, is_flow_folder, load_flow_folder
+from bigain.models.flow_2026 import FLOW_2026_VERSIONS, is_flow_2026_folder, load_flow_2026_folder
 from bigain.models.folder_checks import component_config_problems, safetensors_problems
 from bigain.models.hub import (
     CachedSnapshot,
@@ -72,6 +73,7 @@ MODEL_VERSIONS: dict[str, str] = {
     "testbed-dit": "bigain/assets/testbed/dit-fmnist",
     "testbed-unet": "bigain/assets/testbed/unet-fmnist",
     **FLOW_VERSIONS,  # SD3 / SD3.5 / Flux.1 (bigain.models.flow)
+    **FLOW_2026_VERSIONS,  # FLUX.2, Qwen-Image, Wan 2.1 (bigain.models.flow_2026)
 }
 # Former hub ids of the same weights, withdrawn from the hub but still found in older HF caches
 # (Stability AI withdrew SD 2 base in November 2025; RunwayML removed SD 1.5 in 2024).
@@ -266,6 +268,8 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
         raise ModelFolderError("damaged model folder:\n  " + "\n  ".join(problems))
     if is_flow_folder(folder):  # SD3 / Flux pipelines: their own loader
         return load_flow_folder(folder, name, device, dtype)
+    if is_flow_2026_folder(folder):  # FLUX.2 / Qwen-Image / Wan pipelines
+        return load_flow_2026_folder(folder, name, device, dtype)
     kind = _detect_kind(folder)
     meta = _read_json(folder / "testbed.json")
     index = _read_json(folder / "model_index.json")
@@ -390,19 +394,31 @@ def load_model(version: str = "2-0", model_path: str | os.PathLike | None = None
                                                   snap.hub_id)) from err
 
 
-def find_scheduler_config(version: str = "2-0", model_path: str | os.PathLike | None = None) -> dict:
-    """The scheduler_config.json of the folder `load_model` would use (local folder or HF cache), read without
-    loading or downloading anything; {} when there is none yet (the check then happens after loading)."""
+def find_model_folder(version: str = "2-0", model_path: str | os.PathLike | None = None) -> Path | None:
+    """The folder `load_model` would use (local folder or HF cache), found without loading or downloading anything;
+    None when there is none yet."""
     if model_path is not None:
         folders = [Path(model_path).expanduser()]
     else:
         name, targets = hub_candidates(str(version))
         folders = _local_candidates(targets)
         folders += [snap.folder for t in targets if _is_hub_id(t) and (snap := cached_snapshot(t)) is not None]
-    for folder in folders:
-        if folder.is_dir():
-            return _read_json(folder / "scheduler" / "scheduler_config.json")
-    return {}
+    return next((folder for folder in folders if folder.is_dir()), None)
+
+
+def find_scheduler_config(version: str = "2-0", model_path: str | os.PathLike | None = None) -> dict:
+    """The scheduler_config.json of the folder `load_model` would use (local folder or HF cache), read without
+    loading or downloading anything; {} when there is none yet (the check then happens after loading)."""
+    folder = find_model_folder(version, model_path)
+    return {} if folder is None else _read_json(folder / "scheduler" / "scheduler_config.json")
+
+
+def find_pipeline_class(version: str = "2-0", model_path: str | os.PathLike | None = None) -> str | None:
+    """model_index.json's `_class_name` of the folder `load_model` would use, read before loading; None if unknown."""
+    folder = find_model_folder(version, model_path)
+    if folder is None or not (folder / "model_index.json").is_file():
+        return None
+    return _read_json(folder / "model_index.json").get("_class_name")
 
 
 def check_steps(steps: int, version: str = "2-0", model_path: str | os.PathLike | None = None) -> None:
@@ -422,6 +438,8 @@ def image_size_multiple(model: LoadedModel) -> tuple[int, str]:
     cfg = model.denoiser.config
     if model.kind == "flux":
         step, what = 2, "Flux 2x2 latent packing"
+    elif hasattr(model, "token_patch"):  # FLUX.2 (patchified latents), Qwen-Image (2x2 packing)
+        step, what = int(model.token_patch), "token patch"
     elif model.kind in ("dit", "sd3"):
         step, what = int(getattr(cfg, "patch_size", 1) or 1), "patch size"
     else:

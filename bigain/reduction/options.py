@@ -13,6 +13,8 @@ from bigain.cli import finite_float, nonneg_int, positive_int
 from bigain.reduction.settings import setting_tag
 from tomesd.options import build_options
 
+# apply_patch keywords that are not reducer options (checked by the engine against the model's family)
+PATCH_KEYWORDS = ("st",)
 # flag -> (type, help). `None`-typed entries are booleans given as true/false.
 REDUCTION_FLAGS: dict[str, tuple[Any, str]] = {
     "ratio": (finite_float, "fraction of tokens merged (tome, bigain_tm) or pruned (sito), in [0, 1)"),
@@ -38,6 +40,7 @@ REDUCTION_FLAGS: dict[str, tuple[Any, str]] = {
     "merge_mlp": (None, "token methods: also reduce the feed-forward"),
     "plan_reuse": (str, "block (plan every patched block), level (one plan per U-Net level / token grid per call) "
                         "or group<k> (one plan per k consecutive patched blocks of a level, e.g. group2)"),
+    "st": (positive_int, "video families (Wan): frames per spatio-temporal block (tome, sito; image families: error)"),
     "plan_every": (int, "token methods: plan on every k-th denoiser call, reuse the last plans in between"),
 }
 
@@ -80,7 +83,7 @@ def add_reduction_args(parser: argparse.ArgumentParser) -> None:
 
 def reduction_kwargs(method: str, values: dict[str, Any]) -> dict[str, Any]:
     """The options to pass to `apply_patch`: set values only; ValueError for ones `method` lacks."""
-    allowed = tomesd.method_options(method)
+    allowed = set(tomesd.method_options(method)) | set(PATCH_KEYWORDS)
     chosen = {k: v for k, v in values.items() if k in REDUCTION_FLAGS and v is not None}
     if "blocks" in chosen:
         chosen["blocks"] = parse_blocks(chosen["blocks"])
@@ -94,7 +97,8 @@ def validate_reduction(method: str, reduction: Mapping[str, Any]) -> dict[str, A
     """Check a run's reducer options before any model work (unknown/foreign options, bad values); returns them."""
     method = tomesd.canonical_name(method)
     options = reduction_kwargs(method, dict(reduction))
-    build_options(tomesd.get_reducer(method).Options, method, options)
+    build_options(tomesd.get_reducer(method).Options, method,
+                  {k: v for k, v in options.items() if k not in PATCH_KEYWORDS})
     return options
 
 

@@ -24,6 +24,7 @@ from bigain.cli import AUTO, check_output_dir, check_output_file, enable_tf32, l
 from bigain.data import Item, build_items, check_dataset_args
 from bigain.diffusion import CallStats, guided_eps_fn, make_schedule
 from bigain.models import check_steps, load_model, model_identity, resolve_run_device
+from bigain.models.run_families import check_run_family
 from bigain.reduction import apply_reduction, validate_reduction
 from bigain.runs.batching import find_batch_size, recorded_batch_size
 from bigain.runs.common import RunFields, refuse_auto_with_shards
@@ -105,6 +106,7 @@ class GenerateRun(RunFields):
         check_output_dir(self.run_dir, "--run_dir")
         check_output_file(self.summary_csv, "--summary_csv")
         validate_reduction(self.method, self.reduction)  # unknown, foreign or out-of-range options, before model work
+        check_run_family(self.version, self.model_path, self.reduction)  # family from model_index.json
 
     @property
     def source_label(self) -> str:

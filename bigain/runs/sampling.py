@@ -20,7 +20,9 @@ DEFAULT_STEPS = 50
 # kind -> (sampler, guidance) of the published setup
 DEFAULTS_BY_KIND = {"sd": ("euler", 7.5), "dit": ("ddim", 4.0),
                     # rectified flow: SD3 pipelines' CFG 7.0; Flux without CFG (dev: distilled guidance 3.5 inside)
-                    "sd3": ("flow", 7.0), "flux": ("flow-linear", 1.0)}
+                    "sd3": ("flow", 7.0), "flux": ("flow-linear", 1.0),
+                    # FLUX.2-dev: distilled guidance 4.0 inside, no CFG; Qwen-Image: true CFG 4.0; both linear sigmas
+                    "flux2": ("flow-linear", 1.0), "qwen_image": ("flow-linear", 4.0)}
 
 
 def conditions(model: Any, batch: Sequence[Item], guidance: float) -> tuple[dict, Optional[dict]]:

@@ -17,6 +17,7 @@ from bigain.zoo.denoisers import (
     unet_inputs,
 )
 from bigain.zoo.flow_pipelines import build_tiny_flux, build_tiny_sd3
+from bigain.zoo.flow_pipelines_2026 import build_tiny_flux2, build_tiny_qwen_image, build_tiny_wan
 from bigain.zoo.mmdit import TEXT_TOKENS, flux_image_ids, flux_inputs, image_tokens, sd3_inputs, tiny_flux, tiny_sd3
 from bigain.zoo.pipelines import (
     build_clip_tokenizer,
@@ -31,7 +32,8 @@ from bigain.zoo.pipelines import (
 __all__ = [
     "demo_models", "IDLE", "METHODS", "PER_SAMPLE", "dit_inputs", "pixart_inputs", "randomize_zero_init",
     "sd2_sized_unet", "tiny_dit",
-    "tiny_pixart", "tiny_sd_unet", "tiny_sdxl_unet", "unet_inputs", "build_tiny_flux", "build_tiny_sd3", "TEXT_TOKENS",
+    "tiny_pixart", "tiny_sd_unet", "tiny_sdxl_unet", "unet_inputs", "build_tiny_flux", "build_tiny_sd3",
+    "build_tiny_flux2", "build_tiny_qwen_image", "build_tiny_wan", "TEXT_TOKENS",
     "flux_image_ids", "flux_inputs", "image_tokens", "sd3_inputs", "tiny_flux", "tiny_sd3", "build_clip_tokenizer",
     "build_tiny_dit", "build_tiny_pixel_dit", "build_tiny_pixel_unet", "build_tiny_sd", "install_in_hf_cache",
     "tiny_scheduler",
