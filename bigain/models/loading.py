@@ -413,14 +413,6 @@ def find_scheduler_config(version: str = "2-0", model_path: str | os.PathLike | 
     return {} if folder is None else _read_json(folder / "scheduler" / "scheduler_config.json")
 
 
-def find_pipeline_class(version: str = "2-0", model_path: str | os.PathLike | None = None) -> str | None:
-    """model_index.json's `_class_name` of the folder `load_model` would use, read before loading; None if unknown."""
-    folder = find_model_folder(version, model_path)
-    if folder is None or not (folder / "model_index.json").is_file():
-        return None
-    return _read_json(folder / "model_index.json").get("_class_name")
-
-
 def check_steps(steps: int, version: str = "2-0", model_path: str | os.PathLike | None = None) -> None:
     """ValueError when `steps` exceeds the timesteps the model's (DDPM-type) scheduler was trained with, read from
     its scheduler config before the model loads; flow-matching schedules take any number of steps."""
