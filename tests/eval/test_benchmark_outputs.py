@@ -168,10 +168,10 @@ def test_eval_report_shows_intervals_paired_tests_and_per_class_heatmap(tmp_path
     report_main([str(tmp_path / "runs"), "--out", str(out), "--formats", "md"])
     table = (out / "classify_accuracy.md").read_text()
     w = stats.wilson_interval(20, 40)
-    assert f"| BiGain_TM (r=0.7) | 50.0 [{100 * w.low:.1f}, {100 * w.high:.1f}] (-25.0 [" in table
-    assert "| ToMe (r=0.7) | 75.0 [" in table and "(+0.0 [+0.0, +0.0] p=1)" in table
+    assert f"| BiGain_TM r=0.7 | 50.0 [{100 * w.low:.1f}, {100 * w.high:.1f}] (-25.0 [" in table
+    assert "| ToMe r=0.7 | 75.0 [" in table and "(+0.0 [+0.0, +0.0] p=1)" in table
     paired = (out / "paired.md").read_text()
-    assert "BiGain_TM (r=0.7) − ToMe (r=0.7) | accuracy (points) | -25.00 [" in paired
+    assert "BiGain_TM r=0.7 − ToMe r=0.7 | accuracy (points) | -25.00 [" in paired
     assert f"| {2 / 2 ** 10:.2g} |" in paired
     assert "Paired comparisons" in (out / "report.md").read_text()
     assert (out / "per_class_accuracy_m_d.png").stat().st_size > 1000
