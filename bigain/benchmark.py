@@ -23,6 +23,7 @@ samples are reused on a rerun.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -119,6 +120,12 @@ def metrics_key(generation_fingerprint: str, n_images: int, testbed: str = "fmni
     return {"generation_fingerprint": generation_fingerprint, "n_images": n_images, **metric_settings(testbed)}
 
 
+def image_set_digest(images: Sequence[Path]) -> str:
+    """Names and sizes of a sample set's files: cached metrics are reused only for exactly these images."""
+    text = "\n".join(f"{p.name}:{p.stat().st_size}" for p in images)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def generate_setting(model_path: Path, method: str, options: dict, out: Path, args: argparse.Namespace) -> dict:
     """A fixed, class-balanced sample set (`--images_per_class` per class), then its metrics, cached under the
     generation run's fingerprint and the metric settings (any change recomputes them)."""
@@ -129,7 +136,13 @@ def generate_setting(model_path: Path, method: str, options: dict, out: Path, ar
         run_dir=str(run_dir), summary_csv=str(out.parent.parent / "summary.csv"), no_progress=True,
         method=method, reduction=options))
     metrics_file = run_dir / "metrics.json"
-    key = metrics_key(row["fingerprint"], 10 * args.images_per_class, args.testbed)
+    images = sorted((run_dir / "images").glob("*.png"))
+    if len(images) < 10 * args.images_per_class:  # another process still writes this set: score it when complete
+        print(f"{run_dir}: {len(images)} of {10 * args.images_per_class} images so far; metrics left to the process "
+              "that completes the set (rerun to score it)", flush=True)
+        return dict(row)
+    key = {**metrics_key(row["fingerprint"], 10 * args.images_per_class, args.testbed),
+           "images": image_set_digest(images)}
     try:
         cached = json.loads(metrics_file.read_text())
     except (OSError, ValueError):
@@ -334,8 +347,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
               f"batch {args.timing_batch}, device {device}, torch {torch.__version__}, {torch.get_num_threads()} "
               f"threads; wall {wall / 60:.1f} min; {load_note(load)}.")
     out = Path(args.out)
-    per_class = add_statistics(rows, out, args.n_boot) if args.n_boot else None
-    written = write_outputs(rows, out, header, per_class)
+    scoring = metric_settings(args.testbed)  # the testbed's own reference set and CNN, also for the intervals
+    per_class = (add_statistics(rows, out, args.n_boot, extractor=scoring["domain_extractor"],
+                                reference=scoring["reference"]) if args.n_boot else None)
+    written = write_outputs(rows, out, header, per_class, class_names=list(testbed_data(args.testbed).class_names))
     written.append(write_meta(rows, args, out, load, wall, argv))
     print(f"\n{header}\n\n{format_table(rows)}\n\n{format_differences(rows)}\n\nwrote "
           + ", ".join(str(p) for p in written))

@@ -227,12 +227,14 @@ def fmnist_class_names() -> list[str]:
 
 
 def write_outputs(rows: list[dict], out: Path, header: str, per_class: Optional[dict[str, pd.DataFrame]] = None,
-                  runs: Optional[Path] = None) -> list[Path]:
+                  runs: Optional[Path] = None, class_names: Optional[list[str]] = None) -> list[Path]:
     """benchmark.csv, benchmark.md, tradeoffs.png, compression.png, samples_<model>.png, per_class_<model>.png.
 
-    `runs` is the folder holding `generate/<model>/<tag>/images` (default: `out`).
+    `runs` is the folder holding `generate/<model>/<tag>/images` (default: `out`); `class_names` label the plots
+    (default: Fashion-MNIST's).
     """
     runs = runs or out
+    class_names = class_names or fmnist_class_names()
     legend = ("Intervals: 95%; accuracy and class consistency Wilson, domain FID bootstrap over generated images "
               "(reference statistics fixed, bias-corrected percentile), speed-up the order-statistic interval of the "
               "median per-round ratio (baseline and method timed in the same round). Bound: 1 / (1 - s), s = the "
@@ -255,8 +257,8 @@ def write_outputs(rows: list[dict], out: Path, header: str, per_class: Optional[
         if grid:
             written.append(sample_grid(grid, out / f"samples_{model}.png", title=f"testbed {model}: samples "
                                        "(rows: settings; columns: the same seed and class)",
-                                       class_names=fmnist_class_names()))
+                                       class_names=class_names))
         if per_class and model in per_class:
             written.append(per_class_heatmap(per_class[model], out / f"per_class_{model}.png",
-                                             f"testbed {model}: accuracy per true class (%)", fmnist_class_names()))
+                                             f"testbed {model}: accuracy per true class (%)", class_names))
     return written

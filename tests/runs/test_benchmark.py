@@ -107,3 +107,24 @@ def test_main_job_on_shipped_texture_models_reduced(tmp_path):
     assert [(r["model"], r["method"]) for r in rows] == [("dit", "none"), ("dit", "bigain_tm"), ("unet", "none"),
                                                          ("unet", "bigain_tm")]
     assert all(r["accuracy"] is not None and r["domain_fid"] is not None for r in rows)
+
+
+def test_an_incomplete_sample_set_is_not_scored_or_cached(tmp_path, monkeypatch):
+    """Two processes share a sample set: the one that finishes its half first must not score (and cache) the half
+    set; cached metrics are keyed by the exact image files."""
+    import argparse
+
+    out = tmp_path / "gen"
+    images = out / "n20" / "images"
+    images.mkdir(parents=True)
+    for i in range(10):  # 10 of the 20 images
+        (images / f"{i:06d}.png").write_bytes(b"x" * (i + 1))
+    monkeypatch.setattr(benchmark, "run_generation", lambda run: {"fingerprint": "f", "n_images": 10})
+    monkeypatch.setattr(benchmark, "compute_metrics", lambda *a, **k: pytest.fail("scored an incomplete set"))
+    args = argparse.Namespace(images_per_class=2, steps=2, device="cpu", gen_batch_size=4, seed=0, guidance=None,
+                              metrics_device="cpu", testbed="fmnist")
+    row = benchmark.generate_setting(Path("m"), "none", {}, out, args)
+    assert "domain_frechet_distance" not in row and not (out / "n20" / "metrics.json").exists()
+    first = benchmark.image_set_digest(sorted(images.glob("*.png")))
+    (images / "000000.png").write_bytes(b"yy")
+    assert benchmark.image_set_digest(sorted(images.glob("*.png"))) != first
