@@ -120,8 +120,8 @@ def test_benchmark_metrics_are_recomputed_when_generation_settings_change(tmp_pa
         return {"domain_frechet_distance": float(min(steps)), "class_consistency": 0.5, "report": {}}
 
     monkeypatch.setattr(benchmark, "compute_metrics", fake_metrics)
-    args = argparse.Namespace(images_per_class=1, steps=3, guidance=None, gen_batch_size=10, seed=0, device="cpu",
-                              metrics_device="cpu")
+    args = argparse.Namespace(testbed="fmnist", images_per_class=1, steps=3, guidance=None, gen_batch_size=10, seed=0,
+                              device="cpu", metrics_device="cpu")
     out = tmp_path / "bench" / "generate" / "dit" / "none"
     first = benchmark.generate_setting(model, "none", {}, out, args)
     assert first["domain_frechet_distance"] == 3.0
