@@ -55,9 +55,9 @@ from bigain.reduction import PAPER_METHODS, SETTING_GROUPS, setting_label, setti
 from bigain.runs import ClassifyRun, GenerateRun, run_classification, run_generation
 from bigain.storage import atomic_write_json, atomic_write_text
 from bigain.testbed import shipped_model_dirs
-from bigain.testbed.sources import testbed_data
+from bigain.testbed.sources import TESTBED_DATA, testbed_data
 from eval.flops import count_flops
-from eval.metrics import compute_metrics
+from eval.metrics import compute_metrics, list_images
 from eval.report.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
 from eval.speed.reliability import (
     MAX_DRIFT,
@@ -71,7 +71,6 @@ from eval.speed.reliability import (
 from eval.speed.timing import reduced_time_shares, timed_call
 
 MODELS = {kind: Path(path) for kind, path in shipped_model_dirs("fmnist").items()}  # the default testbed's
-DEFAULT_OUT = {"fmnist": "outputs/benchmark", "textures": "outputs/benchmark-textures"}
 
 
 def select_settings(groups: Sequence[str], sweep: bool, methods: Optional[Sequence[str]]) -> list[tuple[str, dict]]:
@@ -107,8 +106,6 @@ def metric_settings(testbed: str) -> dict[str, Any]:
             "domain_extractor": source.domain_extractor}
 
 
-METRIC_SETTINGS = metric_settings("fmnist")
-
 
 def generation_run_dir(out: Path, args: argparse.Namespace) -> Path:
     """Folder of a setting's sample set, one per item count (a smaller rerun never scores a bigger run's leftovers)."""
@@ -136,7 +133,7 @@ def generate_setting(model_path: Path, method: str, options: dict, out: Path, ar
         run_dir=str(run_dir), summary_csv=str(out.parent.parent / "summary.csv"), no_progress=True,
         method=method, reduction=options))
     metrics_file = run_dir / "metrics.json"
-    images = sorted((run_dir / "images").glob("*.png"))
+    images = list_images(run_dir / "images") if (run_dir / "images").is_dir() else []
     if len(images) < 10 * args.images_per_class:  # another process still writes this set: score it when complete
         print(f"{run_dir}: {len(images)} of {10 * args.images_per_class} images so far; metrics left to the process "
               "that completes the set (rerun to score it)", flush=True)
@@ -251,7 +248,7 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bigain.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--testbed", default="fmnist", choices=list(DEFAULT_OUT),
+    p.add_argument("--testbed", default="fmnist", choices=list(TESTBED_DATA),
                    help="testbed: fmnist (Fashion-MNIST, default) or textures (natural textures, "
                         "docs/testbed/textures.md); picks the shipped models, the test images, the reference CNN "
                         "and the default --out")
@@ -318,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         args.settings = list(dict.fromkeys(list(args.settings) + ["compare", "compression"]))
     if args.full:  # the whole shipped subset, 20 samples per class, 20 steps
         args.n_images, args.images_per_class, args.steps = None, 20, 20
-    args.out = args.out or DEFAULT_OUT[args.testbed]
+    args.out = args.out or ("outputs/benchmark" + ("" if args.testbed == "fmnist" else f"-{args.testbed}"))
     paths = {kind: Path(path) for kind, path in shipped_model_dirs(args.testbed).items()}
     for item in args.model_dir:
         name, _, path = item.partition("=")
