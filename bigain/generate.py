@@ -30,6 +30,7 @@ from bigain.cli import (
     finite_float,
     nonneg_int,
     parse_args_with_config,
+    positive_float,
     positive_int,
     run_cli,
 )
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=batch_size, default=4,
                    help="images per batch (seeds follow batches), or auto: the largest that fits (default: 4)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="batch b uses seed + b")
+    g = p.add_argument_group("output size (default: the model's native size)")
+    g.add_argument("--height", type=positive_int, default=None,
+                   help="image / frame height in pixels (SD3, Flux, FLUX.2, Qwen-Image, Wan; a multiple of the "
+                        "model's pixels per token, e.g. 16)")
+    g.add_argument("--width", type=positive_int, default=None, help="image / frame width in pixels (as --height)")
+    g.add_argument("--num_frames", type=positive_int, default=None,
+                   help="video models (Wan): frames per video, 4k + 1 (default: the pipeline's, 81)")
+    g.add_argument("--fps", type=positive_float, default=16.0, help="video models: GIF frame rate (default: 16)")
     add_reduction_args(p)
 
     g = p.add_argument_group("outputs, resumption, sharding")

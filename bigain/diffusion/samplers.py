@@ -214,11 +214,13 @@ def guided_eps_fn(model: Any, cond: dict[str, Tensor], uncond: Optional[dict[str
 
     With ``uncond`` None or guidance 1 the model is called on ``cond`` only. For rectified-flow
     models (``model.flow_matching``) it guides the velocity ``predict_target`` instead, as the SD3
-    pipeline does (the combination is linear, so the formula is the same).
+    pipeline does (the combination is linear, so the formula is the same). A model with a
+    ``guide(uncond, cond, guidance)`` method combines the two predictions itself (Qwen-Image).
     """
     use_cfg = uncond is not None and guidance != 1.0
     both = model.concat(uncond, cond) if use_cfg else cond
     predict = model.predict_target if getattr(model, "flow_matching", False) else model.predict_eps
+    guide = getattr(model, "guide", None)  # a pipeline's own combination (Qwen-Image: norm-rescaled true CFG)
 
     def eps_fn(x: Tensor, t: Tensor) -> Tensor:
         x_in, t_in = (torch.cat([x, x]), torch.cat([t, t])) if use_cfg else (x, t)
@@ -234,6 +236,8 @@ def guided_eps_fn(model: Any, cond: dict[str, Tensor], uncond: Optional[dict[str
         if not use_cfg:
             return eps
         eps_u, eps_c = eps.chunk(2)
+        if guide is not None:
+            return guide(eps_u, eps_c, guidance)
         return eps_u + guidance * (eps_c - eps_u)
 
     return eps_fn

@@ -171,7 +171,7 @@ class FlowLoadedModel(LoadedModel):
         """Noise implied by the velocity: x_t = (1 - s) x0 + s eps and v = eps - x0 give eps = x_t + (1 - s) v."""
         sigma = self.sigmas_at(x_t, t)
         v = self.predict_velocity(x_t, sigma, cond)
-        return x_t.to(v) + (1 - sigma.to(v)).view(-1, 1, 1, 1) * v
+        return x_t.to(v) + (1 - sigma.to(v)).view(-1, *[1] * (v.dim() - 1)) * v
 
     __call__ = predict_target
 

@@ -1,4 +1,5 @@
-"""FLUX.2 and Qwen-Image (rectified-flow text-to-image, 2025) behind the `LoadedModel` interface.
+"""FLUX.2 and Qwen-Image (rectified-flow text-to-image, 2025) behind the `LoadedModel` interface, and the loader of
+the 2026 pipeline folders (FLUX.2, Qwen-Image, Wan: `bigain.models.wan`).
 
 Both reuse `FlowLoadedModel` (velocity target, sigma_t from the scheduler's training table, the
 classifier's velocity error); what differs is the latent space and the transformer call:
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bigain.models.flow import FlowLoadedModel
+from bigain.models.wan import WanLoadedModel, check_wan_pipeline, euler_flow_scheduler
 
 __all__ = ["FLOW_2026_VERSIONS", "FLOW_2026_PIPELINES", "Flux2LoadedModel", "QwenImageLoadedModel",
            "is_flow_2026_folder", "load_flow_2026_folder"]
@@ -177,6 +179,25 @@ class QwenImageLoadedModel(FlowLoadedModel):
             masks.append(torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device) if mask is None else mask)
         return {"encoder_hidden_states": _pad_text(hidden), "encoder_hidden_states_mask": _pad_text(masks)}
 
+    @staticmethod
+    def guide(uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+        """The pipeline's true CFG: u + g (c - u), rescaled per token (2x2 patch, all channels) to the norm of c."""
+        combined = uncond + guidance * (cond - uncond)
+        batch, channels, height, width = cond.shape
+
+        def token_norm(v: torch.Tensor) -> torch.Tensor:
+            patches = v.reshape(batch, channels, height // 2, 2, width // 2, 2)
+            norm = torch.linalg.vector_norm(patches, dim=(1, 3, 5), keepdim=True).expand_as(patches)
+            return norm.reshape(v.shape)
+
+        return combined * (token_norm(cond) / token_norm(combined))
+
+    @staticmethod
+    def concat(*conds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Stack conditions along the batch, text padded (mask 0) to the longest: a prompt and the negative prompt
+        of classifier-free guidance have different lengths (the pipeline calls them apart)."""
+        return {k: _pad_text([c[k] for c in conds]) for k in conds[0]}
+
     def predict_velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         x_t = x_t.to(self.device, self.dtype)
         batch, channels, height, width = x_t.shape
@@ -189,27 +210,28 @@ class QwenImageLoadedModel(FlowLoadedModel):
         return self.pipe._unpack_latents(out, height * scale, width * scale, scale)[:, :, 0]
 
 
-MODEL_CLASSES = {"flux2": Flux2LoadedModel, "qwen_image": QwenImageLoadedModel}
+MODEL_CLASSES = {"flux2": Flux2LoadedModel, "qwen_image": QwenImageLoadedModel, "wan": WanLoadedModel}
+MAX_SEQUENCE_LENGTH = {"flux2": 512, "qwen_image": 1024, "wan": 512}  # the pipelines' call defaults
 
 
 def load_flow_2026_folder(folder: Path, name: str, device: torch.device, dtype: torch.dtype) -> FlowLoadedModel:
-    """Load a FLUX.2 / Qwen-Image pipeline folder through its diffusers pipeline class."""
+    """Load a FLUX.2 / Qwen-Image / Wan pipeline folder through its diffusers pipeline class (Wan: sampled with
+    the flow-matching Euler step at its scheduler's shift, bigain.models.wan)."""
     import diffusers
 
     index = json.loads((folder / "model_index.json").read_text())
     cls_name = index["_class_name"]
     kind = FLOW_2026_PIPELINES[cls_name]
-    if kind not in MODEL_CLASSES:
-        raise ValueError(f"{name} is a {cls_name} ({kind}): bigain.generate / classify run flux2 and qwen_image "
-                         f"pipelines; {kind} is supported by the engine (tomesd.apply_patch) only")
     pipe = getattr(diffusers, cls_name).from_pretrained(folder, torch_dtype=dtype)
+    if kind == "wan":
+        check_wan_pipeline(pipe, name)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
         module.eval().requires_grad_(False)
-    max_len = 512 if kind == "flux2" else 1024  # the pipelines' defaults
+    scheduler = euler_flow_scheduler(pipe.scheduler) if kind == "wan" else pipe.scheduler
     return MODEL_CLASSES[kind](kind=kind, name=name, source=str(folder), denoiser=pipe.transformer,
-                               scheduler=pipe.scheduler, device=device, dtype=dtype, vae=pipe.vae,
+                               scheduler=scheduler, device=device, dtype=dtype, vae=pipe.vae,
                                text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                                meta={k: v for k, v in index.items() if not k.startswith("_")}, pipe=pipe,
-                               max_sequence_length=max_len)
+                               max_sequence_length=MAX_SEQUENCE_LENGTH[kind])

@@ -5,12 +5,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel"]
+__all__ = ["LoadedModel", "OutputSize"]
+
+
+@dataclass(frozen=True)
+class OutputSize:
+    """What one generated item is: height x width pixels, and its frame count when it is a video (None: an image)."""
+
+    height: int
+    width: int
+    frames: int | None = None
+
+    @property
+    def label(self) -> str:
+        """Folder-name part: `512px` for a square image, `480x832px`, plus `_81f` for a video."""
+        side = f"{self.height}px" if self.height == self.width else f"{self.height}x{self.width}px"
+        return side if self.frames is None else f"{side}_{self.frames}f"
 
 
 @dataclass
@@ -39,6 +54,7 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)  # testbed.json / model_index.json contents
     hub_id: str | None = None  # hub repo the weights came from (None: a local folder)
     revision: str | None = None  # its snapshot (commit hash) in the HF cache
+    video: ClassVar[bool] = False  # True: the denoiser input has a frame axis (B, C, T, H, W)
 
     # -- geometry -------------------------------------------------------------------------
     @property
@@ -63,6 +79,15 @@ class LoadedModel:
     def image_size(self) -> int:
         """Native image side in pixels."""
         return self.sample_size * self.vae_scale_factor
+
+    @property
+    def native_output(self) -> OutputSize:
+        """The size the model generates by default: its native square image."""
+        return OutputSize(self.image_size, self.image_size)
+
+    def latent_shape(self, size: OutputSize) -> tuple[int, ...]:
+        """Denoiser input shape of one item of `size`: (C, height / f, width / f), f the VAE factor."""
+        return (self.in_channels, size.height // self.vae_scale_factor, size.width // self.vae_scale_factor)
 
     @property
     def image_channels(self) -> int:

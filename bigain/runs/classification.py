@@ -25,7 +25,7 @@ from bigain.cli import AUTO, check_output_dir, check_output_file, enable_tf32, l
 from bigain.data import build_dataset, check_dataset_args, load_prompts, make_transform, subset_indices
 from bigain.diffusion import RunContext, StageSchedule, classify_dataset_image, forward_process
 from bigain.models import check_image_size, load_model, model_identity, resolve_run_device
-from bigain.models.run_families import check_run_family
+from bigain.models.run_families import check_run_family, check_task
 from bigain.reduction import apply_reduction, validate_reduction
 from bigain.runs.batching import find_batch_size, recorded_batch_size
 from bigain.runs.common import RunFields, barrier, git_commit, refuse_auto_with_shards, setup_logging
@@ -98,7 +98,7 @@ class ClassifyRun(RunFields):
         if self.img_size is not None and self.img_size < 8:
             raise ValueError(f"--img_size must be >= 8; got {self.img_size}")
         validate_reduction(self.method, self.reduction)  # unknown, foreign or out-of-range options, before model work
-        check_run_family(self.version, self.model_path, self.reduction)  # family from model_index.json
+        check_run_family(self.version, self.model_path, self.reduction, task="classify")  # from model_index.json
         return table, schedule, split
 
     def run_folder(self, split: str, img_size: Any, dtype_name: str) -> Path:
@@ -159,6 +159,7 @@ def run_classification(run: ClassifyRun) -> dict:
     model = None
     if not (run.merge_only and run.img_size):  # merging needs the model only to learn its native size
         model = load_model(run.version, model_path=run.model_path, dtype=dtype, device=device)
+        check_task(model.kind, "classify", model.name)  # a hub model's family is known only once loaded
     enable_tf32(run.tf32, device)
     img_size = run.img_size or model.image_size
     latent_side = check_image_size(model, img_size) if model is not None else None

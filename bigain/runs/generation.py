@@ -1,11 +1,13 @@
 """A generation run (docs/protocol.md §2): the typed settings (:class:`GenerateRun`) and the work
-(:func:`run_generation`): this shard's batches, skipping finished images, one PNG and JSON record per image.
+(:func:`run_generation`): this shard's batches, skipping finished items, one PNG and JSON record per image, or
+for a video model (Wan) one folder of frame PNGs plus a GIF and a JSON record per video (bigain.storage.media).
 
     run = GenerateRun(model_path="bigain/assets/testbed/dit-fmnist", classes=(0, 1), images_per_class=4)
     row = run_generation(run)            # same folder, images and summary row as `python -m bigain.generate ...`
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,8 +25,9 @@ import tomesd
 from bigain.cli import AUTO, check_output_dir, check_output_file, enable_tf32, launch_shard, save_effective_config
 from bigain.data import Item, build_items, check_dataset_args
 from bigain.diffusion import CallStats, guided_eps_fn, make_schedule
-from bigain.models import check_steps, load_model, model_identity, resolve_run_device
-from bigain.models.run_families import check_run_family
+from bigain.models import OutputSize, check_steps, load_model, model_identity, resolve_run_device
+from bigain.models.loading import image_size_multiple
+from bigain.models.run_families import check_family_options, check_run_family
 from bigain.reduction import apply_reduction, validate_reduction
 from bigain.runs.batching import find_batch_size, recorded_batch_size
 from bigain.runs.common import RunFields, refuse_auto_with_shards
@@ -47,6 +50,9 @@ from bigain.storage import (
     config_fingerprint,
     deferred,
     try_lock,
+    video_files,
+    video_finished,
+    write_video_item,
 )
 
 __all__ = ["GenerateRun", "run_generation"]
@@ -71,6 +77,11 @@ class GenerateRun(RunFields):
     steps: int = DEFAULT_STEPS
     guidance: Optional[float] = None
     batch_size: int | str = 4  # or "auto": resolved when the model is loaded
+    # output size (None: the model's native size / frame count) and a video's GIF frame rate
+    height: Optional[int] = None
+    width: Optional[int] = None
+    num_frames: Optional[int] = None
+    fps: float = 16.0
     # outputs
     output_dir: str = "results/generation"
     no_progress: bool = False
@@ -89,6 +100,12 @@ class GenerateRun(RunFields):
         check_steps(self.steps, self.version, self.model_path)  # scheduler config read, model not loaded
         if self.batch_size != AUTO and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ValueError(f"--batch_size must be an integer >= 1 or auto; got {self.batch_size!r}")
+        for flag in ("height", "width", "num_frames"):
+            value = getattr(self, flag)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"--{flag} must be an integer >= 1; got {value!r}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"--fps must be a finite number > 0; got {self.fps}")
         if self.images_per_class < 1:
             raise ValueError(f"--images_per_class must be >= 1; got {self.images_per_class}")
         if self.max_images is not None and self.max_images < 1:
@@ -106,7 +123,29 @@ class GenerateRun(RunFields):
         check_output_dir(self.run_dir, "--run_dir")
         check_output_file(self.summary_csv, "--summary_csv")
         validate_reduction(self.method, self.reduction)  # unknown, foreign or out-of-range options, before model work
-        check_run_family(self.version, self.model_path, self.reduction)  # family from model_index.json
+        check_run_family(self.version, self.model_path, self.reduction, options=self.output_options)  # model_index
+
+    @property
+    def output_options(self) -> dict[str, Optional[int]]:
+        """The output-size options as given (None: the model's native value)."""
+        return {"height": self.height, "width": self.width, "num_frames": self.num_frames}
+
+    def output_size(self, model: Any) -> OutputSize:
+        """The size of each item on `model` (native where not given); ValueError for options the family does not
+        take or sides that are not a multiple of the model's pixels per token."""
+        native = model.native_output
+        check_family_options(model.kind, {**self.reduction, **self.output_options},
+                             getattr(model, "frame_factor", 4), native.frames)
+        size = OutputSize(self.height or native.height, self.width or native.width,
+                          (self.num_frames or native.frames) if model.video else None)
+        multiple, why = image_size_multiple(model)
+        for flag, side in (("--height", size.height), ("--width", size.width)):
+            if side % multiple:
+                lower = max(multiple, side // multiple * multiple)
+                raise ValueError(f"{flag} {side} does not fit {model.name}: a multiple of {multiple} ({why}); "
+                                 f"nearest allowed: {lower} or {lower + multiple} (native: {native.height} x "
+                                 f"{native.width})")
+        return size
 
     @property
     def source_label(self) -> str:
@@ -119,11 +158,11 @@ class GenerateRun(RunFields):
             return f"classes{named}x{self.images_per_class}"
         return f"{self.dataset}{'_' + self.split if self.split else ''}"
 
-    def run_folder(self, sampler: str, guidance: float, dtype_name: str, size: int) -> Path:
+    def run_folder(self, sampler: str, guidance: float, dtype_name: str, size: OutputSize) -> Path:
         """Output folder whose name encodes every setting (or --run_dir)."""
         if self.run_dir:
             return Path(self.run_dir)
-        settings = f"{sampler}{self.steps}_g{guidance:g}_s{self.seed}_bs{self.batch_size}_{size}px_{dtype_name}"
+        settings = f"{sampler}{self.steps}_g{guidance:g}_s{self.seed}_bs{self.batch_size}_{size.label}_{dtype_name}"
         if self.max_images:
             settings += f"_max{self.max_images}"
         return Path(self.output_dir) / self.source_label / self.model_label / self.reduction_tag / settings
@@ -136,9 +175,16 @@ class GenerateRun(RunFields):
         return items
 
     def settings(self, model: Any, dtype_name: str, sampler: str, guidance: float, reduction_options: dict,
-                 items: list[Item]) -> dict:
-        """The settings that change an image (their hash is the run's fingerprint)."""
-        return {
+                 items: list[Item], size: Optional[OutputSize] = None) -> dict:
+        """The settings that change an image (their hash is the run's fingerprint); the output size is among them
+        when it is not the model's native one, a video's frame count and GIF rate always."""
+        size = size or model.native_output
+        extra: dict[str, Any] = {}
+        if (size.height, size.width) != (model.native_output.height, model.native_output.width):
+            extra["output_size"] = [size.height, size.width]
+        if size.frames is not None:
+            extra.update(num_frames=size.frames, fps=self.fps)
+        return {**extra,
             "model": model.name, "model_identity": model_identity(model.source), "kind": model.kind,
             "dtype": dtype_name, "image_size": model.image_size, "sampler": sampler, "steps": self.steps,
             "guidance": guidance, "seed": self.seed, "batch_size": self.batch_size,
@@ -154,6 +200,13 @@ class GenerateRun(RunFields):
         return self.seed if self.reduction_seed is None else self.reduction_seed
 
 
+def item_finished(images_dir: Path, index: int, fingerprint: str, video: bool = False) -> bool:
+    """Whether item `index` is finished: an image (:func:`finished`) or a video folder plus record (media)."""
+    if video:
+        return video_finished(images_dir / f"{index:06d}", images_dir / f"{index:06d}.json", fingerprint)
+    return finished(images_dir, index, fingerprint)
+
+
 def finished(images_dir: Path, index: int, fingerprint: str) -> bool:
     """An image is finished when its record (written last) carries the run's fingerprint and its PNG has the
     size and sha256 the record stores (a truncated or replaced PNG is regenerated)."""
@@ -167,13 +220,24 @@ def finished(images_dir: Path, index: int, fingerprint: str) -> bool:
         return False
 
 
+def _write_image(images_dir: Path, index: int, image: Any, record: dict) -> None:
+    """One image's PNG, then its record with the PNG's size and sha256 (a SIGTERM waits for both)."""
+    data = png_bytes(image)
+    record = {**record, "file": f"{index:06d}.png", "png_bytes": len(data),
+              "png_sha256": hashlib.sha256(data).hexdigest()}
+    with deferred():
+        atomic_write_bytes(images_dir / f"{index:06d}.png", data)
+        atomic_write_json(images_dir / f"{index:06d}.json", record)
+
+
 def attention_backend(denoiser: torch.nn.Module) -> str:
     """Names of the attention processors in use (before patching)."""
     procs = getattr(denoiser, "attn_processors", {}) or {}
     return ",".join(sorted({type(p).__name__ for p in procs.values()})) or "n/a"
 
 
-def _auto_batch_size(model: Any, items: list[Item], schedule: Any, guidance: float, n_shards: int = 1) -> int:
+def _auto_batch_size(model: Any, items: list[Item], schedule: Any, guidance: float, size: OutputSize,
+                     n_shards: int = 1) -> int:
     """`--batch_size auto`: the largest batch of images whose denoiser call (guidance rows included, reducer applied)
     and VAE decode fit, from min(items, AUTO_START) down by halving (bigain.runs.batching). Batch b is seeded with
     seed + b, so the size found is part of the run's settings like a fixed one."""
@@ -182,7 +246,7 @@ def _auto_batch_size(model: Any, items: list[Item], schedule: Any, guidance: flo
     def probe(n: int) -> None:
         batch = [items[i % len(items)] for i in range(n)]
         cond, uncond = conditions(model, batch, guidance)
-        x = torch.zeros((n, model.in_channels, model.sample_size, model.sample_size), device=model.device)
+        x = torch.zeros((n, *model.latent_shape(size)), device=model.device)
         t = schedule.timesteps[:1].to(model.device).expand(n)
         with torch.no_grad():
             model.decode_latents(guided_eps_fn(model, cond, uncond, guidance)(x, t))
@@ -217,18 +281,19 @@ def run_generation(run: GenerateRun) -> dict:
                          "(SD3, Flux) take flow / flow-linear, DDPM models euler / ddim")
     if model.null_class is None and model.conditioning == "class" and guidance != 1.0:
         raise ValueError(f"{model.name} has no null class: classifier-free guidance needs --guidance 1")
+    size = run.output_size(model)
     schedule = make_schedule(sampler, model.scheduler.config, run.steps)
     attention = attention_backend(model.denoiser)
     reduction_seed = run.effective_reduction_seed
     report = apply_reduction(model.denoiser, run.method, run.reduction, seed=reduction_seed)
     if run.batch_size == AUTO:  # from here on the run is the fixed-size run of the size found
         run = run.replace(batch_size=recorded_batch_size(run.run_dir)
-                          or _auto_batch_size(model, items, schedule, guidance, n_shards))
+                          or _auto_batch_size(model, items, schedule, guidance, size, n_shards))
 
-    run_dir = run.run_folder(sampler, guidance, dtype_name, model.image_size)
+    run_dir = run.run_folder(sampler, guidance, dtype_name, size)
     images_dir = run_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    settings = run.settings(model, dtype_name, sampler, guidance, report.options if report else {}, items)
+    settings = run.settings(model, dtype_name, sampler, guidance, report.options if report else {}, items, size)
     fingerprint = config_fingerprint(settings)
     for folder in (run_dir, images_dir):  # temp files of killed writers
         clean_stale_tmp(folder)
@@ -240,14 +305,15 @@ def run_generation(run: GenerateRun) -> dict:
     batches = [items[i : i + run.batch_size] for i in range(0, len(items), run.batch_size)]
     mine = [b for b in range(len(batches)) if b % n_shards == shard]
     check_record_paths(images_dir / f"{it.index:06d}{ext}" for b in mine for it in batches[b]
-                       for ext in (".png", ".json"))  # a folder in a record's place: refused up front
-    todo = [b for b in mine if not all(finished(images_dir, it.index, fingerprint) for it in batches[b])]
+                       for ext in ((".json",) if model.video else (".png", ".json")))  # folders in records' places
+    done = functools.partial(item_finished, images_dir, fingerprint=fingerprint, video=model.video)
+    todo = [b for b in mine if not all(done(it.index) for it in batches[b])]
     LOG.info("%s: %d items, %d batches for shard %d/%d, %d to do", run_dir, len(items), len(mine), shard, n_shards,
              len(todo))
 
     flops_per_image = None
     if not run.no_flops and todo:
-        flops_per_image = count_flops(model, schedule, guidance, items[0])
+        flops_per_image = count_flops(model, schedule, guidance, items[0], size)
 
     stats, written, sampled, held = CallStats(), 0, 0, 0
     for b in tqdm(todo, desc=f"generate {shard}/{n_shards}", unit="batch", disable=run.no_progress):
@@ -255,23 +321,25 @@ def run_generation(run: GenerateRun) -> dict:
             if not held_here:  # another live process is sampling this batch
                 held += len(batches[b])
                 continue
-            if all(finished(images_dir, it.index, fingerprint) for it in batches[b]):
+            if all(done(it.index) for it in batches[b]):
                 continue  # finished by another process since the scan
             tomesd.reseed(model.denoiser, reduction_seed + b)
-            images = to_uint8(sample_batch(model, batches[b], schedule, guidance, run.seed + b, stats))
+            images = to_uint8(sample_batch(model, batches[b], schedule, guidance, run.seed + b, stats, size))
             sampled += len(batches[b])  # a partly finished batch is sampled whole
             for row, (it, img) in enumerate(zip(batches[b], images)):
-                if finished(images_dir, it.index, fingerprint):
+                if done(it.index):
                     continue  # finished by an earlier, interrupted run: never rewritten
-                data = png_bytes(img)
-                record = {**asdict(it), "file": f"{it.index:06d}.png", "batch_index": b, "row": row,
-                          "seed": run.seed + b, "reduction_seed": reduction_seed + b, "fingerprint": fingerprint,
-                          "png_bytes": len(data), "png_sha256": hashlib.sha256(data).hexdigest(),
+                record = {**asdict(it), "batch_index": b, "row": row, "seed": run.seed + b,
+                          "reduction_seed": reduction_seed + b, "fingerprint": fingerprint,
+                          "height": size.height, "width": size.width,
                           **{k: settings[k] for k in ("model", "sampler", "steps", "guidance", "method", "reduction",
                                                        "reduction_options", "image_size", "dtype")}}
-                with deferred():  # a SIGTERM waits until the image and its record are both written
-                    atomic_write_bytes(images_dir / f"{it.index:06d}.png", data)
-                    atomic_write_json(images_dir / f"{it.index:06d}.json", record)
+                if model.video:  # frames + GIF in <index>/, whole, then the record listing them
+                    write_video_item(images_dir / f"{it.index:06d}", video_files(img, run.fps),
+                                     images_dir / f"{it.index:06d}.json",
+                                     {**record, "folder": f"{it.index:06d}", "num_frames": len(img), "fps": run.fps})
+                else:
+                    _write_image(images_dir, it.index, img, record)
                 written += 1
 
     wall = time.perf_counter() - wall_start
@@ -281,6 +349,7 @@ def run_generation(run: GenerateRun) -> dict:
         "kind": model.kind, "method": settings["method"], "reduction": settings["reduction"], "sampler": sampler,
         "steps": run.steps, "guidance": guidance, "seed": run.seed, "batch_size": run.batch_size,
         "dtype": dtype_name, "device": str(device), "attention": attention, "image_size": model.image_size,
+        "output_size": size.label,
         "shard": f"{shard}/{n_shards}", "items": len(items), "images_written": written,
         "images_skipped": sum(len(batches[b]) for b in mine) - sum(len(batches[b]) for b in todo),
         "calls": stats.calls, "calls_per_image": calls_per_image,

@@ -2,15 +2,15 @@
 and the denoiser FLOPs of one image (the pieces :func:`bigain.runs.generation.run_generation` chains)."""
 from __future__ import annotations
 
-import io
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from bigain.data import Item
 from bigain.diffusion import SAMPLERS, CallStats, Schedule, guided_eps_fn, initial_noise
+from bigain.models import OutputSize
+from bigain.storage import png_bytes
 from eval.flops import count_flops as count_flops_of
 
 __all__ = ["DEFAULT_STEPS", "DEFAULTS_BY_KIND", "check_items_fit", "conditions", "count_flops", "png_bytes",
@@ -22,7 +22,9 @@ DEFAULTS_BY_KIND = {"sd": ("euler", 7.5), "dit": ("ddim", 4.0),
                     # rectified flow: SD3 pipelines' CFG 7.0; Flux without CFG (dev: distilled guidance 3.5 inside)
                     "sd3": ("flow", 7.0), "flux": ("flow-linear", 1.0),
                     # FLUX.2-dev: distilled guidance 4.0 inside, no CFG; Qwen-Image: true CFG 4.0; both linear sigmas
-                    "flux2": ("flow-linear", 1.0), "qwen_image": ("flow-linear", 4.0)}
+                    "flux2": ("flow-linear", 1.0), "qwen_image": ("flow-linear", 4.0),
+                    # Wan 2.x: CFG 5.0 against the empty negative prompt, flow-matching Euler at the scheduler's shift
+                    "wan": ("flow", 5.0)}
 
 
 def conditions(model: Any, batch: Sequence[Item], guidance: float) -> tuple[dict, Optional[dict]]:
@@ -54,11 +56,12 @@ def check_items_fit(model: Any, items: Sequence[Item]) -> None:
 
 
 def sample_batch(model: Any, batch: Sequence[Item], schedule: Schedule, guidance: float, seed: int,
-                 stats: Optional[CallStats] = None) -> torch.Tensor:
-    """Images in [-1, 1] (B, C, H, W) on CPU for one batch, from noise seeded with ``seed``."""
+                 stats: Optional[CallStats] = None, size: Optional[OutputSize] = None) -> torch.Tensor:
+    """Images (B, C, H, W) or videos (B, C, F, H, W) in [-1, 1] on CPU for one batch, from noise seeded with ``seed``,
+    at ``size`` (None: the model's native output)."""
     cond, uncond = conditions(model, batch, guidance)
     gen = torch.Generator().manual_seed(seed)
-    shape = (len(batch), model.in_channels, model.sample_size, model.sample_size)
+    shape = (len(batch), *model.latent_shape(size or model.native_output))
     x = initial_noise(shape, schedule, gen, model.device, torch.float32)
     eps_fn = guided_eps_fn(model, cond, uncond, guidance, stats)
     x = SAMPLERS[schedule.name](eps_fn, x, schedule, generator=gen)
@@ -66,22 +69,16 @@ def sample_batch(model: Any, batch: Sequence[Item], schedule: Schedule, guidance
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] (B, C, H, W) -> uint8 (B, H, W, C)."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """[-1, 1] (B, C, H, W) -> uint8 (B, H, W, C); videos (B, C, F, H, W) -> (B, F, H, W, C)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(1, -1).numpy()
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """PNG encoding of one uint8 (H, W, C) image (grey when C == 1)."""
-    buf = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def count_flops(model: Any, schedule: Schedule, guidance: float, item: Item) -> float:
-    """Denoiser FLOPs to generate one image (every step, guidance rows included; no text encoder or VAE), counted
-    by `eval.flops.count_flops` (CPU SDPA included)."""
+def count_flops(model: Any, schedule: Schedule, guidance: float, item: Item,
+                size: Optional[OutputSize] = None) -> float:
+    """Denoiser FLOPs to generate one image or video of ``size`` (None: native; every step, guidance rows included;
+    no text encoder or VAE), counted by `eval.flops.count_flops` (CPU SDPA included)."""
     cond, uncond = conditions(model, [item], guidance)
-    x = initial_noise((1, model.in_channels, model.sample_size, model.sample_size), schedule,
+    x = initial_noise((1, *model.latent_shape(size or model.native_output)), schedule,
                       torch.Generator().manual_seed(0), model.device)
     sample = SAMPLERS[schedule.name]
     return float(count_flops_of(lambda: sample(guided_eps_fn(model, cond, uncond, guidance), x, schedule)).total)

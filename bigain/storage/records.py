@@ -190,8 +190,9 @@ def read_csv_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def clean_stale_tmp(folder: str | Path, max_age_s: float = 3600.0) -> int:
-    """Delete `atomic_write_bytes` temp files (`.<name>.*.tmp`) older than `max_age_s` left by killed runs; returns
-    the count."""
+    """Delete temp files and folders (`.<name>.*.tmp`: `atomic_write_bytes`, `media.write_video_item`) older than
+    `max_age_s` left by killed runs; returns the count."""
+    import shutil
     import time
 
     folder, removed, now = Path(folder), 0, time.time()
@@ -200,7 +201,10 @@ def clean_stale_tmp(folder: str | Path, max_age_s: float = 3600.0) -> int:
     for tmp in folder.glob(".*.tmp"):
         try:
             if now - tmp.stat().st_mtime > max_age_s:
-                tmp.unlink()
+                if tmp.is_dir():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
                 removed += 1
         except FileNotFoundError:  # another process cleaned it first
             pass

@@ -8,7 +8,7 @@ diffusers accept, saved with `save_pretrained` (model_index.json + one subfolder
   plain chat template; `AutoencoderKLFlux2`; guidance embedding as FLUX.2-dev.
 * Qwen-Image: Qwen2.5-VL text encoder (one layer) with a byte-level `Qwen2Tokenizer`;
   `AutoencoderKLQwenImage`; the hub's exponential dynamic shift.
-* Wan 2.1: UMT5 encoder with a byte-level tokenizer; `AutoencoderKLWan`.
+* Wan 2.1: UMT5 encoder with a byte-level tokenizer; `AutoencoderKLWan`; the hub's UniPC scheduler config.
 
 No vocabulary ships offline, so the tokenizers know the 256 bytes plus the special tokens the
 pipelines' templates use; prompts still tokenise (one token per byte).
@@ -115,8 +115,9 @@ def build_tiny_qwen_image(out: str | Path, seed: int = 0) -> Path:
 
 
 def build_tiny_wan(out: str | Path, seed: int = 0) -> Path:
-    """WanPipeline folder (Wan 2.1 text-to-video), 32 px frames -> 8x8 latents -> 4x4 tokens per frame."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    """WanPipeline folder (Wan 2.1 text-to-video), 32 px frames -> 8x8 latents -> 4x4 tokens per frame; the VAE
+    halves time (frames 2k + 1, where the hub's quarters it: 4k + 1); the hub's scheduler (UniPC, flow shift 3)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     out = Path(out)
@@ -128,7 +129,9 @@ def build_tiny_wan(out: str | Path, seed: int = 0) -> Path:
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
         text_dim=HIDDEN, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32).eval()
     vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
-                           temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+                           temperal_downsample=[False, True], latents_mean=[0.1, -0.1, 0.0, 0.2],
+                           latents_std=[1.5, 0.5, 1.0, 2.0], scale_factor_temporal=2, scale_factor_spatial=4).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     WanPipeline(tokenizer=tok, text_encoder=encoder, vae=vae, transformer=transformer,
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0)).save_pretrained(out)
+                scheduler=scheduler).save_pretrained(out)
     return out
