@@ -1,18 +1,28 @@
-"""Generation under token compression (docs/protocol.md §2): SD text-to-image and DiT class-conditional.
+"""Generation under token compression (docs/protocol.md §2): SD and rectified-flow text-to-image (SD3, FLUX.1,
+FLUX.2, Qwen-Image), Wan 2.x text-to-video, DiT class-conditional.
 
     python -m bigain.generate --version 2-0 --dataset imagenet --method bigain_tm --ratio 0.7
     python -m bigain.generate --version dit-512 --dataset imagenet100 --method todo --df 2
     python -m bigain.generate --model_path bigain/assets/testbed/dit-fmnist --classes 0 1 2 --images_per_class 8
+    python -m bigain.generate --version qwen-image --prompts_file p.txt --height 768 --width 1344
+    python -m bigain.generate --version wan2.1-t2v-1.3b --prompts_file p.txt --num_frames 33 --method tome --st 3
     accelerate launch -m bigain.generate ...                                       # multi-GPU
 
-One image per evaluation item: the class prompt of its label (classification datasets), the
+One image (or video) per evaluation item: the class prompt of its label (classification datasets), the
 first caption (coco2017), a line of ``--prompts_file``, or ``--classes`` x ``--images_per_class``.
 Defaults: SD (U-Net) 50 Euler steps, guidance 7.5; DiT 50 DDIM steps (eta 0), guidance 4.0 with
-the null class. Batch ``b`` starts from noise drawn with seed ``seed + b`` and reseeds the reducer
-with ``reduction_seed + b`` (default ``seed + b``), so an image depends only on the settings and
-its position, never on sharding or resumption. PNGs and one JSON record each go to
-``<run_dir>/images/<index>.png|json`` as they are made; a rerun skips finished images; one row per
-invocation goes to the summary CSV. In Python: ``run_generation(GenerateRun(...))`` (bigain.runs).
+the null class; SD3 flow Euler, CFG 7.0; FLUX.1 / FLUX.2 flow Euler on linear sigmas, distilled guidance
+inside the model; Qwen-Image the same sampler, true CFG 4.0 (the pipeline's norm-rescaled form); Wan flow
+Euler at its scheduler's shift, CFG 5.0 against the empty negative prompt, 81 frames at 480 x 832. Batch ``b``
+starts from noise drawn with seed ``seed + b`` and reseeds the reducer with ``reduction_seed + b`` (default
+``seed + b``), so an item depends only on the settings and its position, never on sharding or resumption.
+Size: the model's native one, or ``--height`` / ``--width`` on the rectified-flow families (a multiple of the
+model's pixels per token) and ``--num_frames`` (4k + 1) on Wan; options a family does not take are errors
+naming the option and the family, before loading. Outputs, as they are made: an image's PNG and JSON record
+go to ``<run_dir>/images/<index>.png|json``; a video's frames and GIF to ``<run_dir>/images/<index>/``
+(``frame0000.png`` ..., ``video.gif``; the folder appears whole) and then its record ``<index>.json``. A rerun
+skips finished items and redoes interrupted or damaged ones; one row per invocation goes to the summary
+CSV. In Python: ``run_generation(GenerateRun(...))`` (bigain.runs).
 """
 from __future__ import annotations
 
@@ -60,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", default=None, choices=sorted(SAMPLERS),
-                   help="default: euler (SD), ddim (DiT), flow (SD3), flow-linear (Flux)")
+                   help="default: euler (SD), ddim (DiT), flow (SD3, Wan), flow-linear (Flux, FLUX.2, Qwen-Image)")
     g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default: {DEFAULT_STEPS})")
-    g.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance (SD 7.5, DiT 4.0)")
+    g.add_argument("--guidance", type=finite_float, default=None,
+                   help="classifier-free guidance (SD 7.5, DiT 4.0, SD3 7.0, Qwen-Image 4.0, Wan 5.0; Flux: 1)")
     g.add_argument("--batch_size", type=batch_size, default=4,
                    help="images per batch (seeds follow batches), or auto: the largest that fits (default: 4)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="batch b uses seed + b")

@@ -139,8 +139,8 @@ class GenerateRun(RunFields):
         size = OutputSize(self.height or native.height, self.width or native.width,
                           (self.num_frames or native.frames) if model.video else None)
         multiple, why = image_size_multiple(model)
-        for flag, side in (("--height", size.height), ("--width", size.width)):
-            if side % multiple:
+        for flag, side in (("--height", self.height), ("--width", self.width)):
+            if side is not None and side % multiple:
                 lower = max(multiple, side // multiple * multiple)
                 raise ValueError(f"{flag} {side} does not fit {model.name}: a multiple of {multiple} ({why}); "
                                  f"nearest allowed: {lower} or {lower + multiple} (native: {native.height} x "

@@ -67,7 +67,10 @@ def write_video_item(folder: Path, files: dict[str, bytes], record_path: Path, r
             if folder.exists():  # an interrupted or outdated item: moved aside, then removed
                 old = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp"
                 os.replace(folder, old)
-                shutil.rmtree(old)
+                if old.is_dir():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
             os.replace(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
