@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default: {DEFAULT_STEPS})")
     g.add_argument("--guidance", type=finite_float, default=None,
                    help="classifier-free guidance (SD 7.5, DiT 4.0, SD3 7.0, Qwen-Image 4.0, Wan 5.0; Flux: 1)")
+    g.add_argument("--negative_prompt", default=None,
+                   help="text the guidance steers away from (text models with CFG: SD, SD3, Qwen-Image, Wan; "
+                        "default: the empty prompt, the pipelines' default)")
     g.add_argument("--batch_size", type=batch_size, default=4,
                    help="images per batch (seeds follow batches), or auto: the largest that fits (default: 4)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="batch b uses seed + b")

@@ -76,6 +76,7 @@ class GenerateRun(RunFields):
     sampler: Optional[str] = None
     steps: int = DEFAULT_STEPS
     guidance: Optional[float] = None
+    negative_prompt: Optional[str] = None  # None: the null condition (empty prompt / null class)
     batch_size: int | str = 4  # or "auto": resolved when the model is loaded
     # output size (None: the model's native size / frame count) and a video's GIF frame rate
     height: Optional[int] = None
@@ -95,6 +96,8 @@ class GenerateRun(RunFields):
             check_dataset_args(self.dataset, self.dataset_root, self.data_dir, self.split)
         if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise ValueError(f"--guidance must be a finite number >= 0; got {self.guidance}")
+        if self.negative_prompt is not None and self.guidance == 1.0:
+            raise ValueError("--negative_prompt needs classifier-free guidance: --guidance other than 1")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1; got {self.steps}")
         check_steps(self.steps, self.version, self.model_path)  # scheduler config read, model not loaded
@@ -184,6 +187,8 @@ class GenerateRun(RunFields):
             extra["output_size"] = [size.height, size.width]
         if size.frames is not None:
             extra.update(num_frames=size.frames, fps=self.fps)
+        if self.negative_prompt is not None:
+            extra["negative_prompt"] = self.negative_prompt
         return {**extra,
             "model": model.name, "model_identity": model_identity(model.source), "kind": model.kind,
             "dtype": dtype_name, "image_size": model.image_size, "sampler": sampler, "steps": self.steps,
@@ -237,7 +242,7 @@ def attention_backend(denoiser: torch.nn.Module) -> str:
 
 
 def _auto_batch_size(model: Any, items: list[Item], schedule: Any, guidance: float, size: OutputSize,
-                     n_shards: int = 1) -> int:
+                     negative_prompt: Optional[str] = None, n_shards: int = 1) -> int:
     """`--batch_size auto`: the largest batch of images whose denoiser call (guidance rows included, reducer applied)
     and VAE decode fit, from min(items, AUTO_START) down by halving (bigain.runs.batching). Batch b is seeded with
     seed + b, so the size found is part of the run's settings like a fixed one."""
@@ -245,7 +250,7 @@ def _auto_batch_size(model: Any, items: list[Item], schedule: Any, guidance: flo
 
     def probe(n: int) -> None:
         batch = [items[i % len(items)] for i in range(n)]
-        cond, uncond = conditions(model, batch, guidance)
+        cond, uncond = conditions(model, batch, guidance, negative_prompt)
         x = torch.zeros((n, *model.latent_shape(size)), device=model.device)
         t = schedule.timesteps[:1].to(model.device).expand(n)
         with torch.no_grad():
@@ -281,6 +286,9 @@ def run_generation(run: GenerateRun) -> dict:
                          "(SD3, Flux) take flow / flow-linear, DDPM models euler / ddim")
     if model.null_class is None and model.conditioning == "class" and guidance != 1.0:
         raise ValueError(f"{model.name} has no null class: classifier-free guidance needs --guidance 1")
+    if run.negative_prompt is not None and (model.conditioning != "text" or guidance == 1.0):
+        raise ValueError(f"--negative_prompt needs a text-conditioned model with classifier-free guidance; "
+                         f"{model.name} ({model.kind}) runs {model.conditioning}-conditioned at guidance {guidance:g}")
     size = run.output_size(model)
     schedule = make_schedule(sampler, model.scheduler.config, run.steps)
     attention = attention_backend(model.denoiser)
@@ -288,7 +296,7 @@ def run_generation(run: GenerateRun) -> dict:
     report = apply_reduction(model.denoiser, run.method, run.reduction, seed=reduction_seed)
     if run.batch_size == AUTO:  # from here on the run is the fixed-size run of the size found
         run = run.replace(batch_size=recorded_batch_size(run.run_dir)
-                          or _auto_batch_size(model, items, schedule, guidance, size, n_shards))
+                          or _auto_batch_size(model, items, schedule, guidance, size, run.negative_prompt, n_shards))
 
     run_dir = run.run_folder(sampler, guidance, dtype_name, size)
     images_dir = run_dir / "images"
@@ -313,7 +321,7 @@ def run_generation(run: GenerateRun) -> dict:
 
     flops_per_image = None
     if not run.no_flops and todo:
-        flops_per_image = count_flops(model, schedule, guidance, items[0], size)
+        flops_per_image = count_flops(model, schedule, guidance, items[0], size, run.negative_prompt)
 
     stats, written, sampled, held = CallStats(), 0, 0, 0
     for b in tqdm(todo, desc=f"generate {shard}/{n_shards}", unit="batch", disable=run.no_progress):
@@ -324,7 +332,8 @@ def run_generation(run: GenerateRun) -> dict:
             if all(done(it.index) for it in batches[b]):
                 continue  # finished by another process since the scan
             tomesd.reseed(model.denoiser, reduction_seed + b)
-            images = to_uint8(sample_batch(model, batches[b], schedule, guidance, run.seed + b, stats, size))
+            images = to_uint8(sample_batch(model, batches[b], schedule, guidance, run.seed + b, stats, size,
+                                           run.negative_prompt))
             sampled += len(batches[b])  # a partly finished batch is sampled whole
             for row, (it, img) in enumerate(zip(batches[b], images)):
                 if done(it.index):

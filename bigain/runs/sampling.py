@@ -27,15 +27,20 @@ DEFAULTS_BY_KIND = {"sd": ("euler", 7.5), "dit": ("ddim", 4.0),
                     "wan": ("flow", 5.0)}
 
 
-def conditions(model: Any, batch: Sequence[Item], guidance: float) -> tuple[dict, Optional[dict]]:
-    """(cond, uncond) rows for a batch: prompts for text models, class ids otherwise."""
+def conditions(model: Any, batch: Sequence[Item], guidance: float,
+               negative_prompt: Optional[str] = None) -> tuple[dict, Optional[dict]]:
+    """(cond, uncond) rows for a batch: prompts for text models, class ids otherwise; uncond (guidance != 1 only) is
+    the null condition (empty prompt, null class) or the encoded ``negative_prompt``."""
     n = len(batch)
     if model.conditioning == "text":
         cond = model.condition(prompts=[it.prompt for it in batch])
     else:
         cond = model.condition(class_ids=[it.label for it in batch])
-    uncond = model.null_condition(n) if guidance != 1.0 else None
-    return cond, uncond
+    if guidance == 1.0:
+        return cond, None
+    if negative_prompt is not None:
+        return cond, model.condition(prompts=[negative_prompt] * n)
+    return cond, model.null_condition(n)
 
 
 def check_items_fit(model: Any, items: Sequence[Item]) -> None:
@@ -56,10 +61,11 @@ def check_items_fit(model: Any, items: Sequence[Item]) -> None:
 
 
 def sample_batch(model: Any, batch: Sequence[Item], schedule: Schedule, guidance: float, seed: int,
-                 stats: Optional[CallStats] = None, size: Optional[OutputSize] = None) -> torch.Tensor:
+                 stats: Optional[CallStats] = None, size: Optional[OutputSize] = None,
+                 negative_prompt: Optional[str] = None) -> torch.Tensor:
     """Images (B, C, H, W) or videos (B, C, F, H, W) in [-1, 1] on CPU for one batch, from noise seeded with ``seed``,
-    at ``size`` (None: the model's native output)."""
-    cond, uncond = conditions(model, batch, guidance)
+    at ``size`` (None: the model's native output), guided away from ``negative_prompt`` (None: the null condition)."""
+    cond, uncond = conditions(model, batch, guidance, negative_prompt)
     gen = torch.Generator().manual_seed(seed)
     shape = (len(batch), *model.latent_shape(size or model.native_output))
     x = initial_noise(shape, schedule, gen, model.device, torch.float32)
@@ -74,10 +80,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def count_flops(model: Any, schedule: Schedule, guidance: float, item: Item,
-                size: Optional[OutputSize] = None) -> float:
+                size: Optional[OutputSize] = None, negative_prompt: Optional[str] = None) -> float:
     """Denoiser FLOPs to generate one image or video of ``size`` (None: native; every step, guidance rows included;
     no text encoder or VAE), counted by `eval.flops.count_flops` (CPU SDPA included)."""
-    cond, uncond = conditions(model, [item], guidance)
+    cond, uncond = conditions(model, [item], guidance, negative_prompt)
     x = initial_noise((1, *model.latent_shape(size or model.native_output)), schedule,
                       torch.Generator().manual_seed(0), model.device)
     sample = SAMPLERS[schedule.name]

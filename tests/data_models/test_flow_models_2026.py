@@ -232,7 +232,8 @@ def test_generate_cli_writes_videos_and_resumes(wan_path, tmp_path):
 
     from bigain import generate
 
-    args = _wan_args(wan_path, tmp_path, "--method", "tome", "--ratio", "0.5", "--st", "3")
+    args = _wan_args(wan_path, tmp_path, "--method", "tome", "--ratio", "0.5", "--st", "3", "--negative_prompt",
+                     "static")
     row = generate.main(args)
     assert row["images_written"] == 2 and row["sampler"] == "flow" and row["guidance"] == 5.0
     assert row["output_size"] == "32x48px_5f" and row["calls"] == 2 and row["rows_per_call_per_image"] == 2
@@ -245,6 +246,7 @@ def test_generate_cli_writes_videos_and_resumes(wan_path, tmp_path):
     assert gif.n_frames == 5 and gif.size == (48, 32)
     config = json.loads((Path(row["run_dir"]) / "config.json").read_text())
     assert config["num_frames"] == 5 and config["output_size"] == [32, 48] and config["reduction_options"]["st"] == 3
+    assert config["negative_prompt"] == "static"
 
     again = generate.main(args)
     assert again["images_written"] == 0 and again["images_skipped"] == 2 and again["calls"] == 0
@@ -256,6 +258,22 @@ def test_generate_cli_writes_videos_and_resumes(wan_path, tmp_path):
     assert third["images_written"] == 2
     assert {p.name: p.read_bytes() for p in (images / "000001").iterdir()} == before
     assert not list(images.glob(".*.tmp"))
+
+
+def test_negative_prompt_is_the_unconditional_row(wan, paths, tmp_path):
+    """--negative_prompt replaces the empty prompt in the guidance rows; without guidance (FLUX.2) it is an error."""
+    from bigain import generate
+    from bigain.data import Item
+    from bigain.runs.sampling import conditions
+
+    item = Item(index=0, prompt="a red square", label=None)
+    cond, uncond = conditions(wan, [item, item], 5.0, "blurry, static")
+    expected = wan.condition(prompts=["blurry, static"] * 2)["encoder_hidden_states"]
+    assert torch.equal(uncond["encoder_hidden_states"], expected)
+    assert not torch.equal(conditions(wan, [item], 5.0)[1]["encoder_hidden_states"], expected[:1])
+    with pytest.raises(ValueError, match="--negative_prompt needs a text-conditioned model with classifier-free"):
+        generate.main(["--prompts_file", __file__, "--model_path", str(paths["flux2"]), "--output_dir",
+                       str(tmp_path / "out"), "--negative_prompt", "blurry", "--dtype", "fp32", "--device", "cpu"])
 
 
 def test_video_item_folder_appears_whole(tmp_path, monkeypatch):
@@ -308,6 +326,7 @@ def test_wan_classification_is_refused_naming_the_supported_families(wan_path, c
                                           "qwen_image is an image family"),
     ("dit", ["--height", "64"], "--height applies to the families that generate at any size"),
     ("qwen_image", ["--width", "-8"], "--width: expected an integer >= 1"),
+    ("qwen_image", ["--guidance", "1", "--negative_prompt", "x"], "--negative_prompt needs classifier-free guidance"),
 ])
 def test_bad_output_options_exit_2_before_loading(paths, wan_path, tmp_path, capsys, monkeypatch, target, extra,
                                                   needle):
