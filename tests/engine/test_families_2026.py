@@ -109,14 +109,11 @@ def sample(inputs, i):
                 v[i:i + 1] if isinstance(v, list) else v) for k, v in inputs.items()}
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("method", list(METHODS))
-def test_method_reduces_and_idle_and_remove_are_bit_identical(models, family, method):
-    model, make_inputs, depth = models[family], FAMILIES[family][1], FAMILIES[family][2]
-    x = make_inputs(batch=2)
+def reduces_and_idle_and_remove_are_bit_identical(model, x, method):
+    """Patch every block with `method`: the output changes and stays finite; `remove_patch` and the method's idle
+    setting give the unpatched output bit for bit. Returns the reducing patch's report."""
     base = run(model, x)
     report = tomesd.apply_patch(model, method=method, seed=0, blocks="all", **METHODS[method])
-    assert report.family == "mmdit" and len(report.blocks) == depth
     out = run(model, x)
     tomesd.remove_patch(model)
     assert out.shape == base.shape and torch.isfinite(out).all()
@@ -126,6 +123,15 @@ def test_method_reduces_and_idle_and_remove_are_bit_identical(models, family, me
     idle = run(model, x)
     tomesd.remove_patch(model)
     assert torch.equal(idle, base), "the idle setting must equal the unpatched model"
+    return report
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_reduces_and_idle_and_remove_are_bit_identical(models, family, method):
+    model, make_inputs, depth = models[family], FAMILIES[family][1], FAMILIES[family][2]
+    report = reduces_and_idle_and_remove_are_bit_identical(model, make_inputs(batch=2), method)
+    assert report.family == "mmdit" and len(report.blocks) == depth
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -436,19 +442,8 @@ def wan():
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_wan_method_reduces_and_idle_and_remove_are_bit_identical(wan, method):
-    x = wan_inputs(batch=2)
-    base = run(wan, x)
-    report = tomesd.apply_patch(wan, method=method, seed=0, blocks="all", **METHODS[method])
+    report = reduces_and_idle_and_remove_are_bit_identical(wan, wan_inputs(batch=2), method)
     assert report.family == "video" and len(report.blocks) == 2 and report.kept_label.endswith("per frame")
-    out = run(wan, x)
-    tomesd.remove_patch(wan)
-    assert out.shape == base.shape and torch.isfinite(out).all()
-    assert not torch.allclose(out, base), "a reducing setting must change the output"
-    assert torch.equal(run(wan, x), base), "apply -> remove must be bit-identical"
-    tomesd.apply_patch(wan, method=method, blocks="all", **IDLE[method])
-    idle = run(wan, x)
-    tomesd.remove_patch(wan)
-    assert torch.equal(idle, base), "the idle setting must equal the unpatched model"
 
 
 @pytest.mark.parametrize("method", list(PER_SAMPLE))
@@ -699,17 +694,20 @@ def test_group_offloading(family, offload):
 
 
 @pytest.mark.parametrize("family", list(NEW_FAMILIES))
-def test_layerwise_casting(family):
-    """bf16 weight storage, fp32 compute: runs, reduces, and stays within bf16 rounding of the fp32 patched output."""
+@pytest.mark.parametrize("method", ["tome", "todo"])
+def test_layerwise_casting(family, method):
+    """bf16 weight storage, fp32 compute: runs, reduces, and stays within bf16 rounding of the fp32 patched output
+    (ToDo on FLUX.2 projects K/V with the fused layer's weight outside its forward, where casting hooks do not run)."""
     build, make_inputs = NEW_FAMILIES[family]
+    patch = {"method": method, "blocks": "all", "seed": 0, **METHODS[method]}
     x = make_inputs(batch=2)
     full = build()
-    tomesd.apply_patch(full, **TOOLBOX_PATCH)
+    tomesd.apply_patch(full, **patch)
     reference = run(full, x)
     model = build()
     model.enable_layerwise_casting(storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
     plain = run(model, x)
-    tomesd.apply_patch(model, **TOOLBOX_PATCH)
+    tomesd.apply_patch(model, **patch)
     out = run(model, x)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert torch.allclose(out, reference, atol=5e-2), (out - reference).abs().max()
