@@ -213,7 +213,8 @@ PRESETS = {
                  "2 single-stream blocks at 512 px, batch 1, every block patched: ToMe 0.5, BiGain_TM 0.7, "
                  "ToDo df 2, BiGain_TD df 2 a 0.5, SiTo 0.7",
     "cpu-2026": "a proxy of the 2026 families, random weights, batch 1, every block patched, the paper's five "
-                "settings: FLUX.2-dev with 1 double- + 1 single-stream block at 256 px (256 image + 32 text tokens), "
+                "settings: FLUX.2-dev with 1 double- + 1 single-stream block at 256 px (256 image + 32 text tokens; "
+                "2.3B parameters, 9 GB in fp32), "
                 "Qwen-Image with 1 of its 60 blocks at 512 px (1024 + 32), Wan2.1-T2V-1.3B with 1 of 30 blocks at "
                 "480 x 832, 5 frames (2 x 30 x 52 tokens, 64 text tokens)",
     "cpu-reuse": "plan_reuse='level' next to per-block planning: SD 2 at widths x0.25, 512 px, batch 1 (ToMe / "
