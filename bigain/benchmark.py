@@ -138,7 +138,7 @@ def generate_setting(model_path: Path, method: str, options: dict, out: Path, ar
     if len(images) < 10 * args.images_per_class:  # another process still writes this set: score it when complete
         print(f"{run_dir}: {len(images)} of {10 * args.images_per_class} images so far; metrics left to the process "
               "that completes the set (rerun to score it)", flush=True)
-        return dict(row)
+        return {**row, "generation_dir": str(run_dir)}
     key = {**metrics_key(row["fingerprint"], 10 * args.images_per_class, args.testbed),
            "images": image_set_digest(images)}
     try:
@@ -152,7 +152,7 @@ def generate_setting(model_path: Path, method: str, options: dict, out: Path, ar
         cached = {"cache_key": key, "n_images": key["n_images"], **{k: v for k, v in scores.items() if k != "report"},
                   "report": scores.get("report")}
         atomic_write_text(metrics_file, json.dumps(cached, indent=2, default=str))
-    return {**row, **cached}
+    return {**row, **cached, "generation_dir": str(run_dir)}
 
 
 def timing_batch(model: Any, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -236,7 +236,7 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
                      "calls_per_image": cls.get("calls_per_image"),
                      "domain_fid": gen.get("domain_frechet_distance"),
                      "class_consistency": gen.get("class_consistency"),
-                     "generated": gen.get("n_images")})
+                     "generated": gen.get("n_images"), "generation_dir": gen.get("generation_dir")})
     model = load_model(model_path=str(model_path), dtype="fp32", device=args.device)
     timing = time_settings(model, settings, args)
     base_flops = None

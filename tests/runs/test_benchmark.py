@@ -39,6 +39,8 @@ def test_benchmark_runs_resumes_and_writes_outputs(tmp_path, tiny_models):
     assert set(meta["timing"]["allocator"].values()) == {set_allocator("steady", "cpu")}  # the default, recorded
     assert len(list(csv.DictReader(open(tmp_path / "benchmark.csv")))) == 6
     assert (tmp_path / "tradeoffs.png").stat().st_size > 1000
+    assert (tmp_path / "samples_dit.png").stat().st_size > 1000  # the grid finds the sets in generate/*/*/n<N>/
+    assert all(Path(r["generation_dir"]).name == "n10" for r in rows)
     assert "BiGain_TM r=0.7" in (tmp_path / "benchmark.md").read_text()
     assert "allocator: " in (tmp_path / "benchmark.md").read_text()
     # a rerun reuses every finished record and image
