@@ -59,6 +59,7 @@ from bigain.testbed.sources import TESTBED_DATA, testbed_data
 from eval.flops import count_flops
 from eval.metrics import compute_metrics, list_images
 from eval.report.benchmark_outputs import add_statistics, format_differences, format_table, write_outputs
+from eval.speed.allocator import ALLOCATORS, set_allocator
 from eval.speed.reliability import (
     MAX_DRIFT,
     STOP_REASONS,
@@ -137,7 +138,7 @@ def generate_setting(model_path: Path, method: str, options: dict, out: Path, ar
     if len(images) < 10 * args.images_per_class:  # another process still writes this set: score it when complete
         print(f"{run_dir}: {len(images)} of {10 * args.images_per_class} images so far; metrics left to the process "
               "that completes the set (rerun to score it)", flush=True)
-        return dict(row)
+        return {**row, "generation_dir": str(run_dir)}
     key = {**metrics_key(row["fingerprint"], 10 * args.images_per_class, args.testbed),
            "images": image_set_digest(images)}
     try:
@@ -151,7 +152,7 @@ def generate_setting(model_path: Path, method: str, options: dict, out: Path, ar
         cached = {"cache_key": key, "n_images": key["n_images"], **{k: v for k, v in scores.items() if k != "report"},
                   "report": scores.get("report")}
         atomic_write_text(metrics_file, json.dumps(cached, indent=2, default=str))
-    return {**row, **cached}
+    return {**row, **cached, "generation_dir": str(run_dir)}
 
 
 def timing_batch(model: Any, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -170,6 +171,7 @@ def time_settings(model: Any, settings: Sequence[tuple[str, dict]], args: argpar
     Settings are interleaved within every round (after one warm-up call each); rounds continue past
     `--timing_repeats` until the intervals are narrow (`--target_halfwidth`) or `--max_seconds` / `--max_rounds`.
     """
+    allocator = set_allocator(args.allocator, torch.device(model.device).type)
     x, t, cond = timing_batch(model, args.timing_batch, args.seed)
     by_tag = {setting_tag(m, o): (m, o) for m, o in settings}
     base = setting_tag("none", {})
@@ -192,7 +194,7 @@ def time_settings(model: Any, settings: Sequence[tuple[str, dict]], args: argpar
     shares = reduced_time_shares(model.denoiser, lambda: model.predict_eps(x, t, cond), list(by_tag.values()),
                                  torch.device(model.device))
     return {tag: {"ms_per_call": statistics.median(rounds.times[tag]), "timing_rounds": rounds.n,
-                  "timing_stop": rounds.stop,
+                  "timing_stop": rounds.stop, "allocator": allocator,
                   **speedup_columns(rounds.ratios[tag], rounds.times[base], share, max_drift=args.max_drift)}
             for tag, share in zip(by_tag, shares)}
 
@@ -234,7 +236,7 @@ def benchmark_model(name: str, model_path: Path, settings: Sequence[tuple[str, d
                      "calls_per_image": cls.get("calls_per_image"),
                      "domain_fid": gen.get("domain_frechet_distance"),
                      "class_consistency": gen.get("class_consistency"),
-                     "generated": gen.get("n_images")})
+                     "generated": gen.get("n_images"), "generation_dir": gen.get("generation_dir")})
     model = load_model(model_path=str(model_path), dtype="fp32", device=args.device)
     timing = time_settings(model, settings, args)
     base_flops = None
@@ -296,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_rounds", type=positive_int, default=60, help="round cap per model")
     p.add_argument("--max_drift", type=fraction, default=MAX_DRIFT,
                    help="baseline drift (last- vs first-third median round time) that marks a model's rows unreliable")
+    p.add_argument("--allocator", choices=ALLOCATORS, default="steady",
+                   help="CPU timing: steady keeps freed memory in the process (glibc mallopt), so interleaved "
+                        "calls do not page-fault their activations in again (docs/speed_method.md); default: glibc's")
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--n_boot", type=nonneg_int, default=1000,
                    help="bootstrap resamples of the intervals and paired tests (0: plain table without statistics)")
@@ -365,7 +370,8 @@ def timing_note(rows: Sequence[dict], args: argparse.Namespace) -> str:
     per_model = {r["model"]: (r.get("timing_rounds"), r.get("timing_stop")) for r in rows}
     rounds = ", ".join(f"{m} {n} ({STOP_REASONS.get(stop, stop)})" for m, (n, stop) in per_model.items())
     return (f"median of per-round paired ratios, 95% order-statistic interval; rounds: {rounds} (at least "
-            f"{args.timing_repeats}; target half-width {args.target_halfwidth:.0%}, cap {args.max_seconds:.0f} s)")
+            f"{args.timing_repeats}; target half-width {args.target_halfwidth:.0%}, cap {args.max_seconds:.0f} s); "
+            f"allocator: {', '.join(sorted({str(r.get('allocator')) for r in rows}))}")
 
 
 def write_meta(rows: Sequence[dict], args: argparse.Namespace, out: Path, load: dict, wall: float,
@@ -378,7 +384,8 @@ def write_meta(rows: Sequence[dict], args: argparse.Namespace, out: Path, load: 
             "timing": {"batch": args.timing_batch, "min_rounds": args.timing_repeats,
                        "target_halfwidth": args.target_halfwidth, "max_seconds_per_model": args.max_seconds,
                        "max_rounds": args.max_rounds, "rounds": {r["model"]: r.get("timing_rounds") for r in rows},
-                       "stop": {r["model"]: r.get("timing_stop") for r in rows}},
+                       "stop": {r["model"]: r.get("timing_stop") for r in rows},
+                       "allocator": {r["model"]: r.get("allocator") for r in rows}},
             "noise_check": {"max_drift": args.max_drift, "unreliable": marked}, "machine_load": load}
     return atomic_write_json(out / "meta.json", meta)
 

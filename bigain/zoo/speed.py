@@ -46,4 +46,19 @@ TINY_SPEED_CONFIGS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 2, "joint_attention_dim": 16, "pooled_projection_dim": 8, "guidance_embeds": True,
         "axes_dims_rope": (2, 2, 4),
     },
+    "tiny-flux2": {
+        "patch_size": 1, "in_channels": 16, "out_channels": None, "num_layers": 2, "num_single_layers": 2,
+        "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 16, "timestep_guidance_channels": 16,
+        "mlp_ratio": 2.0, "axes_dims_rope": (2, 2, 2, 2), "rope_theta": 2000, "eps": 1e-6, "guidance_embeds": True,
+    },
+    "tiny-qwen-image": {
+        "patch_size": 2, "in_channels": 16, "out_channels": 4, "num_layers": 3, "attention_head_dim": 8,
+        "num_attention_heads": 2, "joint_attention_dim": 16, "guidance_embeds": False, "axes_dims_rope": (2, 2, 4),
+    },
+    "tiny-wan": {
+        "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 4,
+        "out_channels": 4, "text_dim": 16, "freq_dim": 16, "ffn_dim": 32, "num_layers": 3, "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None, "added_kv_proj_dim": None,
+        "rope_max_seq_len": 32,
+    },
 }

@@ -315,8 +315,12 @@ def pipeline_call(pipe: Any, backbone: Backbone, steps: int = CACHE_STEPS) -> to
                                 prompt_embeds=kwargs["encoder_hidden_states"][:1])
     if "pooled_projections" in kwargs:
         call["pooled_prompt_embeds"] = kwargs["pooled_projections"][:1]
-    if backbone.spec.kind == "flux":
+    if backbone.spec.kind in ("flux", "flux2"):
         call["guidance_scale"] = 3.5
+    if backbone.spec.kind == "qwen_image":
+        call["prompt_embeds_mask"] = torch.ones(call["prompt_embeds"].shape[:2], dtype=torch.long)
+    if backbone.spec.kind == "wan":  # no negative prompt embeddings: no CFG
+        call.update(num_frames=backbone.spec.frames, guidance_scale=1.0)
     with torch.no_grad():
         return first_tensor(pipe(**call))
 

@@ -13,7 +13,8 @@ import torch
 
 from eval.speed.model_zoo import ModelSpec, build_model, get_spec, make_inputs
 
-RESOLUTION = 64  # pixels: an 8x8 latent (Flux: 4x4 packed tokens), enough for every method to reduce
+RESOLUTION = 64  # pixels: an 8x8 latent (Flux, FLUX.2, Qwen-Image: 4x4 tokens; Wan: 2 frames of 4x4), enough for
+#                  every method to reduce
 BATCH = 2
 
 
@@ -51,16 +52,26 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
     Backbone("pixart", "tiny-pixart", pipeline="PixArtAlphaPipeline"),
     Backbone("sd3", "tiny-sd3", pipeline="StableDiffusion3Pipeline"),
     Backbone("flux", "tiny-flux", pipeline="FluxPipeline"),
+    Backbone("flux2", "tiny-flux2", pipeline="Flux2Pipeline"),
+    Backbone("qwen_image", "tiny-qwen-image", pipeline="QwenImagePipeline"),
+    Backbone("wan", "tiny-wan", pipeline="WanPipeline"),
 )}
 
 
-def tiny_vae(latent_channels: int) -> torch.nn.Module:
-    """A two-level AutoencoderKL with a few channels (only its config and, if decoding, its weights are used)."""
-    from diffusers import AutoencoderKL
+def tiny_vae(latent_channels: int, kind: str = "") -> torch.nn.Module:
+    """A two-level VAE of the pipeline's class (AutoencoderKL, FLUX.2's, Qwen-Image's or Wan's causal 3D one) with a
+    few channels (only its config and, if decoding, its weights are used)."""
+    import diffusers
 
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                         latent_channels=latent_channels, norm_num_groups=4, sample_size=RESOLUTION).eval()
+    if kind in ("qwen_image", "wan"):
+        cls = diffusers.AutoencoderKLQwenImage if kind == "qwen_image" else diffusers.AutoencoderKLWan
+        return cls(base_dim=8, z_dim=latent_channels, dim_mult=[1, 2, 4], num_res_blocks=1,
+                   temperal_downsample=[False, True], latents_mean=[0.0] * latent_channels,
+                   latents_std=[1.0] * latent_channels).eval()
+    cls = diffusers.AutoencoderKLFlux2 if kind == "flux2" else diffusers.AutoencoderKL
+    return cls(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+               latent_channels=latent_channels, norm_num_groups=4, sample_size=RESOLUTION).eval()
 
 
 def build_pipeline(backbone: Backbone, seed: int = 0) -> Any:
@@ -75,7 +86,7 @@ def build_pipeline(backbone: Backbone, seed: int = 0) -> Any:
     components: dict[str, Any] = {name: None for name in expected}
     components[backbone.denoiser_name] = denoiser
     components["scheduler"] = default_scheduler(backbone)
-    components["vae"] = tiny_vae(backbone.spec.latent_channels)
+    components["vae"] = tiny_vae(backbone.spec.latent_channels, backbone.spec.kind)
     if "requires_safety_checker" in optional:
         components["requires_safety_checker"] = False
     pipe = cls(**components)
@@ -84,9 +95,10 @@ def build_pipeline(backbone: Backbone, seed: int = 0) -> Any:
 
 
 def default_scheduler(backbone: Backbone) -> Any:
-    """Flow matching for SD3/Flux, DDIM for the others (what their checkpoints ship, near enough)."""
+    """Flow matching for SD3/Flux/FLUX.2/Qwen-Image/Wan, DDIM for the others (what their checkpoints ship, near
+    enough)."""
     from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-    if backbone.spec.family == "mmdit":
+    if backbone.spec.family in ("mmdit", "video"):
         return FlowMatchEulerDiscreteScheduler(shift=1.0)
     return DDIMScheduler(steps_offset=1, clip_sample=False)  # SD's shipped settings (no deprecation warning)

@@ -33,7 +33,7 @@ def add_statistics(rows: list[dict], out: Path, n_boot: int = 2000, extractor: s
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         cls = {r["tag"]: rs.classification_outcomes(out / "classify" / model / r["tag"]) for r in mine}
-        gen_dirs = {r["tag"]: out / "generate" / model / r["tag"] for r in mine}
+        gen_dirs = {r["tag"]: Path(r["generation_dir"]) for r in mine if r.get("generation_dir")}
         gen = {t: rs.generation_outcomes(d, extractor) if d.is_dir() else None for t, d in gen_dirs.items()}
         if ref is None and any(g is not None for g in gen.values()):
             ref = rs.domain_reference_stats(reference, extractor)
@@ -227,13 +227,12 @@ def fmnist_class_names() -> list[str]:
 
 
 def write_outputs(rows: list[dict], out: Path, header: str, per_class: Optional[dict[str, pd.DataFrame]] = None,
-                  runs: Optional[Path] = None, class_names: Optional[list[str]] = None) -> list[Path]:
+                  class_names: Optional[list[str]] = None) -> list[Path]:
     """benchmark.csv, benchmark.md, tradeoffs.png, compression.png, samples_<model>.png, per_class_<model>.png.
 
-    `runs` is the folder holding `generate/<model>/<tag>/images` (default: `out`); `class_names` label the plots
-    (default: Fashion-MNIST's).
+    A row's sample set is the `images` folder of its `generation_dir`; `class_names` label the plots (default:
+    Fashion-MNIST's).
     """
-    runs = runs or out
     class_names = class_names or fmnist_class_names()
     legend = ("Intervals: 95%; accuracy and class consistency Wilson, domain FID bootstrap over generated images "
               "(reference statistics fixed, bias-corrected percentile), speed-up the order-statistic interval of the "
@@ -252,7 +251,8 @@ def write_outputs(rows: list[dict], out: Path, header: str, per_class: Optional[
         (out / "compression.png").unlink(missing_ok=True)
     written += [compression] if compression else []
     for model in dict.fromkeys(r["model"] for r in rows):
-        grid = [(r["setting"], runs / "generate" / model / r["tag"] / "images") for r in rows if r["model"] == model]
+        grid = [(r["setting"], Path(r["generation_dir"]) / "images") for r in rows
+                if r["model"] == model and r.get("generation_dir")]
         grid = [(name, folder) for name, folder in grid if folder.is_dir()]
         if grid:
             written.append(sample_grid(grid, out / f"samples_{model}.png", title=f"testbed {model}: samples "

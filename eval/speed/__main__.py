@@ -31,6 +31,7 @@ from bigain.cli import (
     positive_int,
     run_cli,
 )
+from eval.speed.allocator import ALLOCATORS, set_allocator
 from eval.speed.cases import (
     METHODS,
     PRESET_FLAGS,
@@ -51,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "max_downsample": [1], "blocks": ["published"], "resolutions": None, "batches": None, "dtype": "float32",
     "device": "cpu", "repeats": 5, "warmup": 1, "out": "results/speed", "upstream": True, "breakdown": True,
     "flops_batch1": True, "seed": 0, "threads": None, "cuda_graphs": False, "attention_backend": None,
-    "compile": False, "compile_backend": "inductor",
+    "compile": False, "compile_backend": "inductor", "allocator": "steady",
     "target_halfwidth": TARGET_HALFWIDTH, "max_seconds": 60.0, "max_rounds": 30, "max_drift": MAX_DRIFT,
 }
 
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=DEFAULTS["threads"],
                    help="torch CPU threads (default: torch's choice); 1 on a shared machine, where waiting "
                         "for a busy second core stalls every parallel op")
+    p.add_argument("--allocator", choices=ALLOCATORS, default=DEFAULTS["allocator"],
+                   help="CPU: steady keeps freed memory in the process (glibc mallopt), so calls do not page-fault "
+                        "their activations in again (docs/speed_method.md); default: glibc's own behaviour")
     p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"])
     p.add_argument("--out", default=DEFAULTS["out"])
     p.add_argument("--dry_run", "--dry-run", action="store_true",
@@ -177,13 +181,14 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
               f"<= {args.target_halfwidth:.0%}")
         return []
     device = torch.device(args.device)
+    allocator = set_allocator(args.allocator, device.type)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     before = machine_snapshot()
 
     def run_meta(done: int, load: Optional[dict] = None) -> dict[str, Any]:
         return {"command": "python -m eval.speed " + " ".join(sys.argv[1:] if argv is None else argv),
-                "weights": RANDOM_WEIGHTS_NOTE, "environment": environment(device),
+                "weights": RANDOM_WEIGHTS_NOTE, "environment": environment(device), "allocator": allocator,
                 "seconds": time.perf_counter() - t0, "complete": done == len(cases), "cases_done": done,
                 "rounds": {"min": args.repeats, "max": args.max_rounds, "target_halfwidth": args.target_halfwidth,
                            "max_seconds_per_case": args.max_seconds},

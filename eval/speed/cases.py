@@ -84,17 +84,23 @@ class Case:
 
 
 def parse_model(name: str) -> ModelSpec:
-    """`sd2`, `sd2@w0.25` (U-Net widths x0.25), `dit-xl-2-256@L4` (4 blocks), `flux-dev@L1` (1 + 2 blocks)."""
+    """`sd2`, `sd2@w0.25` (U-Net widths x0.25), `dit-xl-2-256@L4` (4 blocks), `flux-dev@L1` (1 + 2 blocks),
+    `wan2.1-t2v-1.3b@L1@F9` (1 block, 9 frames), `qwen-image@L2@T32` (2 blocks, 32 text tokens)."""
     base, *mods = name.split("@")
-    width = layers = None
+    width = layers = frames = text = None
     for mod in mods:
         if mod.startswith("w"):
             width = float(mod[1:])
         elif mod.startswith("L"):
             layers = int(mod[1:])
+        elif mod.startswith("F"):
+            frames = int(mod[1:])
+        elif mod.startswith("T"):
+            text = int(mod[1:])
         else:
-            raise ValueError(f"bad model modifier {mod!r} in {name!r}: use @wX (U-Net width) or @LN (layers)")
-    return get_spec(base, num_layers=layers, width=width)
+            raise ValueError(f"bad model modifier {mod!r} in {name!r}: use @wX (U-Net width), @LN (layers), "
+                             "@FN (video frames) or @TN (text tokens)")
+    return get_spec(base, num_layers=layers, width=width, frames=frames, text_tokens=text)
 
 
 def grid(models: Sequence[str], resolutions: Sequence[int], batches: Sequence[int], **setting_args: Any) -> list[Case]:
@@ -126,6 +132,9 @@ def preset_cases(name: str) -> list[Case]:
     if name == "cpu-mmdit":  # full-width SD3-medium / Flux.1-schnell blocks at reduced depth, every block patched
         mmdit = (Setting("tome", (("ratio", 0.5), ("blocks", "all"))), *paper_settings(("blocks", "all"))[1:])
         return [Case("sd3-medium@L2", 512, 1, mmdit), Case("flux-schnell@L1", 512, 1, mmdit)]
+    if name == "cpu-2026":  # full-width FLUX.2-dev / Qwen-Image / Wan2.1-1.3B blocks at reduced depth (a proxy)
+        every = (*paper_settings(("blocks", "all")),)
+        return [Case(model, res, 1, every) for model, res in CPU_2026]
     if name == "cpu-reuse":  # plan_reuse="level" next to per-block planning, smallest sizes that show it
         tm = lambda m, *extra: Setting(m, (("ratio", 0.7),) + extra + (("max_downsample", 1),))  # noqa: E731
         level = ("plan_reuse", "level")
@@ -176,6 +185,10 @@ def preset_cases(name: str) -> list[Case]:
     raise ValueError(f"unknown preset {name!r}; choose from {list(PRESETS)}")
 
 
+# cpu-2026: (model, px). Text tokens scaled with the image tokens, so text keeps about its full-size share of the
+# sequence (FLUX.2 at 1024 px: 4096 image + 512 text tokens; here 256 + 32; Qwen-Image 1024 + 32).
+CPU_2026 = (("flux2-dev@L1@T32", 256), ("qwen-image@L1@T32", 512), ("wan2.1-t2v-1.3b@L1@F5@T64", 480))
+
 # diffusers attention backends the gpu preset times (FlashAttention 2 / 3 and SageAttention need their packages;
 # cases whose backend cannot run are skipped and logged).
 GPU_ATTENTION_BACKENDS = ("native", "_native_flash", "_native_cudnn", "flash", "_flash_3", "sage")
@@ -199,6 +212,11 @@ PRESETS = {
     "cpu-mmdit": "full-width SD3-medium with 2 of 24 joint blocks at 512 px and FLUX.1-schnell with 1 double- + "
                  "2 single-stream blocks at 512 px, batch 1, every block patched: ToMe 0.5, BiGain_TM 0.7, "
                  "ToDo df 2, BiGain_TD df 2 a 0.5, SiTo 0.7",
+    "cpu-2026": "a proxy of the 2026 families, random weights, batch 1, every block patched, the paper's five "
+                "settings: FLUX.2-dev with 1 double- + 1 single-stream block at 256 px (256 image + 32 text tokens; "
+                "2.3B parameters, 9 GB in fp32), "
+                "Qwen-Image with 1 of its 60 blocks at 512 px (1024 + 32), Wan2.1-T2V-1.3B with 1 of 30 blocks at "
+                "480 x 832, 5 frames (2 x 30 x 52 tokens, 64 text tokens)",
     "cpu-reuse": "plan_reuse='level' next to per-block planning: SD 2 at widths x0.25, 512 px, batch 1 (ToMe / "
                  "BiGain_TM 0.7, ToDo df 2 level) and DiT-XL/2-256 with 4 blocks, batch 2 (ToMe / BiGain_TM 0.7)",
     "cpu-sd2-512-reuse": "full-width SD 2 at 512 px, batch 1: ToMe / BiGain_TM 0.7 with per-block and per-level plans",
@@ -223,6 +241,7 @@ PRESET_FLAGS: dict[str, dict[str, Any]] = {
     "cpu-small": {"repeats": 5, "warmup": 1, "threads": 1, "max_seconds": 60.0},
     "cpu-sd2-512": {"repeats": 3, "warmup": 1, "threads": 1, "max_seconds": 300.0},
     "cpu-mmdit": {"repeats": 3, "warmup": 1, "threads": 1, "max_seconds": 120.0},
+    "cpu-2026": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False, "max_seconds": 30.0},
     "cpu-reuse": {"repeats": 5, "warmup": 1, "threads": 1, "upstream": False, "max_seconds": 60.0},
     "cpu-sd2-512-reuse": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False, "max_seconds": 300.0},
     "cpu-deeper": {"repeats": 3, "warmup": 1, "threads": 1, "upstream": False, "max_seconds": 90.0},

@@ -117,8 +117,9 @@ def rounds_note(rows: Sequence[dict]) -> str:
     return "; ".join(f"{m} {px}px b{b}: {n} rounds{reason(stop)}" for (m, px, b), (n, stop) in cases.items())
 
 
-def markdown_table(rows: Sequence[dict], load: Optional[dict] = None) -> str:
-    """The headline table (one line per setting; upstream rows also feed the `upstream x` column)."""
+def markdown_table(rows: Sequence[dict], load: Optional[dict] = None, allocator: Optional[str] = None) -> str:
+    """The headline table (one line per setting; upstream rows also feed the `upstream x` column); `allocator`:
+    the CPU allocator setting the rounds ran with (eval.speed.allocator), named under the table when given."""
     header = ["model", "px", "batch", "setting", "ms", "speed-up [95% CI]", "FLOP-ideal", "bound", "meas/ideal",
               "upstream x", "GFLOPs", "attn share", "overhead", "overhead/attn", "its FLOPs/attn", "ops/block",
               "peak MB", "check"]
@@ -131,7 +132,8 @@ def markdown_table(rows: Sequence[dict], load: Optional[dict] = None) -> str:
              "its FLOPs/attn = the reducer's own FLOPs (matching, graph, Laplacian) as a share of those layers' "
              "FLOPs, the floor under overhead/attn; ops/block = ATen ops the reducer dispatches per patched block "
              "and call, of which non-view in brackets (a CPU-measurable stand-in for GPU kernel launches).",
-             "", "Rounds: " + rounds_note(rows) + "." + (f" Machine: {load_note(load)}." if load else ""),
+             "", "Rounds: " + rounds_note(rows) + "." + (f" Machine: {load_note(load)}." if load else "")
+             + (f" Allocator: {allocator}." if allocator else ""),
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         bound = r.get("bound_speedup", float("nan"))
@@ -251,7 +253,7 @@ def write_outputs(rows: Sequence[dict], block_rows: Sequence[dict], out: Path, m
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "speed.csv", rows, COLUMNS)
     write_csv(out / "blocks.csv", block_rows, BLOCK_COLUMNS)
-    atomic_write_text(out / "speed.md", markdown_table(rows, meta.get("machine_load")) + "\n")
+    atomic_write_text(out / "speed.md", markdown_table(rows, meta.get("machine_load"), meta.get("allocator")) + "\n")
     atomic_write_text(out / "blocks.md", block_markdown(block_rows) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     if rows and plot_png:

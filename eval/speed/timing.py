@@ -14,7 +14,7 @@ import tomesd
 from eval.flops import FlopSpans, count_flops
 from eval.speed import op_count
 from eval.speed.cases import BASELINE, Case, Setting, parse_model
-from eval.speed.model_zoo import ModelSpec, build_model, make_inputs
+from eval.speed.model_zoo import WAN_FRAMES_PER_LATENT, ModelSpec, build_model, make_inputs
 from eval.speed.reliability import (
     MAX_DRIFT,
     TARGET_HALFWIDTH,
@@ -296,6 +296,13 @@ def token_summary(report: Any) -> tuple[str, str]:
 # One case
 # ----------------------------------------------------------------------------------------------
 
+def latent_label(spec: ModelSpec, resolution: int) -> str:
+    """The VAE latent's size at `resolution` px: "HxW" (8 px per cell), video "FxHxW" (latent frames first)."""
+    height, width = spec.size(resolution)
+    frames = f"{(spec.frames - 1) // WAN_FRAMES_PER_LATENT + 1}x" if spec.frames else ""
+    return f"{frames}{height // 8}x{width // 8}"
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
@@ -388,7 +395,7 @@ def benchmark_case(case: Case, model: torch.nn.Module, spec: ModelSpec, *, dtype
     rows, block_rows = [], []
     base_ms = median(times[BASELINE])
     base_phase = phase_ms.get(BASELINE, {})
-    latent = f"{case.resolution // 8}x{case.resolution // 8}"
+    latent = latent_label(spec, case.resolution)
     for s in settings:
         report = reports.get(s)
         tokens, kept = token_summary(report)
@@ -516,7 +523,7 @@ def benchmark_compiled(case: Case, model: torch.nn.Module, spec: ModelSpec, *, d
         tokens, kept = token_summary(reports[s])
         rows.append({**{c: float("nan") for c in COLUMNS},
                      "model": spec.name, "model_note": spec.note or spec.description, "family": spec.family,
-                     "resolution": case.resolution, "latent": f"{case.resolution // 8}x{case.resolution // 8}",
+                     "resolution": case.resolution, "latent": latent_label(spec, case.resolution),
                      "batch": case.batch, "dtype": str(dtype).replace("torch.", ""), "device": device.type,
                      "attention": attention_backend(device), "engine": s.engine, "method": s.method,
                      "setting": s.label, "options": json.dumps(s.kwargs), "blocks": len(reduced_blocks(model, s)),

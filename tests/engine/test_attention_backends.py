@@ -4,12 +4,11 @@ A spy replaces `dispatch_attention_fn` in every loaded module that imported it (
 the engine), recording each call's `backend`; the global active backend that `set_attention_backend` also
 sets is restored after every test.
 """
-import sys
 
 import pytest
 import torch
 from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
-from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
+from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import tomesd
@@ -38,20 +37,6 @@ def restore_active_backend():
     yield
     _AttentionBackendRegistry._active_backend = active
 
-
-@pytest.fixture
-def dispatch_calls(monkeypatch):
-    """Backend (an `AttentionBackendName` or None) of every `dispatch_attention_fn` call, in order."""
-    calls, original = [], dispatch_attention_fn
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("backend"))
-        return original(*args, **kwargs)
-
-    for module in list(sys.modules.values()):
-        if module is not sys.modules[__name__] and getattr(module, "dispatch_attention_fn", None) is original:
-            monkeypatch.setattr(module, "dispatch_attention_fn", spy)
-    return calls
 
 
 def names(calls):

@@ -7,11 +7,9 @@ timesteps, text tokens never reduced, one graph under `torch.compile(fullgraph=T
 backend, plan reuse, and the engine's attention bodies against diffusers' processors.
 """
 import os
-import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers import (
     FirstBlockCacheConfig,
     Flux2Transformer2DModel,
@@ -20,7 +18,7 @@ from diffusers import (
     WanTransformer3DModel,
 )
 from diffusers.hooks import apply_group_offloading
-from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
+from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformerBlock
@@ -111,14 +109,11 @@ def sample(inputs, i):
                 v[i:i + 1] if isinstance(v, list) else v) for k, v in inputs.items()}
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("method", list(METHODS))
-def test_method_reduces_and_idle_and_remove_are_bit_identical(models, family, method):
-    model, make_inputs, depth = models[family], FAMILIES[family][1], FAMILIES[family][2]
-    x = make_inputs(batch=2)
+def reduces_and_idle_and_remove_are_bit_identical(model, x, method):
+    """Patch every block with `method`: the output changes and stays finite; `remove_patch` and the method's idle
+    setting give the unpatched output bit for bit. Returns the reducing patch's report."""
     base = run(model, x)
     report = tomesd.apply_patch(model, method=method, seed=0, blocks="all", **METHODS[method])
-    assert report.family == "mmdit" and len(report.blocks) == depth
     out = run(model, x)
     tomesd.remove_patch(model)
     assert out.shape == base.shape and torch.isfinite(out).all()
@@ -128,6 +123,15 @@ def test_method_reduces_and_idle_and_remove_are_bit_identical(models, family, me
     idle = run(model, x)
     tomesd.remove_patch(model)
     assert torch.equal(idle, base), "the idle setting must equal the unpatched model"
+    return report
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_reduces_and_idle_and_remove_are_bit_identical(models, family, method):
+    model, make_inputs, depth = models[family], FAMILIES[family][1], FAMILIES[family][2]
+    report = reduces_and_idle_and_remove_are_bit_identical(model, make_inputs(batch=2), method)
+    assert report.family == "mmdit" and len(report.blocks) == depth
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -160,35 +164,21 @@ def test_gate_reads_sigma_on_the_0_1000_scale(models, family):
         assert not torch.allclose(run(model, high), base_high)
 
 
-class AttentionSpy:
-    """Records (query length, key length) of every SDPA call."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        original = F.scaled_dot_product_attention
-
-        def spy(query, key, value, *args, **kwargs):
-            self.calls.append((query.shape[-2], key.shape[-2]))
-            return original(query, key, value, *args, **kwargs)
-
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("method", ["tome", "todo", "sito"])
-def test_text_tokens_are_never_reduced(models, family, method, monkeypatch):
+def test_text_tokens_are_never_reduced(models, family, method, sdpa_calls):
     """Every attention sees all text tokens; only image tokens (or image K/V) shrink, as the report counts them."""
     model, make_inputs = models[family], FAMILIES[family][1]
     x = make_inputs(batch=2)
     n_img = GRID[0] * GRID[1]
-    spy = AttentionSpy(monkeypatch)
     with tomesd.patched(model, method=method, blocks="all", seed=0, latent_size=GRID, **METHODS[method]) as report:
         run(model, x)
     level = report.levels[1]
     assert level.tokens == n_img, "the report counts image tokens only"
     expected_q, expected_k = (n_img, level.kept) if method == "todo" else (level.kept, level.kept)
     assert (method == "todo" and level.kept == n_img // 4) or (method != "todo" and level.kept == n_img // 2)
-    assert spy.calls and set(spy.calls) == {(TEXT + expected_q, TEXT + expected_k)}
+    assert sdpa_calls and set(sdpa_calls) == {(TEXT + expected_q, TEXT + expected_k)}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -359,22 +349,6 @@ def test_flux2_merged_tokens_sit_at_the_centroid_of_their_members(models):
     assert torch.allclose(ours[0], plan.restore(ref_img), atol=1e-5) and torch.allclose(ours[1], ref_txt, atol=1e-5)
 
 
-@pytest.fixture
-def dispatch_calls(monkeypatch):
-    """Backend of every `dispatch_attention_fn` call, in order (patched in every module that imported it)."""
-    calls, original = [], dispatch_attention_fn
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("backend"))
-        return original(*args, **kwargs)
-
-    for module in list(sys.modules.values()):
-        if getattr(module, "dispatch_attention_fn", None) is original:
-            monkeypatch.setattr(module, "dispatch_attention_fn", spy)
-    active = _AttentionBackendRegistry._active_backend
-    yield calls
-    _AttentionBackendRegistry._active_backend = active
-
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("method", ["tome", "todo"])
@@ -468,19 +442,8 @@ def wan():
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_wan_method_reduces_and_idle_and_remove_are_bit_identical(wan, method):
-    x = wan_inputs(batch=2)
-    base = run(wan, x)
-    report = tomesd.apply_patch(wan, method=method, seed=0, blocks="all", **METHODS[method])
+    report = reduces_and_idle_and_remove_are_bit_identical(wan, wan_inputs(batch=2), method)
     assert report.family == "video" and len(report.blocks) == 2 and report.kept_label.endswith("per frame")
-    out = run(wan, x)
-    tomesd.remove_patch(wan)
-    assert out.shape == base.shape and torch.isfinite(out).all()
-    assert not torch.allclose(out, base), "a reducing setting must change the output"
-    assert torch.equal(run(wan, x), base), "apply -> remove must be bit-identical"
-    tomesd.apply_patch(wan, method=method, blocks="all", **IDLE[method])
-    idle = run(wan, x)
-    tomesd.remove_patch(wan)
-    assert torch.equal(idle, base), "the idle setting must equal the unpatched model"
 
 
 @pytest.mark.parametrize("method", list(PER_SAMPLE))
@@ -513,14 +476,13 @@ def test_wan_per_token_timesteps_gate_on_the_largest(wan):
 
 @pytest.mark.parametrize("method", ["tome", "todo", "sito"])
 @pytest.mark.parametrize("crossattn", [False, True])
-def test_wan_text_is_never_reduced(wan, method, crossattn, monkeypatch):
+def test_wan_text_is_never_reduced(wan, method, crossattn, sdpa_calls):
     """Self-attention sees every frame's reduced tokens (or all queries and per-frame downsampled K/V);
     cross-attention keeps every text key and, unless `merge_crossattn`, every video query."""
     if crossattn and method == "todo":
         pytest.skip("merge_crossattn is a token-method option")
     x = wan_inputs(batch=2)
     frame = GRID[0] * GRID[1]
-    spy = AttentionSpy(monkeypatch)
     extra = {"merge_crossattn": True} if crossattn else {}
     with tomesd.patched(wan, method=method, blocks="all", seed=0, latent_size=GRID, **METHODS[method],
                         **extra) as report:
@@ -529,7 +491,7 @@ def test_wan_text_is_never_reduced(wan, method, crossattn, monkeypatch):
     assert report.levels[1].tokens == frame, "the report counts one frame's tokens"
     self_call = (3 * frame, 3 * kept) if method == "todo" else (3 * kept, 3 * kept)
     cross_call = (3 * kept if crossattn else 3 * frame, TEXT)
-    assert spy.calls == [self_call, cross_call] * 2
+    assert sdpa_calls == [self_call, cross_call] * 2
 
 
 def slot_units(video, plan, batch):
@@ -732,17 +694,20 @@ def test_group_offloading(family, offload):
 
 
 @pytest.mark.parametrize("family", list(NEW_FAMILIES))
-def test_layerwise_casting(family):
-    """bf16 weight storage, fp32 compute: runs, reduces, and stays within bf16 rounding of the fp32 patched output."""
+@pytest.mark.parametrize("method", ["tome", "todo"])
+def test_layerwise_casting(family, method):
+    """bf16 weight storage, fp32 compute: runs, reduces, and stays within bf16 rounding of the fp32 patched output
+    (ToDo on FLUX.2 projects K/V with the fused layer's weight outside its forward, where casting hooks do not run)."""
     build, make_inputs = NEW_FAMILIES[family]
+    patch = {"method": method, "blocks": "all", "seed": 0, **METHODS[method]}
     x = make_inputs(batch=2)
     full = build()
-    tomesd.apply_patch(full, **TOOLBOX_PATCH)
+    tomesd.apply_patch(full, **patch)
     reference = run(full, x)
     model = build()
     model.enable_layerwise_casting(storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
     plain = run(model, x)
-    tomesd.apply_patch(model, **TOOLBOX_PATCH)
+    tomesd.apply_patch(model, **patch)
     out = run(model, x)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert torch.allclose(out, reference, atol=5e-2), (out - reference).abs().max()

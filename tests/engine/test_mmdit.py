@@ -155,28 +155,14 @@ def test_non_square_odd_sizes_odd_batch(models, backbone, method):
     assert out.shape == base.shape and torch.isfinite(out).all() and not torch.allclose(out, base)
 
 
-class AttentionSpy:
-    """Records (query length, key length) of every SDPA call."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        original = F.scaled_dot_product_attention
-
-        def spy(query, key, value, *args, **kwargs):
-            self.calls.append((query.shape[-2], key.shape[-2]))
-            return original(query, key, value, *args, **kwargs)
-
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("method", ["tome", "todo", "sito"])
-def test_text_tokens_are_never_reduced(models, backbone, method, monkeypatch):
+def test_text_tokens_are_never_reduced(models, backbone, method, sdpa_calls):
     """Every attention sees all text tokens; only image tokens (or image K/V) shrink."""
     model, make_inputs = models[backbone], BACKBONES[backbone][1]
     x = make_inputs(batch=2)
     n_img = image_tokens(backbone, x)
-    spy = AttentionSpy(monkeypatch)
     with tomesd.patched(model, method=method, blocks="all", seed=0, **METHODS[method]) as report:
         run(model, x)
     if method == "todo":
@@ -185,7 +171,7 @@ def test_text_tokens_are_never_reduced(models, backbone, method, monkeypatch):
         expected_q = expected_k = report.levels[1].kept if backbone != "flux" else n_img - n_img // 2
     joint = {(TEXT_TOKENS + expected_q, TEXT_TOKENS + expected_k)}
     image_only = {(expected_q, expected_k)}  # SD3.5's second attention has no text
-    assert spy.calls and set(spy.calls) <= joint | image_only and joint & set(spy.calls)
+    assert sdpa_calls and set(sdpa_calls) <= joint | image_only and joint & set(sdpa_calls)
 
 
 def capture_attention_call(attn):

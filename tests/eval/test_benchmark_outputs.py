@@ -51,7 +51,8 @@ def bench(tmp_path_factory):
                                ("bigain_tm_ratio0.7", worse, shifted)):
         write_classification(out / "classify" / "dit" / tag, correct, labels)
         write_generation(out / "generate" / "dit" / tag, imgs, real_labels)
-    rows = [{"model": "dit", "method": m, "options": o, "setting": s, "tag": t, "accuracy": c.mean(), "speedup": 1.0}
+    rows = [{"model": "dit", "method": m, "options": o, "setting": s, "tag": t, "accuracy": c.mean(), "speedup": 1.0,
+             "generation_dir": str(out / "generate" / "dit" / t)}
             for m, o, s, t, c in (("none", {}, "Baseline", "none", base),
                                   ("tome", {"ratio": 0.7}, "ToMe r=0.7", "tome_ratio0.7", base),
                                   ("bigain_tm", {"ratio": 0.7}, "BiGain_TM r=0.7", "bigain_tm_ratio0.7", worse))]
@@ -91,7 +92,7 @@ def test_tables_show_intervals_and_resolved_differences(bench):
 
 def test_write_outputs_draws_grid_heatmap_and_error_bars(bench, tmp_path):
     out, rows, per_class, *_ = bench
-    written = write_outputs(rows, tmp_path, "header", per_class, runs=out)
+    written = write_outputs(rows, tmp_path, "header", per_class)
     names = {p.name for p in written}
     assert {"benchmark.csv", "benchmark.md", "tradeoffs.png", "samples_dit.png", "per_class_dit.png"} <= names
     assert all(p.stat().st_size > 1000 for p in written if p.suffix == ".png")

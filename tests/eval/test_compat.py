@@ -9,7 +9,7 @@ import torch
 
 import tomesd
 from bigain.cli import run_cli
-from eval.compat import cells, matrix
+from eval.compat import cells, matrix, subjects
 from eval.compat import features as F
 from eval.compat.__main__ import main
 from eval.compat.cells import Cell, ReductionCounter, from_patched_error, judge
@@ -174,6 +174,39 @@ def test_trace_reducers_sees_the_phases_without_changing_the_output():
     assert result.status == "ok" and "reduce" in result.reason
 
 
+# ------------------------------------------------------------------------ the 2026 families' rows
+
+NEW_FAMILIES = ["flux2", "qwen_image", "wan"]
+
+
+@pytest.mark.parametrize("backbone", NEW_FAMILIES)
+@pytest.mark.parametrize("feature", ["trace_reducers", "backend:_native_math", "cache:TaylorSeer",
+                                     "group_offload_leaf", "layerwise_casting_bf16"])
+def test_2026_families_compose_with_the_toolbox(backbone, feature):
+    kv_method = feature in ("group_offload_leaf", "layerwise_casting_bf16")  # FLUX.2 ToDo reads weights itself
+    result = cell(feature, backbone, "bigain_td" if kv_method else "bigain_tm")
+    assert result.status == "ok", result.reason
+
+
+@pytest.mark.parametrize("backbone", NEW_FAMILIES)
+def test_2026_families_in_their_pipelines(backbone):
+    """Each tiny denoiser sits in its own diffusers pipeline (with its own VAE class) for the pipeline cases."""
+    pytest.importorskip("peft")
+    pipe = subjects.build_pipeline(BACKBONES[backbone])
+    assert type(pipe).__name__ == BACKBONES[backbone].pipeline
+    assert torch.equal(next(pipe.transformer.parameters()), next(BACKBONES[backbone].build().parameters()))
+    result = cell("lora_fused", backbone)
+    assert result.status == "ok", result.reason
+
+
+def test_2026_families_compile_and_refuse_a_custom_processor_loudly():
+    result = cell("compile_fullgraph", "wan", "bigain_td")
+    assert result.status == "ok", result.reason
+    for backbone in NEW_FAMILIES:
+        custom = cell("ip_adapter_style_processor", backbone)
+        assert custom.status == "refused" and "stock attention processor" in custom.reason, custom.reason
+
+
 # ------------------------------------------------------------------------ matrix, writer, CLI
 
 
@@ -229,7 +262,7 @@ def test_bad_input_is_an_error_with_exit_2(args, message, capsys, tmp_path):
 
 
 def test_every_backbone_and_status_is_known():
-    assert list(BACKBONES) == ["sd", "sdxl", "dit", "pixart", "sd3", "flux"]
+    assert list(BACKBONES) == ["sd", "sdxl", "dit", "pixart", "sd3", "flux", "flux2", "qwen_image", "wan"]
     assert cells.STATUSES == ("ok", "refused", "failing", "n/a")
 
 

@@ -59,7 +59,7 @@ def test_benchmark_covers_every_method_with_all_columns(run):
     for name in ("speed.md", "blocks.csv", "blocks.md", "speed.png", "meta.json"):
         assert (out / name).stat().st_size > 0
     table = (out / "speed.md").read_text()
-    assert "random weights" in table
+    assert "random weights" in table and "Allocator: " in table
     for header in ("speed-up", "FLOP-ideal", "meas/ideal", "upstream x", "attn share", "overhead/attn",
                    "its FLOPs/attn", "ops/block"):
         assert header in table

@@ -7,6 +7,7 @@ import pytest
 
 from bigain import benchmark
 from bigain.zoo import build_tiny_pixel_dit, build_tiny_pixel_unet
+from eval.speed.allocator import set_allocator
 
 FAST = ["--n_images", "2", "--n_samples", "2", "--to_keep", "1", "--images_per_class", "1", "--steps", "2",
         "--timing_repeats", "1", "--target_halfwidth", "0", "--timing_batch", "4", "--threads", "1",
@@ -35,9 +36,13 @@ def test_benchmark_runs_resumes_and_writes_outputs(tmp_path, tiny_models):
     assert all(r["timing_rounds"] == 1 and r["timing_stop"] == "rounds" and r["bound_speedup"] >= 1.0 for r in rows)
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["machine_load"]["before"]["cpu_count"] and isinstance(meta["noise_check"]["unreliable"], list)
+    assert set(meta["timing"]["allocator"].values()) == {set_allocator("steady", "cpu")}  # the default, recorded
     assert len(list(csv.DictReader(open(tmp_path / "benchmark.csv")))) == 6
     assert (tmp_path / "tradeoffs.png").stat().st_size > 1000
+    assert (tmp_path / "samples_dit.png").stat().st_size > 1000  # the grid finds the sets in generate/*/*/n<N>/
+    assert all(Path(r["generation_dir"]).name == "n10" for r in rows)
     assert "BiGain_TM r=0.7" in (tmp_path / "benchmark.md").read_text()
+    assert "allocator: " in (tmp_path / "benchmark.md").read_text()
     # a rerun reuses every finished record and image
     again = benchmark.main(argv)
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]

@@ -26,10 +26,16 @@ def heads(attn: nn.Module, x: Tensor) -> Tensor:
 
 
 def image_key_value(attn: nn.Module, image: Tensor) -> tuple[Tensor, Tensor]:
-    """Normalised keys and values of `image` tokens from the K/V rows of the fused projection."""
+    """Normalised keys and values of `image` tokens from the K/V rows of the fused projection.
+
+    The rows are read outside the layer's forward, where weight hooks (diffusers' layerwise casting: bf16 storage,
+    fp32 compute) do not run, so they are brought to the tokens' dtype here as such a hook would."""
     proj, inner = attn.to_qkv_mlp_proj, attn.inner_dim
+    weight = proj.weight[inner:3 * inner]
     bias = None if proj.bias is None else proj.bias[inner:3 * inner]
-    key, value = F.linear(image, proj.weight[inner:3 * inner], bias).chunk(2, dim=-1)
+    if weight.dtype != image.dtype:
+        weight, bias = weight.to(image.dtype), None if bias is None else bias.to(image.dtype)
+    key, value = F.linear(image, weight, bias).chunk(2, dim=-1)
     return attn.norm_k(heads(attn, key)), heads(attn, value)
 
 
