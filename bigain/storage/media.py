@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from bigain.storage.preemption import deferred
-from bigain.storage.records import atomic_write_json, file_digest
+from bigain.storage.records import atomic_write_json, file_digest, usual_mode
 
 __all__ = ["GIF_NAME", "gif_bytes", "png_bytes", "video_files", "video_finished", "write_video_item"]
 
@@ -59,6 +59,7 @@ def write_video_item(folder: Path, files: dict[str, bytes], record_path: Path, r
     with deferred():
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         try:
+            os.chmod(tmp, usual_mode(directory=True))
             for name, data in files.items():
                 with open(tmp / name, "wb") as f:
                     f.write(data)

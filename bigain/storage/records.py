@@ -48,6 +48,7 @@ __all__ = [
     "record_path",
     "save_record",
     "try_lock",
+    "usual_mode",
 ]
 
 RECORD_VERSION = 1
@@ -55,6 +56,24 @@ LOG = logging.getLogger("bigain.storage.records")
 
 
 # ----------------------------------------------------------------------------- atomic files
+
+def process_umask() -> int:
+    """This process's umask (Linux: read from /proc, which leaves it untouched; elsewhere set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_mode(directory: bool = False) -> int:
+    """The mode `open` / `mkdir` would give a new file / folder (0o666 / 0o777 less the umask): temp files and
+    folders are private (0o600 / 0o700), and a result renamed into place must not stay unreadable to the group."""
+    return (0o777 if directory else 0o666) & ~process_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -64,6 +83,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     with deferred():  # a SIGTERM waits for the rename (or the cleanup): no temp file left behind
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.chmod(fd, usual_mode())
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

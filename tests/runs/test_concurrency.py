@@ -91,3 +91,25 @@ def test_two_processes_on_one_generation_run_compute_each_image_once(tmp_path, m
     assert sum(int(r["images_sampled"]) for r in rows) == 8  # each image sampled by exactly one process
     assert sum(int(r["images_written"]) for r in rows) == 8
     assert len(list((run / "images").glob("*.png"))) == 8
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """A result renamed into place has the mode `open` / `mkdir` would give it (not the temp file's private 0o600 /
+    0o700), so a shared results folder stays readable to the group and others the umask allows."""
+    import os
+    import stat
+
+    import numpy as np
+
+    from bigain.storage import atomic_write_json
+    from bigain.storage.media import video_files, write_video_item
+
+    old = os.umask(0o022)
+    try:
+        written = atomic_write_json(tmp_path / "r.json", {"a": 1})
+        write_video_item(tmp_path / "v", video_files(np.zeros((2, 4, 4, 3), np.uint8), 8.0), tmp_path / "v.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "v").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "v.json").stat().st_mode) == 0o644
